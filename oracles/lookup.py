@@ -1,0 +1,106 @@
+"""Table-lookup oracle: reveals labels from a table, one requested candidate at a time.
+
+It is the legitimate oracle for retrospective benchmarks and for tests; it never stands in
+for a tier that is supposed to compute. The table is read inside the oracle only, so the
+agent sees a label only after requesting it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from .base import Oracle, OracleSettings
+from .records import Candidate, InputError, OracleError, OracleResult
+
+
+class LookupSettings(OracleSettings):
+    table: str = Field(description="CSV file holding the labels")
+    key_column: str = Field("composition", description="column with compositions (or CIF paths with key='structure')")
+    columns: dict[str, str] = Field(
+        description="reported property name -> column of the table, e.g. {overpotential_v: overpotential_V}"
+    )
+    uncertainty_columns: dict[str, str] = Field(default_factory=dict, description="property -> 1-sigma column")
+    duplicates: Literal["mean", "min", "max", "first"] = Field(
+        "mean", description="how rows with the same composition are combined"
+    )
+
+
+class LookupOracle(Oracle):
+    """Answers from a table keyed by composition (fractions normalised)."""
+
+    kind = "lookup"
+    properties = ()  # declared per instance from settings.columns
+    Settings = LookupSettings
+    inline = True
+
+    def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
+        self.properties = tuple(self.settings.columns)
+        self._table: dict[str, dict[str, float]] | None = None
+
+    @property
+    def table_path(self) -> Path:
+        p = Path(self.settings.table)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def _load(self) -> dict[str, dict[str, float]]:
+        if self._table is not None:
+            return self._table
+        import pandas as pd
+
+        path = self.table_path
+        if not path.exists():
+            raise InputError("lookup table not found", file=str(path))
+        df = pd.read_csv(path)
+        need = [self.settings.key_column, *self.settings.columns.values(), *self.settings.uncertainty_columns.values()]
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise InputError(f"missing columns {missing}; has {list(df.columns)}", file=str(path))
+        groups: dict[str, list[dict[str, float]]] = {}
+        for i, row in df.iterrows():
+            try:
+                cid = Candidate.from_composition(str(row[self.settings.key_column])).id
+            except Exception:
+                continue  # unparseable rows cannot be requested anyway
+            vals = {}
+            for prop, col in self.settings.columns.items():
+                vals[prop] = float(row[col])
+            for prop, col in self.settings.uncertainty_columns.items():
+                vals["__unc__" + prop] = float(row[col])
+            groups.setdefault(cid, []).append(vals)
+        table = {}
+        for cid, rows in groups.items():
+            merged = {}
+            for k in rows[0]:
+                xs = [r[k] for r in rows if math.isfinite(r[k])]
+                if not xs:
+                    merged[k] = float("nan")
+                elif self.settings.duplicates == "mean":
+                    merged[k] = sum(xs) / len(xs)
+                elif self.settings.duplicates == "min":
+                    merged[k] = min(xs)
+                elif self.settings.duplicates == "max":
+                    merged[k] = max(xs)
+                else:
+                    merged[k] = xs[0]
+            table[cid] = merged
+        self._table = table
+        return table
+
+    def evaluate(self, candidate: Candidate) -> OracleResult:
+        table = self._load()
+        key = candidate.id if candidate.id.startswith("c-") else Candidate.from_composition(candidate.composition).id
+        row = table.get(key)
+        if row is None:
+            raise OracleError(f"no row for {candidate.composition} in {self.table_path.name}")
+        props = {k: v for k, v in row.items() if not k.startswith("__unc__")}
+        bad = [k for k, v in props.items() if not math.isfinite(v)]
+        if bad:
+            raise OracleError(f"table value for {bad} is not finite")
+        unc = {k[7:]: v for k, v in row.items() if k.startswith("__unc__") and math.isfinite(v)}
+        return OracleResult(properties=props, uncertainties=unc)
