@@ -1,0 +1,618 @@
+"""Machine-learned interatomic potential (MLIP) tier: relaxation, formation energy, hull energy.
+
+``ChgnetOracle`` relaxes a structure with CHGNet (FIRE on atoms and, optionally, the cell
+through ASE's ``FrechetCellFilter``, the same recipe as ``chgnet.model.StructOptimizer``),
+then reports the energy per atom, the formation energy against elemental references
+computed by the same model, and the energy above the convex hull. ``SevennetOracle`` is the
+same oracle with SevenNet-0 as the calculator: only the calculator differs, so only a
+parameter differs.
+
+Elemental references (the chemical potentials of the formation energy) follow one rule,
+applied by ``elemental_reference``:
+
+* diatomic gases in ASE's ``reference_states`` (H, N, O, F) and the halogens Cl, Br, I:
+  an isolated dimer in a 12 A box (atoms relaxed, cell fixed) and a simple-cubic crystal of
+  dimers (atoms and cell relaxed); the lower energy per atom wins;
+* elements whose ``reference_states`` entry is fcc, bcc, hcp or diamond: that lattice from
+  ``ase.build.bulk`` with its tabulated lattice constant, relaxed;
+* every other element (B, P, S, Ga, As, Mn, Hg, noble gases, f-elements, ...): fcc, bcc,
+  hcp, simple cubic and diamond lattices with a nearest-neighbour distance of twice the
+  covalent radius, each relaxed; the lowest energy per atom wins. These are upper bounds
+  on the true ground state (typically within 0.1-0.3 eV/atom), so formation energies of
+  their compounds come out too negative by a fraction of that; supply better elemental
+  entries through ``references`` where it matters (the lowest elemental entry is used).
+
+References are relaxed with a fixed protocol (fmax 0.02 eV/A, at most 500 FIRE steps,
+cell relaxed) independent of the candidate settings, and cached on disk per
+model and element (``<cache_dir>/elemental-<backend>-<model>-v<protocol>.json``), so each
+is computed once per machine; concurrent workers serialise on a lock file.
+
+The model is loaded once per process (``load_calculator`` caches by backend, model and
+device) and never stored on the oracle, so the oracle pickles to worker processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from .base import Oracle, OracleSettings
+from .records import Candidate, InputError, OracleError, OracleResult, stable_hash
+
+#: bump when the elemental-reference rule or protocol changes (invalidates caches)
+REFERENCE_PROTOCOL = 1
+_REF_FMAX_EV_PER_A = 0.02
+_REF_MAX_STEPS = 500
+_DIATOMIC_HALOGENS = {"Cl": 1.99, "Br": 2.28, "I": 2.67}
+_SIMPLE_LATTICES = ("fcc", "bcc", "hcp", "diamond")
+#: atomic numbers each backend's pretrained model was trained on
+_MAX_Z = {"chgnet": 94, "sevennet": 94}
+
+
+# -- settings ------------------------------------------------------------------------------
+class ReferenceEntry(BaseModel):
+    """One phase for the convex hull: a formula and its energy per atom from the same model."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    formula: str = Field(description="chemical formula, e.g. Li2O")
+    energy_ev_per_atom: float = Field(
+        validation_alias=AliasChoices("energy_ev_per_atom", "energy_per_atom"),
+        description="total energy per atom (eV/atom) computed with the oracle's model",
+    )
+
+
+class MlipSettings(OracleSettings):
+    """Settings of the MLIP relaxation oracles."""
+
+    model: str = Field("0.3.0", description="pretrained model name (CHGNet: 0.3.0, 0.2.0, r2scan; SevenNet: 7net-0)")
+    relax: bool = Field(True, description="relax the structure before the final energy")
+    fmax: float = Field(0.05, gt=0, description="force convergence threshold of the relaxation (eV/A)")
+    max_steps: int = Field(300, ge=1, description="maximum FIRE steps of the relaxation")
+    relax_cell: bool = Field(True, description="relax the cell as well as the atoms (FrechetCellFilter)")
+    max_volume_ratio: float = Field(
+        3.0, gt=1, description="a relaxation whose volume grows or shrinks by more than this factor is a failure"
+    )
+    min_distance_a: float = Field(
+        0.5, ge=0, description="structures with two atoms closer than this (A), before or after relaxing, fail"
+    )
+    references: str | None = Field(
+        None,
+        description="JSON or CSV of reference entries (formula, energy_per_atom) computed with the same model; "
+        "used for the hull and, for elements, as chemical potentials when lower than the built-in ones",
+    )
+    extra_entries: list[ReferenceEntry] = Field(
+        default_factory=list, description="further hull entries given inline (formula, energy_per_atom)"
+    )
+    cache_dir: str | None = Field(
+        None, description="folder of the elemental-reference cache; default ~/.cache/matloop/mlip-references"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per process; default min(4, available cores)"
+    )
+
+
+class SevennetSettings(MlipSettings):
+    model: str = Field("7net-0", description="SevenNet pretrained model name")
+
+
+#: settings that describe the site, not the science: excluded from the oracle version
+_SITE_FIELDS = {"cache_dir", "device", "torch_threads"}
+
+
+# -- model loading -------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> str:
+    """``cuda`` when asked or when ``auto`` and a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OracleError("device 'cuda' requested but torch sees no CUDA device")
+    return device
+
+
+def configure_torch(threads: int | None) -> None:
+    """Set torch's CPU thread count once per process (default: min(4, available cores))."""
+    import torch
+
+    if threads is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            cores = os.cpu_count() or 1
+        threads = max(1, min(4, cores))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@lru_cache(maxsize=4)
+def load_calculator(backend: str, model: str, device: str):
+    """An ASE calculator for a pretrained model, loaded once per process and device.
+
+    Args:
+        backend: ``chgnet`` or ``sevennet``.
+        model: the pretrained model name of that backend.
+        device: ``cpu`` or ``cuda`` (resolve ``auto`` with ``resolve_device`` first).
+    """
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if backend == "chgnet":
+            from chgnet.model import CHGNet
+            from chgnet.model.dynamics import CHGNetCalculator
+
+            net = CHGNet.load(model_name=model, use_device=device, verbose=False)
+            return CHGNetCalculator(model=net, use_device=device, on_isolated_atoms="ignore")
+        if backend == "sevennet":
+            try:
+                from sevenn.calculator import SevenNetCalculator
+            except ImportError as exc:
+                raise OracleError("SevenNet is not installed (pip install sevenn)") from exc
+            return SevenNetCalculator(model, device=device)
+    raise OracleError(f"unknown MLIP backend {backend!r}")
+
+
+def model_version(backend: str, model: str) -> str:
+    """The installed package version behind a backend (part of provenance)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{backend} {version('chgnet' if backend == 'chgnet' else 'sevenn')} model {model}"
+    except PackageNotFoundError:
+        return f"{backend} (not installed) model {model}"
+
+
+# -- relaxation ----------------------------------------------------------------------------
+@dataclass
+class RelaxOutcome:
+    """A relaxed ``ase.Atoms`` and what the relaxation did."""
+
+    atoms: Any
+    energy_ev_per_atom: float
+    n_steps: int
+    fmax_ev_per_a: float
+    converged: bool
+    volume_ratio: float
+
+
+def min_distance_a(atoms) -> float:
+    """Shortest interatomic distance (A) under periodic boundary conditions."""
+    if len(atoms) < 2:
+        from ase.geometry import cell_to_cellpar
+
+        return float(min(cell_to_cellpar(atoms.cell)[:3]))  # one atom: distance to its image
+    d = atoms.get_all_distances(mic=True)
+    d[np.diag_indices_from(d)] = np.inf
+    return float(d.min())
+
+
+def relax_atoms(
+    atoms,
+    calc,
+    *,
+    fmax: float,
+    max_steps: int,
+    relax_cell: bool,
+    max_volume_ratio: float = 3.0,
+    relax: bool = True,
+) -> RelaxOutcome:
+    """Relax ``atoms`` in place with FIRE (and FrechetCellFilter when ``relax_cell``).
+
+    Raises:
+        OracleError: on non-finite energies or positions, or a volume change beyond
+            ``max_volume_ratio`` (an exploding relaxation), checked at every step.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    atoms.calc = calc
+    v0 = float(atoms.get_volume())
+
+    def guard():
+        if not np.all(np.isfinite(atoms.positions)) or not np.all(np.isfinite(atoms.cell.array)):
+            raise OracleError("relaxation exploded: non-finite positions or cell")
+        ratio = atoms.get_volume() / v0
+        if not (1.0 / max_volume_ratio <= ratio <= max_volume_ratio):
+            raise OracleError(f"relaxation exploded: volume changed by a factor {ratio:.3g} (limit {max_volume_ratio:g})")
+
+    n_steps, converged = 0, False
+    if relax:
+        target = FrechetCellFilter(atoms) if relax_cell else atoms
+        opt = FIRE(target, logfile=None)
+        opt.attach(guard, interval=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converged = bool(opt.run(fmax=fmax, steps=max_steps))
+        n_steps = int(opt.nsteps)
+    energy = float(atoms.get_potential_energy())
+    if not math.isfinite(energy):
+        raise OracleError("model returned a non-finite energy")
+    forces = atoms.get_forces()
+    if not np.all(np.isfinite(forces)):
+        raise OracleError("model returned non-finite forces")
+    fmax_final = float(np.linalg.norm(forces, axis=1).max())
+    guard()
+    return RelaxOutcome(
+        atoms=atoms,
+        energy_ev_per_atom=energy / len(atoms),
+        n_steps=n_steps,
+        fmax_ev_per_a=fmax_final,
+        converged=converged or (not relax),
+        volume_ratio=float(atoms.get_volume() / v0),
+    )
+
+
+# -- elemental references ------------------------------------------------------------------
+def elemental_trial_structures(symbol: str) -> list[tuple[str, Any, bool]]:
+    """The trial structures of the elemental-reference rule (see the module docstring).
+
+    Returns:
+        ``(label, atoms, relax_cell)`` triples; the lowest relaxed energy per atom wins.
+    """
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.data import atomic_numbers, covalent_radii, reference_states
+
+    z = atomic_numbers[symbol]
+    state = reference_states[z] or {}
+    sym = state.get("symmetry")
+    if sym == "diatom" or symbol in _DIATOMIC_HALOGENS:
+        d = float(state.get("d", _DIATOMIC_HALOGENS.get(symbol, 2 * covalent_radii[z])))
+        box = 12.0
+        gas = Atoms(symbol * 2, positions=[[0, 0, 0], [0, 0, d]], cell=[box, box, box], pbc=True)
+        gas.center()
+        a = d + 2.5  # dimers about a van der Waals contact apart
+        crystal = Atoms(symbol * 2, positions=[[0, 0, 0], [d / 3**0.5] * 3], cell=[a, a, a], pbc=True)
+        return [("dimer-in-box", gas, False), ("dimer-crystal", crystal, True)]
+    if sym in _SIMPLE_LATTICES:
+        return [(f"{sym} (ASE reference state)", bulk(symbol), True)]
+    d0 = 2.0 * float(covalent_radii[z])
+    trials = [
+        ("fcc", bulk(symbol, "fcc", a=d0 * 2**0.5), True),
+        ("bcc", bulk(symbol, "bcc", a=2 * d0 / 3**0.5), True),
+        ("hcp", bulk(symbol, "hcp", a=d0, c=d0 * (8 / 3) ** 0.5), True),
+        ("sc", bulk(symbol, "sc", a=d0), True),
+        ("diamond", bulk(symbol, "diamond", a=4 * d0 / 3**0.5), True),
+    ]
+    return trials
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "matloop" / "mlip-references"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock; atomic writes still keep the file valid
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # a corrupt cache is recomputed, not trusted
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def elemental_references(
+    elements: Iterable[str],
+    *,
+    backend: str = "chgnet",
+    model: str = "0.3.0",
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> dict[str, dict]:
+    """Relaxed elemental references by element, computed once and cached on disk.
+
+    Returns:
+        element -> ``{"energy_ev_per_atom", "rule", "structure", "n_steps", "converged"}``
+        where ``rule`` names the winning trial structure and ``structure`` is a pymatgen dict.
+    """
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    elements = sorted(set(elements))
+    folder = Path(cache_dir) if cache_dir else _default_cache_dir()
+    path = folder / f"elemental-{backend}-{model.replace('/', '_')}-v{REFERENCE_PROTOCOL}.json"
+    cached = _read_json(path)
+    if all(el in cached for el in elements):
+        return {el: cached[el] for el in elements}
+    with _file_lock(path.with_suffix(".lock")):
+        cached = _read_json(path)  # another process may have filled it meanwhile
+        missing = [el for el in elements if el not in cached]
+        if missing:
+            calc = load_calculator(backend, model, resolve_device(device))
+            for el in missing:
+                best = None
+                for label, atoms, relax_cell in elemental_trial_structures(el):
+                    try:
+                        out = relax_atoms(
+                            atoms, calc, fmax=_REF_FMAX_EV_PER_A, max_steps=_REF_MAX_STEPS, relax_cell=relax_cell
+                        )
+                    except OracleError:
+                        continue  # an exploding trial lattice is simply not the ground state
+                    if best is None or out.energy_ev_per_atom < best[1].energy_ev_per_atom:
+                        best = (label, out)
+                if best is None:
+                    raise OracleError(f"no elemental reference for {el}: every trial structure failed")
+                label, out = best
+                cached[el] = {
+                    "energy_ev_per_atom": out.energy_ev_per_atom,
+                    "rule": label,
+                    "structure": AseAtomsAdaptor.get_structure(out.atoms).as_dict(),
+                    "n_steps": out.n_steps,
+                    "converged": out.converged,
+                }
+            _write_json_atomic(path, cached)
+    return {el: cached[el] for el in elements}
+
+
+# -- convex hull ---------------------------------------------------------------------------
+def load_reference_entries(path: str | Path) -> list[ReferenceEntry]:
+    """Reference entries from JSON (a list of objects, or ``{formula: energy}``) or CSV.
+
+    Columns / keys: ``formula`` and ``energy_per_atom`` (or ``energy_ev_per_atom``).
+
+    Raises:
+        InputError: naming the file (and row) when it is missing or malformed.
+    """
+    from pydantic import ValidationError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError("reference entries not found", file=str(path))
+    rows: list[dict]
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "entries" in data:
+                data = data["entries"]
+            rows = [{"formula": k, "energy_per_atom": v} for k, v in data.items()] if isinstance(data, dict) else data
+        else:
+            import pandas as pd
+
+            rows = pd.read_csv(path).to_dict("records")
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise InputError(f"cannot parse: {exc}", file=str(path)) from exc
+    entries = []
+    for i, row in enumerate(rows):
+        try:
+            entries.append(ReferenceEntry.model_validate({k: row[k] for k in row if k in ("formula", "energy_per_atom", "energy_ev_per_atom")}))
+        except (ValidationError, TypeError) as exc:
+            raise InputError(f"bad reference entry: {exc}", file=str(path), where=f"entry {i}") from exc
+    return entries
+
+
+def _pd_entry(formula: str, energy_ev_per_atom: float):
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    comp = Composition(formula)
+    return PDEntry(comp, float(energy_ev_per_atom) * comp.num_atoms, name=formula)
+
+
+def hull_energies(
+    entries: Sequence[tuple[str, float]],
+    references: Sequence[tuple[str, float]] = (),
+) -> list[float]:
+    """Energy above the convex hull (eV/atom) of each entry against all entries and references.
+
+    Each entry is placed on the hull of its own chemical system, built from every entry
+    and reference whose elements are a subset of it (one ``PhaseDiagram`` per system).
+
+    Args:
+        entries: ``(formula, energy_ev_per_atom)`` pairs; all energies from one model.
+        references: further phases that shape the hull but whose hull energy is not returned
+            (e.g. elemental references).
+
+    Raises:
+        ValueError: when an element of some entry has no elemental entry in either list.
+    """
+    from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+    everything = [_pd_entry(f, e) for f, e in list(entries) + list(references)]
+    present = {el for ent in everything if len(ent.composition.elements) == 1 for el in ent.composition.elements}
+    diagrams: dict[frozenset, PhaseDiagram] = {}
+    out = []
+    for ent in everything[: len(entries)]:
+        system = frozenset(ent.composition.elements)
+        if system not in diagrams:
+            lacking = system - present
+            if lacking:
+                raise ValueError(f"no elemental entry for {sorted(str(e) for e in lacking)} (needed by {ent.name})")
+            pool = [x for x in everything if set(x.composition.elements) <= system]
+            diagrams[system] = PhaseDiagram(pool)
+        out.append(float(diagrams[system].get_e_above_hull(ent, allow_negative=False)))
+    return out
+
+
+def formation_energy_ev_per_atom(formula: str, energy_ev_per_atom: float, mu_ev_per_atom: dict[str, float]) -> float:
+    """``E - sum_i x_i mu_i`` with ``x_i`` the atomic fractions of ``formula``."""
+    from pymatgen.core import Composition
+
+    frac = Composition(formula).fractional_composition
+    return float(energy_ev_per_atom - sum(float(x) * mu_ev_per_atom[str(el)] for el, x in frac.items()))
+
+
+# -- the oracles ---------------------------------------------------------------------------
+class ChgnetOracle(Oracle):
+    """CHGNet relaxation, then energy, formation energy and energy above the hull per atom."""
+
+    kind = "chgnet"
+    properties = ("energy_ev_per_atom", "formation_energy_ev_per_atom", "e_above_hull_ev_per_atom")
+    code_version = "1"
+    Settings: ClassVar[type[OracleSettings]] = MlipSettings
+    needs_structure = True
+    #: which calculator ``load_calculator`` builds; the only thing SevennetOracle changes
+    backend: ClassVar[str] = "chgnet"
+
+    def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_dir = Path(base_dir) if base_dir else None
+
+    @property
+    def version(self) -> str:
+        science = {k: v for k, v in self.settings.model_dump(mode="json").items() if k not in _SITE_FIELDS}
+        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+
+    # helpers -----------------------------------------------------------------------------
+    def _calculator(self):
+        configure_torch(self.settings.torch_threads)
+        return load_calculator(self.backend, self.settings.model, resolve_device(self.settings.device))
+
+    def reference_entries(self) -> list[ReferenceEntry]:
+        """Entries from ``references`` (path relative to ``base_dir`` if given) and ``extra_entries``."""
+        out = list(self.settings.extra_entries)
+        if self.settings.references:
+            p = Path(self.settings.references)
+            if not p.is_absolute() and self.base_dir is not None:
+                p = self.base_dir / p
+            out += load_reference_entries(p)
+        return out
+
+    def chemical_potentials(self, elements: Iterable[str]) -> tuple[dict[str, float], dict[str, dict]]:
+        """Per-element chemical potentials (eV/atom): the lower of the built-in reference and
+        any elemental entry in ``references``; also returns the built-in reference records."""
+        from pymatgen.core import Composition
+
+        elements = sorted(set(elements))
+        _check_elements(elements, self.backend)
+        refs = elemental_references(
+            elements,
+            backend=self.backend,
+            model=self.settings.model,
+            device=self.settings.device,
+            cache_dir=self.settings.cache_dir,
+        )
+        mu = {el: float(r["energy_ev_per_atom"]) for el, r in refs.items()}
+        for entry in self.reference_entries():
+            comp = Composition(entry.formula)
+            if len(comp.elements) == 1 and str(comp.elements[0]) in mu:
+                el = str(comp.elements[0])
+                mu[el] = min(mu[el], entry.energy_ev_per_atom)
+        return mu, refs
+
+    def setup(self, candidates: list[Candidate]) -> None:
+        """Compute (or load) the elemental references of the whole pool once, before workers start."""
+        elements = {str(el) for c in candidates for el in c.pmg_composition().elements}
+        if elements:
+            self.chemical_potentials(elements)
+
+    # the contract ------------------------------------------------------------------------
+    def evaluate(self, candidate: Candidate) -> OracleResult:
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        s = self.settings
+        structure = candidate.pmg_structure()
+        if not structure.is_ordered:
+            raise OracleError("disordered structure (partial occupancies); order it before an MLIP relaxation")
+        elements = sorted({str(el) for el in structure.composition.elements})
+        _check_elements(elements, self.backend)
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        d_min = min_distance_a(atoms)
+        if d_min < s.min_distance_a:
+            raise OracleError(f"atoms overlap: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
+
+        mu, refs = self.chemical_potentials(elements)
+        calc = self._calculator()
+        e_initial = None
+        if s.relax:
+            atoms.calc = calc
+            e_initial = float(atoms.get_potential_energy()) / len(atoms)
+        out = relax_atoms(
+            atoms,
+            calc,
+            fmax=s.fmax,
+            max_steps=s.max_steps,
+            relax_cell=s.relax_cell,
+            max_volume_ratio=s.max_volume_ratio,
+            relax=s.relax,
+        )
+        d_min = min_distance_a(out.atoms)
+        if d_min < s.min_distance_a:
+            raise OracleError(f"relaxation collapsed: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
+
+        formula = structure.composition.reduced_formula
+        e = out.energy_ev_per_atom
+        e_form = formation_energy_ev_per_atom(formula, e, mu)
+        system = set(elements)
+        hull_refs = [(el, m) for el, m in mu.items()]
+        for entry in self.reference_entries():
+            if {str(x) for x in _composition_elements(entry.formula)} <= system:
+                hull_refs.append((entry.formula, entry.energy_ev_per_atom))
+        (e_hull,) = hull_energies([(formula, e)], hull_refs)
+
+        relaxed = AseAtomsAdaptor.get_structure(out.atoms)
+        return OracleResult(
+            properties={
+                "energy_ev_per_atom": e,
+                "formation_energy_ev_per_atom": e_form,
+                "e_above_hull_ev_per_atom": e_hull,
+            },
+            extra={
+                "relaxed_structure": relaxed.as_dict(),
+                "n_steps": out.n_steps,
+                "fmax_ev_per_a": out.fmax_ev_per_a,
+                "converged": out.converged,
+                "volume_ratio": out.volume_ratio,
+                "initial_energy_ev_per_atom": e_initial,
+                "chemical_potentials_ev_per_atom": mu,
+                "elemental_reference_rules": {el: r["rule"] for el, r in refs.items()},
+                "model": model_version(self.backend, s.model),
+            },
+        )
+
+
+class SevennetOracle(ChgnetOracle):
+    """The same relaxation oracle with SevenNet (``sevenn`` wheel) as the calculator."""
+
+    kind = "sevennet"
+    Settings: ClassVar[type[OracleSettings]] = SevennetSettings
+    backend: ClassVar[str] = "sevennet"
+
+
+def _composition_elements(formula: str):
+    from pymatgen.core import Composition
+
+    return Composition(formula).elements
+
+
+def _check_elements(elements: Iterable[str], backend: str) -> None:
+    from pymatgen.core import Element
+
+    bad = [el for el in elements if Element(el).Z > _MAX_Z.get(backend, 94)]
+    if bad:
+        raise OracleError(f"element(s) {bad} not covered by the {backend} model (Z <= {_MAX_Z.get(backend, 94)})")
