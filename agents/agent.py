@@ -1,0 +1,207 @@
+"""The default agent: plans one iteration of requests from the campaign's state.
+
+``propose`` reads only labels already acquired; it fits the surrogate on the objective,
+scores the whole pool in chunks, picks a batch on a shortlist (``select_batch``), and adds
+funnel promotions (cheap tier -> costly tier) by the oracles' promotion rules. It returns
+the requests together with a readable rationale that the loop writes to the store.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matloop.oracles.records import Candidate, Observation, Request
+
+from .acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+
+
+@dataclass
+class OracleInfo:
+    """What the agent knows about one oracle (no handle on the oracle itself)."""
+
+    name: str
+    properties: tuple[str, ...]
+    fidelity: int
+    cost: float
+    promote: dict | None = None  # PromotionRule as a dict
+
+
+@dataclass
+class Plan:
+    requests: list[Request]
+    acquisition: dict[str, float]
+    rationale: dict
+    expected_cost: float = 0.0
+
+
+@dataclass
+class AgentConfig:
+    goal: Goal
+    objective_property: str
+    objective_oracle: str
+    oracles: list[OracleInfo]
+    surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
+    acquisition: AcquisitionSettings = field(default_factory=AcquisitionSettings)
+    constraints: list = field(default_factory=list)  # spec Constraint objects
+
+
+def goal_from_objective(objective) -> Goal:
+    if objective.goal == "maximize":
+        return Goal("max")
+    if objective.goal == "minimize":
+        return Goal("min")
+    lo, hi = objective.window
+    return Goal("window", float(lo), float(hi))
+
+
+class DefaultAgent:
+    """Surrogate-ranked batches on entry tiers plus rule-based promotion up the funnel."""
+
+    def __init__(self, config: AgentConfig):
+        self.config = config
+
+    def _entry_oracles(self) -> list[OracleInfo]:
+        return [o for o in self.config.oracles if not o.promote]
+
+    def _label_oracle(self, entry: OracleInfo) -> str:
+        """Which oracle's values train the surrogate that ranks candidates for ``entry``."""
+        if self.config.objective_property in entry.properties:
+            return entry.name
+        return self.config.objective_oracle
+
+    def propose(
+        self,
+        iteration: int,
+        candidates: list[Candidate],
+        X: np.ndarray,
+        observations: list[Observation],
+        requested: set[tuple[str, str]],
+        pending: set[tuple[str, str]],
+        q: int,
+        rng: np.random.Generator,
+        budget_left: float | None = None,
+    ) -> Plan:
+        """Plan the next iteration.
+
+        Args:
+            candidates: the pool, row-aligned with ``X`` (``N x d`` preprocessed features).
+            observations: every observation of the agent's arm so far.
+            requested: (candidate id, oracle) pairs ever requested (never asked again).
+            pending: pairs still running (fantasised).
+            q: batch size for the entry tier.
+            budget_left: remaining cost; the batch is cut to fit.
+        """
+        cfg = self.config
+        index = {c.id: i for i, c in enumerate(candidates)}
+        requests: list[Request] = []
+        acq: dict[str, float] = {}
+        rationale: dict = {"iteration": iteration, "pool_size": len(candidates), "tiers": {}}
+        expected_cost = 0.0
+        left = math.inf if budget_left is None else budget_left
+
+        # 1. promotions up the funnel (cheap -> costly), by rule
+        for o in cfg.oracles:
+            if not o.promote:
+                continue
+            rule = o.promote
+            src = [ob for ob in observations if ob.oracle == rule["after"] and ob.ok]
+            passed = []
+            for ob in src:
+                if (ob.candidate_id, o.name) in requested:
+                    continue
+                prop = rule.get("property")
+                if prop is not None:
+                    v = ob.value(prop)
+                    if v is None:
+                        continue
+                    if rule.get("min") is not None and v < rule["min"]:
+                        continue
+                    if rule.get("max") is not None and v > rule["max"]:
+                        continue
+                passed.append(ob)
+            if rule.get("top_k"):
+                key_prop = cfg.objective_property
+                scored = [(cfg.goal.score(np.array([ob.value(key_prop)]))[0], ob) for ob in passed if ob.value(key_prop) is not None]
+                already = sum(1 for (cid, name) in requested if name == o.name)
+                room = max(0, rule["top_k"] - already)
+                passed = [ob for _, ob in sorted(scored, key=lambda t: -t[0])[:room]]
+            chosen = []
+            for ob in passed:
+                if expected_cost + o.cost > left:
+                    break
+                cand = candidates[index[ob.candidate_id]] if ob.candidate_id in index else None
+                if cand is None:
+                    continue
+                r = Request(Request.make_id(cand.id, o.name, iteration), cand, o.name, iteration)
+                requests.append(r)
+                expected_cost += o.cost
+                chosen.append(cand.formula)
+            rationale["tiers"][o.name] = {
+                "rule": rule,
+                "passed": len(passed),
+                "promoted": chosen,
+            }
+
+        # 2. surrogate-ranked batch for each entry tier
+        for o in self._entry_oracles():
+            label_oracle = self._label_oracle(o)
+            done = {}
+            for ob in observations:
+                if ob.oracle != label_oracle:
+                    continue
+                v = ob.value(cfg.objective_property) if ob.ok else None
+                done[ob.candidate_id] = v if v is not None else float("nan")
+            train_ids = [cid for cid in done if cid in index]
+            train_idx = np.array([index[c] for c in train_ids], dtype=int)
+            y = np.array([done[c] for c in train_ids], dtype=float)
+            exclude = np.array([index[c] for (c, name) in requested if name == o.name and c in index], dtype=int)
+            pend = np.array([index[c] for (c, name) in pending if name == o.name and c in index], dtype=int)
+            n_afford = q if (o.cost <= 0 or math.isinf(left)) else int(min(q, max(0, (left - expected_cost) // o.cost)))
+            if n_afford <= 0:
+                rationale["tiers"][o.name] = {"reason": "budget exhausted"}
+                continue
+            sel = select_batch(
+                X,
+                train_idx,
+                y,
+                n_afford,
+                cfg.goal,
+                exclude=exclude,
+                surrogate=cfg.surrogate,
+                acquisition=cfg.acquisition,
+                rng=rng,
+                pending_idx=pend,
+            )
+            chosen = []
+            for k, i in enumerate(sel.indices):
+                cand = candidates[int(i)]
+                r = Request(Request.make_id(cand.id, o.name, iteration), cand, o.name, iteration)
+                requests.append(r)
+                a = float(sel.acquisition[k]) if k < len(sel.acquisition) else float("nan")
+                acq[r.id] = a if math.isfinite(a) else None
+                expected_cost += o.cost
+                chosen.append(
+                    {
+                        "candidate": cand.id,
+                        "formula": cand.formula,
+                        "source": cand.source,
+                        "acquisition": _f(sel.acquisition[k]),
+                        "predicted_mean": _f(sel.mean[k]),
+                        "predicted_std": _f(sel.std[k]),
+                    }
+                )
+            rationale["tiers"][o.name] = {"labels_from": label_oracle, "selection": sel.info, "chosen": chosen}
+        rationale["expected_cost"] = expected_cost
+        rationale["n_requests"] = len(requests)
+        return Plan(requests=requests, acquisition=acq, rationale=rationale, expected_cost=expected_cost)
+
+
+def _f(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None

@@ -1,0 +1,207 @@
+"""Candidate pools read from files: CSV, a folder of CIFs, pymatgen JSON, extxyz.
+
+Only composition and structure columns are read: a label column in the same CSV is never
+seen by the agent (the lookup oracle reads labels separately, on request).
+
+Bad rows: with ``on_bad_row: error`` (default) the first unparseable composition or
+structure stops the campaign with an error naming the file and row; with ``skip`` such rows
+are dropped and counted in a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from matloop.oracles.records import Candidate, InputError
+
+log = logging.getLogger("matloop")
+
+
+class FileSourceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="CSV file, folder of CIF/POSCAR files, pymatgen JSON, or extxyz file")
+    format: Literal["auto", "csv", "cif_dir", "json", "extxyz"] = Field("auto", description="file format; auto = by suffix")
+    composition_column: str | None = Field("composition", description="CSV column holding compositions")
+    structure_column: str | None = Field(None, description="CSV column holding CIF text or a path to a structure file")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="error: stop naming the row; skip: drop and count")
+    limit: int | None = Field(None, ge=1, description="read at most this many candidates")
+
+
+def _read_structure_text(text: str, base: Path):
+    from pymatgen.core import Structure
+
+    s = str(text).strip()
+    if "\n" in s or s.startswith("data_"):
+        return Structure.from_str(s, fmt="cif")
+    p = Path(s)
+    if not p.is_absolute():
+        p = base / p
+    return Structure.from_file(str(p))
+
+
+class FileSource:
+    """A fixed pool from a file or folder."""
+
+    def __init__(self, name: str, settings: dict, base_dir: Path | None = None):
+        self.name = name
+        self.settings = FileSourceSettings(**settings)
+        self.base_dir = base_dir or Path.cwd()
+
+    @property
+    def path(self) -> Path:
+        p = Path(self.settings.path).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def _fmt(self) -> str:
+        if self.settings.format != "auto":
+            return self.settings.format
+        p = self.path
+        if p.is_dir():
+            return "cif_dir"
+        suffix = "".join(p.suffixes[-2:]).lower()
+        if suffix.endswith(".csv") or suffix.endswith(".csv.gz"):
+            return "csv"
+        if suffix.endswith(".json") or suffix.endswith(".json.gz"):
+            return "json"
+        if suffix.endswith(".xyz") or suffix.endswith(".extxyz"):
+            return "extxyz"
+        raise InputError(f"cannot tell the format from the name; set format: csv|cif_dir|json|extxyz", file=str(p))
+
+    def load(self) -> list[Candidate]:
+        p = self.path
+        if not p.exists():
+            raise InputError("candidate file not found", file=str(p))
+        fmt = self._fmt()
+        reader = {"csv": self._csv, "cif_dir": self._cif_dir, "json": self._json, "extxyz": self._extxyz}[fmt]
+        out, bad = [], []
+        for item in reader():
+            if isinstance(item, Candidate):
+                out.append(item)
+            else:
+                where, msg = item
+                if self.settings.on_bad_row == "error":
+                    raise InputError(msg, file=str(p), where=where)
+                bad.append(where)
+            if self.settings.limit and len(out) >= self.settings.limit:
+                break
+        if bad:
+            log.warning("%s: skipped %d unparseable entries (first: %s)", p, len(bad), bad[0])
+            warnings.warn(f"{p}: skipped {len(bad)} unparseable entries (first: {bad[0]})", stacklevel=2)
+        if not out:
+            raise InputError("the candidate pool is empty", file=str(p))
+        return out
+
+    def _csv(self):
+        import pandas as pd
+
+        p = self.path
+        try:
+            df = pd.read_csv(p)
+        except Exception as exc:
+            raise InputError(f"cannot read CSV: {exc}", file=str(p)) from None
+        cc, sc = self.settings.composition_column, self.settings.structure_column
+        for col in (cc, sc):
+            if col is not None and col not in df.columns:
+                if col == cc and sc is not None:
+                    cc = None
+                    continue
+                raise InputError(f"column {col!r} not found; columns are {list(df.columns)}", file=str(p))
+        if cc is None and sc is None:
+            raise InputError("need composition_column or structure_column", file=str(p))
+        for i, row in df.iterrows():
+            where = f"row {i + 2}"  # 1-based with the header line
+            prov = {"file": str(p), "row": int(i)}
+            try:
+                if sc is not None and isinstance(row[sc], str) and row[sc].strip():
+                    s = _read_structure_text(row[sc], p.parent)
+                    yield Candidate.from_structure(s, source=self.name, provenance=prov)
+                else:
+                    comp = row[cc] if cc is not None else None
+                    if comp is None or (isinstance(comp, float)) or not str(comp).strip():
+                        raise ValueError("empty composition")
+                    yield Candidate.from_composition(str(comp).strip(), source=self.name, provenance=prov)
+            except InputError:
+                raise
+            except Exception as exc:
+                col = sc if sc is not None else cc
+                yield (f"{where} column {col!r}", f"unparseable entry: {type(exc).__name__}: {exc}")
+
+    def _cif_dir(self):
+        from pymatgen.core import Structure
+
+        files = sorted(
+            f for f in self.path.iterdir() if f.suffix.lower() in (".cif", ".vasp", ".poscar") or f.name.startswith("POSCAR")
+        )
+        for f in files:
+            try:
+                s = Structure.from_file(str(f))
+                yield Candidate.from_structure(s, source=self.name, provenance={"file": str(f)})
+            except Exception as exc:
+                yield (f"file {f.name}", f"unparseable structure: {type(exc).__name__}: {exc}")
+
+    def _json(self):
+        from monty.io import zopen
+        from pymatgen.core import Structure
+
+        with zopen(str(self.path), "rt") as fh:
+            try:
+                data = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"malformed JSON: {exc}", file=str(self.path)) from None
+        items = data if isinstance(data, list) else data.get("structures", [data]) if isinstance(data, dict) else []
+        for i, d in enumerate(items):
+            try:
+                if isinstance(d, dict) and "structure" in d and isinstance(d["structure"], dict):
+                    d = d["structure"]
+                s = Structure.from_dict(d)
+                yield Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "index": i})
+            except Exception as exc:
+                yield (f"item [{i}]", f"not a pymatgen structure: {type(exc).__name__}: {exc}")
+
+    def _extxyz(self):
+        from ase.io import iread
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        try:
+            frames = list(iread(str(self.path), index=":", format="extxyz"))
+        except Exception as exc:
+            raise InputError(f"cannot read extxyz: {exc}", file=str(self.path)) from None
+        for i, atoms in enumerate(frames):
+            try:
+                if not atoms.pbc.any():
+                    raise ValueError("frame has no periodic cell")
+                s = AseAtomsAdaptor.get_structure(atoms)
+                yield Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "frame": i})
+            except Exception as exc:
+                yield (f"frame {i}", f"not a crystal: {type(exc).__name__}: {exc}")
+
+
+SOURCE_KINDS = ("file", "prototypes")
+
+
+def source_settings_model(kind: str):
+    if kind == "file":
+        return FileSourceSettings
+    if kind == "prototypes":
+        from .prototypes import PrototypeSettings
+
+        return PrototypeSettings
+    raise KeyError(kind)
+
+
+def make_source(kind: str, name: str, settings: dict, base_dir: Path | None = None):
+    """A fixed-pool source (``load() -> candidates``) for the built-in kinds."""
+    if kind == "file":
+        return FileSource(name, settings, base_dir)
+    if kind == "prototypes":
+        from .prototypes import PrototypeSource
+
+        return PrototypeSource(name, settings)
+    raise KeyError(kind)

@@ -1,0 +1,327 @@
+"""Surrogate models behind the ``Surrogate`` protocol: a botorch GP and a random forest.
+
+Both predict in chunks so that a pool of 10^6 candidates never needs more than one chunk
+of cross-covariances in memory. The GP keeps its fitted botorch model in ``.model`` for
+the Monte-Carlo batch acquisitions in ``matloop.agents.acquisition``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+_DTYPE = torch.float64
+
+
+class SurrogateSettings(BaseModel):
+    """Which model maps features to the objective, and its hyperparameter priors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["gp", "rf"] = Field("gp", description="'gp': botorch SingleTaskGP; 'rf': sklearn random forest")
+    kernel: Literal["rbf", "matern52"] = Field(
+        "rbf", description="GP kernel (ARD over every feature): squared exponential or Matern-5/2"
+    )
+    prior: Literal["dim_scaled", "gamma"] = Field(
+        "dim_scaled",
+        description="GP hyperparameter priors: 'dim_scaled' = botorch's LogNormal lengthscale prior "
+        "scaled by sqrt(d) (Hvarfner et al. 2024); 'gamma' = BayBE/EDBO-style Gamma priors on "
+        "lengthscale, outputscale and noise",
+    )
+    n_trees: int = Field(200, ge=2, description="trees in the random forest (kind='rf')")
+    min_samples_leaf: int = Field(1, ge=1, description="random forest minimum samples per leaf")
+    chunk_size: int = Field(16384, ge=1, description="candidates per posterior evaluation when predicting")
+    max_fit_points: int = Field(
+        300,
+        ge=2,
+        description="GP hyperparameters are fitted on a random subset of at most this many labels "
+        "(the posterior still conditions on all of them): the marginal-likelihood fit is O(n^3) per step",
+    )
+    fit_maxiter: int = Field(200, ge=1, description="L-BFGS iterations for the GP hyperparameter fit")
+
+
+class GPSurrogate:
+    """Exact GP: botorch ``SingleTaskGP`` with ``Normalize`` inputs and ``Standardize`` outputs.
+
+    Args:
+        settings: the surrogate settings.
+        bounds: ``2 x d`` lower/upper feature bounds for ``Normalize``; pass the pool's bounds
+            so that every pool point maps into ``[0, 1]^d``. None learns them from the
+            training inputs.
+        seed: seed of the subset used for the hyperparameter fit when there are more than
+            ``settings.max_fit_points`` labels.
+    """
+
+    def __init__(self, settings: SurrogateSettings | None = None, bounds: np.ndarray | None = None, seed: int = 0):
+        self.settings = settings or SurrogateSettings()
+        self.bounds = None if bounds is None else np.asarray(bounds, dtype=float)
+        self.seed = int(seed)
+        self.model = None
+        self.fit_info: dict = {}
+        self._cache: dict | None = None
+
+    def _covar_module(self, d: int):
+        from botorch.models.utils.gpytorch_modules import get_covar_module_with_dim_scaled_prior
+        from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
+        from gpytorch.priors import GammaPrior
+
+        rbf = self.settings.kernel == "rbf"
+        if self.settings.prior == "dim_scaled":
+            return get_covar_module_with_dim_scaled_prior(ard_num_dims=d, use_rbf_kernel=rbf)
+        # EDBO/BayBE-style: long lengthscales on [0, 1] inputs, moderate signal, small noise
+        ls_prior = GammaPrior(2.0, 0.2)
+        base = (
+            RBFKernel(ard_num_dims=d, lengthscale_prior=ls_prior)
+            if rbf
+            else MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_prior=ls_prior)
+        )
+        base.lengthscale = ls_prior.mean
+        kern = ScaleKernel(base, outputscale_prior=GammaPrior(2.0, 0.15))
+        kern.outputscale = 2.0 / 0.15 / 10.0
+        return kern
+
+    def _likelihood(self):
+        if self.settings.prior == "dim_scaled":
+            return None  # botorch's default LogNormal noise prior
+        from gpytorch.constraints import GreaterThan
+        from gpytorch.likelihoods import GaussianLikelihood
+        from gpytorch.priors import GammaPrior
+
+        lik = GaussianLikelihood(noise_prior=GammaPrior(1.1, 10.0), noise_constraint=GreaterThan(1e-5))
+        lik.noise = 0.05
+        return lik
+
+    def _build(self, train_X, train_Y, train_Yvar, bounds):
+        from botorch.models import SingleTaskGP
+        from botorch.models.transforms import Normalize, Standardize
+
+        d = train_X.shape[-1]
+        kwargs = {}
+        lik = self._likelihood()
+        if lik is not None and train_Yvar is None:
+            kwargs["likelihood"] = lik
+        return SingleTaskGP(
+            train_X,
+            train_Y,
+            train_Yvar=train_Yvar,
+            covar_module=self._covar_module(d),
+            input_transform=Normalize(d=d, bounds=bounds),
+            outcome_transform=Standardize(m=1),
+            **kwargs,
+        )
+
+    def fit(self, X: np.ndarray, y: np.ndarray, yvar: np.ndarray | None = None) -> None:
+        """Fit hyperparameters by maximising the marginal likelihood (L-BFGS, botorch).
+
+        With more than ``settings.max_fit_points`` labels the hyperparameters are fitted on
+        a random subset and then the GP conditions on every label.
+
+        Args:
+            X: ``n x d`` training features.
+            y: ``n`` training targets.
+            yvar: ``n`` known noise variances, or None to infer a homoscedastic noise.
+        """
+        from botorch.exceptions.errors import ModelFittingError
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float).reshape(-1)
+        n, d = X.shape
+        train_X = torch.as_tensor(X, dtype=_DTYPE)
+        train_Y = torch.as_tensor(y, dtype=_DTYPE).unsqueeze(-1)
+        train_Yvar = None if yvar is None else torch.as_tensor(np.asarray(yvar, float), dtype=_DTYPE).reshape(-1, 1)
+        if self.bounds is not None:
+            bounds = torch.as_tensor(self.bounds, dtype=_DTYPE).clone()
+            # a constant column has lower == upper: widen it so Normalize does not divide by 0
+            flat = (bounds[1] - bounds[0]) <= 1e-12
+            bounds[1, flat] = bounds[0, flat] + 1.0
+        else:
+            bounds = torch.stack([train_X.min(0).values, train_X.max(0).values])
+            bounds[1] = torch.maximum(bounds[1], bounds[0] + 1e-6)
+        sub = None
+        if n > self.settings.max_fit_points:
+            sub = np.sort(np.random.default_rng(self.seed).choice(n, self.settings.max_fit_points, replace=False))
+        fit_model = self._build(
+            train_X[sub] if sub is not None else train_X,
+            train_Y[sub] if sub is not None else train_Y,
+            None if train_Yvar is None else (train_Yvar[sub] if sub is not None else train_Yvar),
+            bounds,
+        )
+        mll = ExactMarginalLogLikelihood(fit_model.likelihood, fit_model)
+        self.fit_info = {"n_train": n, "d": d, "n_fit": n if sub is None else len(sub), "fit_ok": True}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.settings.fit_maxiter}})
+            except ModelFittingError as exc:
+                # keep the prior-mode hyperparameters: a usable, if vague, model
+                self.fit_info.update(fit_ok=False, fit_error=str(exc)[:200])
+        if sub is None:
+            model = fit_model
+        else:
+            model = self._build(train_X, train_Y, train_Yvar, bounds)
+            model.covar_module.load_state_dict(fit_model.covar_module.state_dict())
+            model.mean_module.load_state_dict(fit_model.mean_module.state_dict())
+            if train_Yvar is None:
+                model.likelihood.load_state_dict(fit_model.likelihood.state_dict())
+        model.eval()
+        self.model = model
+        self._cache = None
+
+    def _predictive_cache(self) -> dict:
+        """Cholesky factor of the training covariance and the weights of the posterior mean."""
+        if self._cache is None:
+            gp = self.model
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Xtr = gp.train_inputs[0]  # normalised (eval mode stores transformed inputs)
+                ytr = gp.train_targets  # standardised
+                noise = gp.likelihood.noise.reshape(-1).expand(len(ytr))
+                K = gp.covar_module(Xtr).to_dense() + torch.diag(noise)
+                jitter = 0.0
+                for _ in range(6):
+                    L, info = torch.linalg.cholesky_ex(K + jitter * torch.eye(len(ytr), dtype=_DTYPE))
+                    if int(info) == 0:
+                        break
+                    jitter = max(jitter * 10, 1e-8)
+                c = gp.mean_module.constant.reshape(())
+                alpha = torch.cholesky_solve((ytr - c).unsqueeze(-1), L).squeeze(-1)
+                Linv = torch.linalg.solve_triangular(L, torch.eye(len(ytr), dtype=_DTYPE), upper=False)
+                self._cache = {
+                    "Xtr": Xtr,
+                    "c": c,
+                    "alpha": alpha,
+                    "LinvT": Linv.T.contiguous(),
+                    "ymean": gp.outcome_transform.means.reshape(()),
+                    "ystd": gp.outcome_transform.stdvs.reshape(()),
+                }
+        return self._cache
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of the latent function, each ``m``.
+
+        Streams ``X`` (``m x d``) in chunks of ``settings.chunk_size``. Per chunk only the
+        ``chunk x n`` cross-covariance (from the GP's own kernel module) is formed:
+        mean = c + k*^T alpha, var = k** - ||L^-1 k*||^2 with the cached Cholesky factor L of
+        the training covariance, i.e. the diagonal of gpytorch's exact predictive covariance
+        without its lazy-tensor overhead (equal to ``model.posterior`` in the tests).
+        """
+        if self.model is None:
+            raise RuntimeError("GPSurrogate.predict called before fit")
+        cache = self._predictive_cache()
+        gp = self.model
+        X = np.asarray(X)
+        m = X.shape[0]
+        mean = np.empty(m)
+        std = np.empty(m)
+        cs = self.settings.chunk_size
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for a in range(0, m, cs):
+                xb = gp.input_transform(torch.as_tensor(np.asarray(X[a : a + cs], dtype=float), dtype=_DTYPE))
+                Ks = gp.covar_module(xb, cache["Xtr"]).to_dense()  # chunk x n
+                prior = gp.covar_module(xb, diag=True)
+                mu = cache["c"] + Ks @ cache["alpha"]
+                v = Ks @ cache["LinvT"]
+                var = (prior - (v * v).sum(-1)).clamp_min(1e-12)
+                mean[a : a + cs] = (mu * cache["ystd"] + cache["ymean"]).numpy()
+                std[a : a + cs] = (var.sqrt() * cache["ystd"]).numpy()
+        return mean, std
+
+    def sample_joint(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``n_samples x m`` joint posterior samples at ``X`` (``m x d``, keep ``m`` small)."""
+        if self.model is None:
+            raise RuntimeError("GPSurrogate.sample_joint called before fit")
+        xb = torch.as_tensor(np.asarray(X, dtype=float), dtype=_DTYPE)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            post = self.model.posterior(xb)
+            mu = post.mean.reshape(-1)
+            cov = post.distribution.covariance_matrix
+            cov = 0.5 * (cov + cov.transpose(-1, -2))
+            jitter = 1e-9 * float(cov.diagonal().mean().clamp_min(1e-12))
+            for _ in range(6):
+                L, info = torch.linalg.cholesky_ex(cov + jitter * torch.eye(len(mu), dtype=_DTYPE))
+                if int(info) == 0:
+                    break
+                jitter *= 100
+        z = torch.as_tensor(rng.standard_normal((n_samples, len(mu))), dtype=_DTYPE)
+        return (mu + z @ L.T).numpy()
+
+
+class RandomForestSurrogate:
+    """sklearn random forest; the uncertainty is the spread (std) of the per-tree predictions.
+
+    Args:
+        settings: the surrogate settings (``n_trees``, ``min_samples_leaf``, ``chunk_size``).
+        seed: random_state for the forest (derive it from the campaign's Generator).
+    """
+
+    def __init__(self, settings: SurrogateSettings | None = None, seed: int = 0):
+        self.settings = settings or SurrogateSettings(kind="rf")
+        self.seed = int(seed)
+        self.model = None
+
+    def fit(self, X: np.ndarray, y: np.ndarray, yvar: np.ndarray | None = None) -> None:
+        """Fit on ``X`` (``n x d``) and ``y`` (``n``); ``yvar`` is ignored."""
+        from sklearn.ensemble import RandomForestRegressor
+
+        self.model = RandomForestRegressor(
+            n_estimators=self.settings.n_trees,
+            min_samples_leaf=self.settings.min_samples_leaf,
+            random_state=self.seed,
+            n_jobs=1,
+        )
+        self.model.fit(np.asarray(X, dtype=float), np.asarray(y, dtype=float).reshape(-1))
+
+    def tree_predictions(self, X: np.ndarray) -> np.ndarray:
+        """``n_trees x m`` per-tree predictions."""
+        if self.model is None:
+            raise RuntimeError("RandomForestSurrogate used before fit")
+        X = np.asarray(X, dtype=np.float32)
+        return np.stack([t.predict(X) for t in self.model.estimators_])
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std across trees, each ``m``, in chunks."""
+        X = np.asarray(X)
+        m = X.shape[0]
+        mean, std = np.empty(m), np.empty(m)
+        cs = self.settings.chunk_size
+        for a in range(0, m, cs):
+            P = self.tree_predictions(X[a : a + cs])
+            mean[a : a + cs] = P.mean(axis=0)
+            std[a : a + cs] = P.std(axis=0)
+        return mean, std
+
+
+def make_surrogate(
+    settings: SurrogateSettings | None = None,
+    *,
+    rng: np.random.Generator | None = None,
+    bounds: np.ndarray | None = None,
+) -> GPSurrogate | RandomForestSurrogate:
+    """Build the surrogate that ``settings.kind`` names.
+
+    Args:
+        settings: the surrogate settings (default: GP).
+        rng: source of the seed (forest, GP fitting subset); None uses seed 0.
+        bounds: ``2 x d`` feature bounds for the GP's input normalisation.
+    """
+    settings = settings or SurrogateSettings()
+    seed = int(rng.integers(2**31 - 1)) if rng is not None else 0
+    if settings.kind == "gp":
+        return GPSurrogate(settings, bounds=bounds, seed=seed)
+    return RandomForestSurrogate(settings, seed=seed)
+
+
+__all__ = [
+    "SurrogateSettings",
+    "GPSurrogate",
+    "RandomForestSurrogate",
+    "make_surrogate",
+]

@@ -1,0 +1,125 @@
+"""Planning speed: how long ``select_batch`` takes on a random pool of a given size.
+
+Usage::
+
+    python benchmarks/planning.py --pool-size 100000 [--features 150] [--observations 500] \
+        [--batch-size 10] [--baseline] [--threads 2] [--seed 0] --json
+
+Prints one JSON object: ``pool_size``, ``seconds`` (fit + pool scoring + batch), the split
+into those three, ``peak_rss_gb`` (the process's peak resident memory after planning, the
+pool included), and with ``--baseline`` the time of botorch's ``optimize_acqf_discrete``
+(qLogNEI, sequential greedy) over the whole pool with the same model, the speed ratio, and
+the fraction of the baseline batch that our batch also contains. The pool is float32 and
+has a smooth synthetic objective over its first features so that the model has signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import warnings
+
+import numpy as np
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
+
+
+def _objective(X: np.ndarray) -> np.ndarray:
+    """A smooth function of the first 5 features (``n``), for ``X`` of shape ``n x d``."""
+    Z = X[:, :5].astype(float)
+    return -np.sum((Z - 0.5) ** 2, axis=1) + 0.5 * np.sin(3 * Z[:, 0])
+
+
+def make_pool(n: int, d: int, rng: np.random.Generator, chunk: int = 100_000) -> np.ndarray:
+    """Standard-normal ``n x d`` float32 pool, generated in chunks."""
+    X = np.empty((n, d), dtype=np.float32)
+    for a in range(0, n, chunk):
+        X[a : a + chunk] = rng.standard_normal((min(chunk, n - a), d), dtype=np.float32)
+    return X
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pool-size", type=int, required=True)
+    p.add_argument("--features", type=int, default=150)
+    p.add_argument("--observations", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--pending", type=int, default=0, help="pending requests fantasised in the batch")
+    p.add_argument("--baseline", action="store_true", help="also run optimize_acqf_discrete on the whole pool")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    a = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from matloop.agents.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+
+    rng = np.random.default_rng(a.seed)
+    X = make_pool(a.pool_size, a.features, rng)
+    train = rng.choice(a.pool_size, size=a.observations, replace=False)
+    y = _objective(X[train]) + 0.05 * rng.standard_normal(a.observations)
+    rest = np.setdiff1d(np.arange(a.pool_size), train)
+    pending = rng.choice(rest, size=a.pending, replace=False) if a.pending else None
+    surrogate, acquisition = SurrogateSettings(), AcquisitionSettings()
+    t0 = time.perf_counter()
+    sel = select_batch(
+        X, train, y, a.batch_size, Goal("max"), surrogate=surrogate, acquisition=acquisition,
+        rng=np.random.default_rng(a.seed + 1), pending_idx=pending,
+    )
+    seconds = time.perf_counter() - t0
+    out = {
+        "pool_size": a.pool_size,
+        "features": a.features,
+        "observations": a.observations,
+        "batch_size": a.batch_size,
+        "threads": a.threads,
+        "seconds": round(seconds, 3),
+        "seconds_split": {k: round(v, 3) for k, v in sel.info["seconds"].items()},
+        "peak_rss_gb": round(_peak_rss_gb(), 3),
+        "baseline_seconds": None,
+        "speedup_vs_baseline": None,
+        "batch_overlap_with_baseline": None,
+        "true_value_of_batch_mean": float(np.mean(_objective(X[sel.indices]))),
+    }
+    if a.baseline:
+        from botorch.acquisition.logei import qLogNoisyExpectedImprovement
+        from botorch.optim import optimize_acqf_discrete
+        from botorch.sampling import SobolQMCNormalSampler
+
+        from matloop.agents.acquisition import pool_bounds
+        from matloop.agents.surrogates import GPSurrogate
+
+        gp = GPSurrogate(surrogate, bounds=pool_bounds(X))
+        gp.fit(X[train].astype(float), y)  # deterministic L-BFGS: the same model as above
+        t1 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            acqf = qLogNoisyExpectedImprovement(
+                gp.model,
+                X_baseline=torch.as_tensor(X[train], dtype=torch.float64),
+                sampler=SobolQMCNormalSampler(torch.Size([acquisition.mc_samples]), seed=a.seed),
+                prune_baseline=True,
+            )
+            mask = np.ones(a.pool_size, dtype=bool)
+            mask[train] = False
+            choices = torch.as_tensor(X[mask], dtype=torch.float64)
+            cand, _ = optimize_acqf_discrete(acqf, a.batch_size, choices, max_batch_size=2048)
+        out["baseline_seconds"] = round(time.perf_counter() - t1, 3)
+        out["speedup_vs_baseline"] = round(out["baseline_seconds"] / seconds, 2)
+        idx_of = {X[i].tobytes(): i for i in np.flatnonzero(mask)}
+        base_idx = {idx_of[np.asarray(r, dtype=np.float32).tobytes()] for r in cand.numpy()}
+        out["batch_overlap_with_baseline"] = len(base_idx & set(sel.indices.tolist())) / a.batch_size
+        out["peak_rss_gb_with_baseline"] = round(_peak_rss_gb(), 3)
+    print(json.dumps(out) if a.json else json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

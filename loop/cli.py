@@ -1,0 +1,300 @@
+"""The ``matloop`` command line.
+
+Bad input exits with status 2 and a message naming the file and the row or YAML path —
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from matloop.oracles.records import InputError, MatloopError
+
+
+def _parse_sets(items: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}", where="--set")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+def cmd_validate(args) -> int:
+    from .spec import load_campaign
+
+    spec = load_campaign(args.file, _parse_sets(args.set))
+    print(f"{args.file}: OK — campaign {spec.name!r}, {len(spec.oracles)} oracle(s), {len(spec.sources)} source(s)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from .runner import Campaign
+    from .spec import load_campaign
+
+    spec = load_campaign(args.file, _parse_sets(args.set))
+    summary = Campaign(spec, store_path=args.store, console=Console(), quiet=args.quiet).run()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _open_store(path: str):
+    from .store import Store
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError("store not found", file=str(p))
+    return Store(p)
+
+
+def cmd_status(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    store = _open_store(args.store)
+    console = Console()
+    name = store.get_meta("campaign")
+    its = store.iterations("agent")
+    console.print(f"campaign [bold]{name}[/bold] — store {args.store}")
+    console.print(f"candidates: {store.n_candidates()}   iterations: {len(its)}   open requests: {len(store.open_requests())}")
+    t = Table(title="spend per oracle (funnel)")
+    for col in ("oracle", "fidelity", "evaluations", "failed", "cost", "wall time (s)"):
+        t.add_column(col)
+    fid = {}
+    for o in store.observations():
+        fid[o.oracle] = o.fidelity
+    for arm in ("agent", "random"):
+        for oracle, v in sorted(store.spend(arm).items(), key=lambda kv: fid.get(kv[0], 0)):
+            label = oracle if arm == "agent" else f"{oracle} (random baseline)"
+            t.add_row(label, str(fid.get(oracle, "")), str(v["evaluations"]), str(v["failed"]), f"{v['cost']:g}", f"{v['wall_time_s']:.1f}")
+    console.print(t)
+    # best so far per property of each oracle
+    obs = store.observations(arm="agent")
+    cands = {c.id: c for c in store.candidates()}
+    best: dict = {}
+    for o in obs:
+        if not o.ok:
+            continue
+        for prop, v in o.properties.items():
+            key = (o.oracle, prop)
+            best.setdefault(key, []).append((v, cands[o.candidate_id].formula if o.candidate_id in cands else o.candidate_id))
+    if best:
+        tb = Table(title="observed range per property")
+        for col in ("oracle", "property", "n", "min (formula)", "max (formula)"):
+            tb.add_column(col)
+        for (oracle, prop), vals in sorted(best.items()):
+            lo, hi = min(vals), max(vals)
+            tb.add_row(oracle, prop, str(len(vals)), f"{lo[0]:.4g} ({lo[1]})", f"{hi[0]:.4g} ({hi[1]})")
+        console.print(tb)
+    fails = [o for o in obs if not o.ok]
+    if fails:
+        console.print(f"[bold]failures[/bold] ({len(fails)}):")
+        for o in fails[-10:]:
+            f = cands.get(o.candidate_id)
+            console.print(f"  {o.oracle} {f.formula if f else o.candidate_id}: {o.reason}")
+    n_show = args.last
+    if its and n_show:
+        console.print(f"[bold]last {min(n_show, len(its))} plan(s)[/bold]:")
+        for it in its[-n_show:]:
+            r = it["rationale"]
+            console.print(f"  iteration {it['idx']} ({it['status']}): pool {r.get('pool_size')}, expected cost {r.get('expected_cost')}")
+            for tier, info in (r.get("tiers") or {}).items():
+                if "chosen" in info:
+                    sel = info.get("selection", {})
+                    why = sel.get("reason") or f"{sel.get('acquisition')} on {sel.get('surrogate')}, shortlist {sel.get('shortlist_size')}"
+                    console.print(f"    {tier}: {why}")
+                    for c in info["chosen"][:10]:
+                        console.print(
+                            f"      {c['formula']:<16} acq={_fmt(c.get('acquisition'))} mean={_fmt(c.get('predicted_mean'))} std={_fmt(c.get('predicted_std'))}"
+                        )
+                elif "promoted" in info:
+                    console.print(f"    {tier}: promoted {len(info['promoted'])} of {info['passed']} passing {info['rule']}")
+                else:
+                    console.print(f"    {tier}: {info}")
+    store.close()
+    return 0
+
+
+def _fmt(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
+
+
+def cmd_export(args) -> int:
+    store = _open_store(args.store)
+    rows = store.export_rows()
+    store.close()
+    out = open(args.out, "w") if args.out else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=1)
+            out.write("\n")
+        else:
+            import csv
+
+            props = sorted({p for r in rows for p in r["properties"]})
+            fields = ["seq", "iteration", "arm", "candidate_id", "formula", "source", "oracle", "oracle_version", "fidelity",
+                      "status", "value", "cost", "wall_time_s", "reason"] + props
+            w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                flat = dict(r)
+                vals = list(r["properties"].values())
+                flat["value"] = vals[0] if len(vals) == 1 else ""
+                flat.update(r["properties"])
+                w.writerow(flat)
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pydantic import ValidationError
+
+    from matloop.oracles.records import Candidate, Request
+    from matloop.oracles.registry import RegistryError, oracle_class
+
+    try:
+        cls = oracle_class(args.oracle)
+    except RegistryError as exc:
+        raise InputError(str(exc), where="--oracle") from None
+    path = Path(args.structure)
+    if not path.exists():
+        raise InputError("structure file not found", file=str(path))
+    from pymatgen.core import Structure
+
+    try:
+        if path.suffix == ".json":
+            structure = Structure.from_dict(json.loads(path.read_text()))
+        else:
+            structure = Structure.from_file(str(path))
+    except Exception as exc:
+        raise InputError(f"cannot read structure: {exc}", file=str(path)) from None
+    try:
+        oracle = cls(name=args.oracle, settings=_parse_sets(args.set), timeout_s=args.timeout)
+    except ValidationError as exc:
+        msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"bad --set settings for {args.oracle}: {msgs}", where="--set") from None
+    cand = Candidate.from_structure(structure, source="cli", provenance={"file": str(path)})
+    if hasattr(oracle, "setup"):
+        oracle.setup([cand])
+    obs = oracle.run(Request(Request.make_id(cand.id, args.oracle, 0), cand, args.oracle, 0))
+    out = obs.to_json()
+    out["formula"] = cand.formula
+    out["properties_units"] = {k: k.rsplit("_", 1)[-1] for k in obs.properties}
+    out["oracle_description"] = oracle.describe()
+    if not args.full:
+        out.get("extra", {}).pop("relaxed_structure", None)
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if obs.ok else 1
+
+
+def cmd_benchmark(args) -> int:
+    from matloop.loop import benchmark as bm
+
+    if args.file:
+        summary = bm.benchmark_from_campaign(args.file, out_dir=args.out, seeds=args.seeds, strategies=args.strategies,
+                                             budget=args.budget, batch_size=args.batch_size, init=args.init,
+                                             top_fraction=args.top_fraction)
+    else:
+        missing = [n for n, v in (("--dataset", args.dataset), ("--composition-column", args.composition_column),
+                                  ("--target-column", args.target_column), ("--goal", args.goal)) if not v]
+        if missing:
+            raise InputError(f"without a campaign FILE, these are required: {', '.join(missing)}", where="benchmark")
+        summary = bm.benchmark_from_csv(
+            args.dataset, args.composition_column, args.target_column, args.goal,
+            top_fraction=args.top_fraction or 0.01, budget=args.budget or 200, batch_size=args.batch_size or 10,
+            init=args.init if args.init is not None else 10, seeds=args.seeds or 5,
+            strategies=args.strategies or "matloop,random,rf_ucb,greedy_rf", out_dir=args.out,
+        )
+    bm.print_summary(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run or resume a campaign")
+    r.add_argument("file")
+    r.add_argument("--store", help="SQLite store (default: the campaign's store key)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a YAML key (dotted path)")
+    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check a campaign file without running anything")
+    v.add_argument("file")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("status", help="iterations, spend per oracle, best so far, failures, last plans")
+    s.add_argument("store")
+    s.add_argument("--last", type=int, default=1, help="show the rationale of the last N iterations")
+    s.set_defaults(func=cmd_status)
+
+    e = sub.add_parser("export", help="one record per observation")
+    e.add_argument("store")
+    e.add_argument("--format", choices=("csv", "json"), default="csv")
+    e.add_argument("--out")
+    e.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("evaluate", help="evaluate one structure file with one oracle kind")
+    ev.add_argument("structure", help="CIF, POSCAR or pymatgen JSON")
+    ev.add_argument("--oracle", required=True, help="oracle kind: chgnet, gpaw-pbe, gpaw-hse06, mlip-md, ...")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="oracle setting")
+    ev.add_argument("--timeout", type=float, default=None)
+    ev.add_argument("--full", action="store_true", help="include the relaxed structure")
+    ev.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("benchmark", help="retrospective benchmark: replay a labelled dataset with labels hidden")
+    b.add_argument("file", nargs="?", help="benchmark campaign YAML (lookup oracle)")
+    b.add_argument("--dataset")
+    b.add_argument("--composition-column")
+    b.add_argument("--target-column")
+    b.add_argument("--goal", help="max | min | window:LO:HI")
+    b.add_argument("--top-fraction", type=float)
+    b.add_argument("--budget", type=int)
+    b.add_argument("--batch-size", type=int)
+    b.add_argument("--init", type=int)
+    b.add_argument("--seeds", type=int)
+    b.add_argument("--strategies")
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=cmd_benchmark)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MatloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the store keeps everything recorded so far — run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

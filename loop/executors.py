@@ -1,0 +1,131 @@
+"""Where oracle jobs run: inline, local worker processes, or Dask.
+
+An executor's ``submit(oracle, request)`` returns a ``Handle`` at once; ``handle.done()``
+never blocks and ``handle.result()`` always gives an ``Observation`` — a crashed worker
+process becomes a failed observation with its reason, never an exception in the loop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from matloop.oracles.records import Observation, Request, Status
+
+
+def _failed(oracle, request: Request, reason: str, t0: float) -> Observation:
+    return Observation(
+        request_id=request.id,
+        candidate_id=request.candidate.id,
+        oracle=oracle.name,
+        oracle_version=oracle.version,
+        fidelity=oracle.fidelity,
+        status=Status.FAILED,
+        cost=oracle.cost,
+        wall_time_s=time.time() - t0,
+        reason=reason,
+    )
+
+
+class Handle:
+    """A submitted job."""
+
+    def __init__(self, oracle, request: Request, future: Future | None = None, value: Observation | None = None):
+        self.oracle = oracle
+        self.request = request
+        self.future = future
+        self.value = value
+        self.submitted_at = time.time()
+
+    def done(self) -> bool:
+        return self.value is not None or (self.future is not None and self.future.done())
+
+    def result(self) -> Observation:
+        if self.value is not None:
+            return self.value
+        try:
+            self.value = self.future.result()
+        except BrokenProcessPool as exc:
+            self.value = _failed(self.oracle, self.request, f"worker process crashed: {exc}", self.submitted_at)
+        except Exception as exc:  # the job itself should never raise (Oracle.run catches); belt and braces
+            self.value = _failed(self.oracle, self.request, f"{type(exc).__name__}: {exc}", self.submitted_at)
+        return self.value
+
+
+class InlineExecutor:
+    """Runs each job in the calling process at submit time (cheap oracles, tests)."""
+
+    workers = 1
+
+    def submit(self, oracle, request: Request) -> Handle:
+        return Handle(oracle, request, value=oracle.run(request))
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _worker_init(threads: int) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except Exception:
+        pass
+
+
+def _run(oracle, request: Request) -> Observation:
+    return oracle.run(request)
+
+
+class LocalExecutor:
+    """A pool of spawned worker processes; each keeps its loaded models between jobs.
+
+    A worker that dies (segfault, out of memory, ``kill``) fails only its own jobs: the pool
+    is rebuilt for the next submission.
+    """
+
+    def __init__(self, workers: int = 2):
+        self.workers = max(1, int(workers))
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        if self._pool is None or getattr(self._pool, "_broken", False):
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+            )
+        return self._pool
+
+    def submit(self, oracle, request: Request) -> Handle:
+        if getattr(oracle, "inline", False):
+            return Handle(oracle, request, value=oracle.run(request))
+        try:
+            fut = self._ensure().submit(_run, oracle, request)
+        except BrokenProcessPool:
+            self._pool = None
+            fut = self._ensure().submit(_run, oracle, request)
+        return Handle(oracle, request, future=fut)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def make_executor(spec):
+    """Executor from an ``ExecutorSpec``."""
+    if spec.kind == "inline":
+        return InlineExecutor()
+    if spec.kind == "local":
+        return LocalExecutor(spec.workers)
+    if spec.kind == "dask":
+        from .dask_executor import DaskExecutor
+
+        return DaskExecutor(address=spec.address, workers=spec.workers)
+    raise ValueError(spec.kind)

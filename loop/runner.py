@@ -1,0 +1,372 @@
+"""The closed loop: plan -> submit -> store each observation as it arrives -> refit -> repeat.
+
+Resume rule: every request is recorded before submission and every observation the moment
+it arrives, so ``Campaign.run`` on an existing store first resubmits the requests that have
+no observation (none are lost), never one that has (none are repeated), then goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matloop.agents.acquisition import AcquisitionSettings, SurrogateSettings
+from matloop.agents.agent import AgentConfig, DefaultAgent, OracleInfo, goal_from_objective
+from matloop.agents.features import FeaturePreprocessor, featurize
+from matloop.agents.sources import SOURCE_KINDS, make_source
+from matloop.oracles.records import Candidate, InputError, Observation, Request, Status
+from matloop.oracles.registry import oracle_class
+
+from .executors import make_executor
+from .spec import CampaignSpec
+from .store import Store
+
+log = logging.getLogger("matloop")
+
+
+def build_oracles(spec: CampaignSpec) -> dict:
+    """Oracle objects by name, in spec order."""
+    out = {}
+    for o in spec.oracles:
+        cls = oracle_class(o.kind)
+        kwargs = dict(name=o.name, settings=o.settings, cost=o.cost, fidelity=o.fidelity, timeout_s=o.timeout_s, cost_unit=o.cost_unit)
+        if o.kind == "lookup":
+            kwargs["base_dir"] = spec.base_dir
+        try:
+            out[o.name] = cls(**kwargs)
+        except TypeError:
+            kwargs.pop("base_dir", None)
+            out[o.name] = cls(**kwargs)
+    return out
+
+
+def _oracle_properties(oracle) -> tuple[str, ...]:
+    return tuple(getattr(oracle, "properties", ()) or ())
+
+
+@dataclass
+class ArmResult:
+    evaluations: int
+    best_value: float | None
+    best_formula: str | None
+    n_feasible: int
+    n_hits: int | None  # window goals: evaluations landing in the window
+
+
+class Campaign:
+    """Runs (or resumes) one campaign against its store."""
+
+    def __init__(self, spec: CampaignSpec, store_path: str | Path | None = None, console=None, quiet: bool = False):
+        self.spec = spec
+        self.store_path = Path(store_path) if store_path else spec.resolve(spec.store)
+        self.console = console
+        self.quiet = quiet
+        self.goal = goal_from_objective(spec.objective)
+        self.rng = np.random.default_rng(spec.seed)
+
+    # -- output -------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        log.info(text)
+        if not self.quiet:
+            if self.console is not None:
+                self.console.print(text, highlight=False)
+            else:
+                print(text, flush=True)
+
+    def _setup_logging(self) -> logging.Handler:
+        handler = logging.FileHandler(str(self.store_path) + ".log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        return handler
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _load_pool(self, store: Store) -> None:
+        if store.get_meta("pool_loaded"):
+            return
+        total = 0
+        for s in self.spec.sources:
+            if s.kind not in SOURCE_KINDS:
+                continue  # generators draw during the loop
+            src = make_source(s.kind, s.label, s.settings, self.spec.base_dir)
+            cands = src.load()
+            added = store.add_candidates(cands, iteration=-1)
+            total += added
+            self._say(f"source {s.label!r} ({s.kind}): {len(cands)} candidates, {added} new")
+        if store.n_candidates() == 0:
+            raise InputError("the candidate pool is empty", file=str(self.spec.base_dir))
+        store.set_meta("pool_loaded", True)
+
+    def _features(self, store: Store, candidates: list[Candidate]) -> np.ndarray:
+        key = self.spec.features.key
+        ids = [c.id for c in candidates]
+        X, missing = store.get_features(key, ids)
+        if missing:
+            t0 = time.perf_counter()
+            miss = set(missing)
+            todo = [c for c in candidates if c.id in miss]
+            Xm, errors = featurize(todo, self.spec.features)
+            store.put_features(key, [c.id for c in todo], Xm, errors)
+            n_err = sum(e is not None for e in errors)
+            self._say(f"featurized {len(todo)} candidates in {time.perf_counter() - t0:.1f} s ({n_err} failures recorded)")
+            X, _ = store.get_features(key, ids)
+        if "fractions" in self.spec.features.composition:
+            from matloop.agents.features import pool_fractions
+
+            F, _ = pool_fractions(candidates)
+            X = np.hstack([X, F])
+        return FeaturePreprocessor().fit_transform(X).astype(np.float32)
+
+    def _agent(self, oracles: dict) -> DefaultAgent:
+        infos = []
+        for o in self.spec.oracles:
+            props = _oracle_properties(oracles[o.name])
+            infos.append(
+                OracleInfo(o.name, props, o.fidelity, o.cost, o.promote.model_dump() if o.promote else None)
+            )
+        cfg = AgentConfig(
+            goal=self.goal,
+            objective_property=self.spec.objective.property,
+            objective_oracle=self.spec.objective_oracle.name,
+            oracles=infos,
+            surrogate=SurrogateSettings(**self.spec.agent.surrogate),
+            acquisition=AcquisitionSettings(**self.spec.agent.acquisition),
+            constraints=self.spec.constraints,
+        )
+        return DefaultAgent(cfg)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _execute(self, store: Store, executor, oracles: dict, requests: list[Request]) -> list[Observation]:
+        """Submit, then store each observation the moment it arrives."""
+        handles = []
+        results = []
+        for r in requests:
+            oracle = oracles[r.oracle]
+            cached = store.cached_observation(r.candidate.id, oracle.version)
+            if cached is not None:
+                obs = Observation(
+                    **{**cached.to_json(), "status": cached.status, "request_id": r.id, "cost": 0.0, "wall_time_s": 0.0,
+                       "extra": {**cached.extra, "cached_from": cached.request_id}}
+                )
+                store.add_observation(obs)
+                results.append(obs)
+                continue
+            handles.extend(oracle.submit([r], executor))
+        open_handles = list(handles)
+        while open_handles:
+            ready = [h for h in open_handles if h.done()]
+            if not ready:
+                time.sleep(0.05)
+                continue
+            for h in ready:
+                open_handles.remove(h)
+                obs = h.result()
+                store.add_observation(obs)
+                results.append(obs)
+                if not obs.ok:
+                    log.warning("failed: %s on %s: %s", obs.oracle, h.request.candidate.formula, obs.reason)
+        return results
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def _objective_values(self, store: Store, arm: str, candidates_by_id: dict) -> list[tuple[str, float]]:
+        """(candidate id, value) for successful, feasible objective observations of an arm."""
+        obj = self.spec.objective
+        oname = self.spec.objective_oracle.name
+        obs = store.observations(arm=arm)
+        by_cand: dict[str, dict[str, Observation]] = {}
+        for o in obs:
+            if o.ok:
+                by_cand.setdefault(o.candidate_id, {})[o.oracle] = o
+        out = []
+        for cid, per in by_cand.items():
+            main = per.get(oname)
+            if main is None or main.value(obj.property) is None:
+                continue
+            feasible = True
+            for c in self.spec.constraints:
+                srcs = [per[c.oracle]] if c.oracle else list(per.values())
+                vals = [s.value(c.property) for s in srcs if s is not None and s.value(c.property) is not None]
+                if not vals or not c.satisfied(vals[0]):
+                    feasible = False
+            if feasible:
+                out.append((cid, main.value(obj.property)))
+        return out
+
+    def arm_result(self, store: Store, arm: str) -> ArmResult:
+        cands = {c.id: c for c in store.candidates()}
+        vals = self._objective_values(store, arm, cands)
+        n_eval = sum(v["evaluations"] for v in store.spend(arm).values())
+        if not vals:
+            return ArmResult(n_eval, None, None, 0, 0 if self.goal.kind == "window" else None)
+        scores = self.goal.score(np.array([v for _, v in vals]))
+        k = int(np.argmax(scores))
+        hits = int(self.goal.contains(np.array([v for _, v in vals])).sum()) if self.goal.kind == "window" else None
+        return ArmResult(n_eval, vals[k][1], cands[vals[k][0]].formula, len(vals), hits)
+
+    def _spent(self, store: Store, arm: str = "agent") -> tuple[float, int]:
+        sp = store.spend(arm)
+        return sum(v["cost"] for v in sp.values()), sum(v["evaluations"] for v in sp.values())
+
+    def _budget_left(self, store: Store) -> float | None:
+        b = self.spec.budget
+        if b.cost is None:
+            return None
+        return b.cost - self._spent(store)[0]
+
+    def _exhausted(self, store: Store) -> str | None:
+        b = self.spec.budget
+        cost, n_eval = self._spent(store)
+        n_iter = len([it for it in store.iterations("agent") if it["status"] == "done"])
+        if b.cost is not None and cost >= b.cost - 1e-12:
+            return f"cost budget spent ({cost:g} of {b.cost:g})"
+        if b.iterations is not None and n_iter >= b.iterations:
+            return f"iteration budget reached ({n_iter})"
+        if b.evaluations is not None and n_eval >= b.evaluations:
+            return f"evaluation budget reached ({n_eval})"
+        return None
+
+    def _stop_rule(self, store: Store, history: list[float | None]) -> str | None:
+        for rule in self.spec.stop:
+            best = history[-1] if history else None
+            if rule.kind == "target" and best is not None:
+                if self.goal.score(np.array([best]))[0] >= self.goal.score(np.array([rule.value]))[0]:
+                    return f"target {rule.value:g} reached (best {best:g})"
+            if rule.kind == "no_improvement" and len(history) > rule.patience:
+                recent = history[-(rule.patience + 1):]
+                if recent[0] is not None and all(
+                    h is not None and self.goal.score(np.array([h]))[0] <= self.goal.score(np.array([recent[0]]))[0]
+                    for h in recent[1:]
+                ):
+                    return f"no improvement for {rule.patience} iterations"
+        return None
+
+    # -- main ---------------------------------------------------------------------------------
+    def run(self) -> dict:
+        store = Store(self.store_path)
+        handler = self._setup_logging()
+        executor = None
+        try:
+            name = store.get_meta("campaign")
+            if name is not None and name != self.spec.name:
+                raise InputError(
+                    f"store belongs to campaign {name!r}, not {self.spec.name!r}; use another store path",
+                    file=str(self.store_path),
+                )
+            store.set_meta("campaign", self.spec.name)
+            resumed = store.next_iteration() > 0
+            self._say(("resuming" if resumed else "starting") + f" campaign {self.spec.name!r}, store {self.store_path}")
+            self._load_pool(store)
+            candidates = store.candidates()
+            oracles = build_oracles(self.spec)
+            for o in oracles.values():
+                o.setup(candidates)
+            X = self._features(store, candidates)
+            agent = self._agent(oracles)
+            executor = make_executor(self.spec.executor)
+            cand_by_id = {c.id: c for c in candidates}
+
+            # resume: requests recorded but never answered
+            open_reqs = store.open_requests()
+            if open_reqs:
+                self._say(f"resubmitting {len(open_reqs)} unanswered request(s) from an interrupted run")
+                reqs = [Request(rid, cand_by_id[cid], oracle, it) for rid, it, arm, cid, oracle in open_reqs]
+                self._execute(store, executor, oracles, reqs)
+            for idx in store.running_iterations():
+                store.finish_iteration(idx)
+
+            # the agent's loop
+            history: list[float | None] = []
+            stop_reason = None
+            t_start = time.perf_counter()
+            while True:
+                stop_reason = self._exhausted(store)
+                if stop_reason:
+                    break
+                idx = store.next_iteration()
+                obs = store.observations(arm="agent")
+                requested = {(c, o) for c, o in store.requested_pairs()}
+                t_plan = time.perf_counter()
+                plan = agent.propose(
+                    idx, candidates, X, obs, requested, set(), self.spec.batch_size, self.rng, self._budget_left(store)
+                )
+                plan.rationale["planning_seconds"] = time.perf_counter() - t_plan
+                if not plan.requests:
+                    stop_reason = "no candidates left to request"
+                    break
+                store.start_iteration(idx, plan.rationale, plan.requests, plan.acquisition)
+                results = self._execute(store, executor, oracles, plan.requests)
+                store.finish_iteration(idx)
+                res = self.arm_result(store, "agent")
+                history.append(res.best_value)
+                cost, n_eval = self._spent(store)
+                n_fail = sum(1 for r in results if not r.ok)
+                best = f"{res.best_value:.4g} ({res.best_formula})" if res.best_value is not None else "none yet"
+                budget_txt = f"/{self.spec.budget.cost:g}" if self.spec.budget.cost else ""
+                self._say(
+                    f"iter {idx:3d} | {len(results)} evals ({n_fail} failed) | best {self.spec.objective.property} {best}"
+                    f" | spend {cost:g}{budget_txt} | plan {plan.rationale['planning_seconds']:.1f} s"
+                )
+                stop_reason = self._stop_rule(store, history)
+                if stop_reason:
+                    break
+            self._say(f"stopped: {stop_reason}")
+            agent_res = self.arm_result(store, "agent")
+            summary = {
+                "campaign": self.spec.name,
+                "store": str(self.store_path),
+                "stop_reason": stop_reason,
+                "agent": agent_res.__dict__,
+                "spend": store.spend("agent"),
+                "seconds": time.perf_counter() - t_start,
+            }
+            if self.spec.report.compare_random:
+                summary["random"] = self._random_arm(store, executor, oracles, candidates).__dict__
+                self._print_comparison(summary)
+            return summary
+        finally:
+            if executor is not None:
+                executor.shutdown()
+            log.removeHandler(handler)
+            handler.close()
+            store.close()
+
+    def _random_arm(self, store: Store, executor, oracles: dict, candidates: list[Candidate]) -> ArmResult:
+        """As many random picks from the same pool on the objective oracle as the agent made."""
+        oname = self.spec.objective_oracle.name
+        n_target = sum(1 for o in store.observations(oracle=oname, arm="agent"))
+        done = {o.candidate_id for o in store.observations(oracle=oname, arm="random")}
+        pending_iters = [it for it in store.iterations("random")]
+        rng = np.random.default_rng(self.spec.seed + 7919)
+        order = rng.permutation(len(candidates))
+        picks = [candidates[i] for i in order[:n_target]]
+        todo = [c for c in picks if c.id not in done]
+        if todo:
+            idx = store.next_iteration()
+            reqs = [Request(Request.make_id(c.id, oname, idx) + "-rnd", c, oname, idx) for c in todo]
+            already = {r[0] for r in store.open_requests()}
+            reqs = [r for r in reqs if r.id not in already]
+            if reqs:
+                self._say(f"random baseline: evaluating {len(reqs)} random picks from the same pool (cached results reused)")
+                store.start_iteration(idx, {"arm": "random", "n": len(reqs), "seed": self.spec.seed + 7919}, reqs, arm="random")
+                self._execute(store, executor, oracles, reqs)
+                store.finish_iteration(idx)
+        del pending_iters
+        return self.arm_result(store, "random")
+
+    def _print_comparison(self, summary: dict) -> None:
+        a, r = summary["agent"], summary["random"]
+        prop = self.spec.objective.property
+        self._say("")
+        self._say(f"summary: {self.spec.name} — objective {self.spec.objective.goal} {prop}")
+        self._say(f"  agent : best {a['best_value']} ({a['best_formula']}) after {a['evaluations']} evaluations")
+        self._say(f"  random: best {r['best_value']} ({r['best_formula']}) after {r['evaluations']} evaluations (same pool, same budget)")
+        if a["best_value"] is not None and r["best_value"] is not None:
+            sa = self.goal.score(np.array([a["best_value"]]))[0]
+            sr = self.goal.score(np.array([r["best_value"]]))[0]
+            verdict = "agent better" if sa > sr else ("tie" if math.isclose(sa, sr) else "random better")
+            self._say(f"  difference: {abs(a['best_value'] - r['best_value']):.4g} ({verdict})")

@@ -1,0 +1,395 @@
+"""The campaign spec: one YAML file, validated by pydantic v2 models before anything runs.
+
+Every model forbids unknown keys. ``load_campaign`` reports *every* problem at once with
+its YAML path (``oracles[1].kind``) and line number, as an ``InputError`` that the CLI
+turns into exit status 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from matloop.agents.features import FeatureSettings
+from matloop.oracles.records import InputError
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Objective(_Model):
+    """What the campaign optimises: one property reported by one oracle."""
+
+    property: str = Field(description="property name, e.g. formation_energy_ev_per_atom or gap_ev")
+    goal: Literal["maximize", "minimize", "window"] = Field(description="maximize, minimize, or land in a window")
+    window: tuple[float, float] | None = Field(None, description="[lo, hi] for goal: window (hi may be .inf)")
+    oracle: str | None = Field(
+        None, description="name of the oracle whose value counts; default: the highest-fidelity oracle reporting it"
+    )
+
+    @model_validator(mode="after")
+    def _window(self):
+        if self.goal == "window":
+            if self.window is None:
+                raise ValueError("goal 'window' needs window: [lo, hi]")
+            lo, hi = self.window
+            if not lo < hi:
+                raise ValueError(f"window lower bound {lo} must be below upper bound {hi}")
+        elif self.window is not None:
+            raise ValueError(f"window is only used with goal: window (goal is {self.goal})")
+        return self
+
+
+class Constraint(_Model):
+    """A feasibility condition on one property, e.g. e_above_hull_ev_per_atom <= 0.1."""
+
+    property: str = Field(description="property name")
+    oracle: str | None = Field(None, description="oracle reporting it (default: any that does)")
+    max: float | None = Field(None, description="upper bound (inclusive)")
+    min: float | None = Field(None, description="lower bound (inclusive)")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max is None and self.min is None:
+            raise ValueError("a constraint needs min and/or max")
+        return self
+
+    def satisfied(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
+
+
+class SourceSpec(_Model):
+    """A candidate source: a file pool, prototype enumeration, or a registered generator."""
+
+    name: str | None = Field(None, description="label stored as each candidate's source (default: kind)")
+    kind: str = Field(description="file | prototypes | a registered generator (mutation, vae, optimade, ...)")
+    settings: dict[str, Any] = Field(default_factory=dict, description="settings of this source kind")
+    n_per_iteration: int = Field(
+        0, ge=0, description="for generators: new candidates to draw each iteration (0 = only at start)"
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+class PromotionRule(_Model):
+    """When a candidate moves up to this oracle from a cheaper one (a funnel rung)."""
+
+    after: str = Field(description="name of the cheaper oracle whose result is read")
+    top_k: int | None = Field(None, ge=1, description="promote the k best by that oracle's objective value")
+    property: str | None = Field(None, description="property of the cheaper oracle to filter on")
+    min: float | None = Field(None, description="promote if property >= min")
+    max: float | None = Field(None, description="promote if property <= max")
+
+
+class OracleSpec(_Model):
+    """One oracle (an evaluation tier)."""
+
+    name: str = Field(description="unique name used in the store and in objective/constraints")
+    kind: str = Field(description="registered oracle kind: lookup, chgnet, gpaw-pbe, gpaw-hse06, mlip-md, http, ...")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the oracle kind's settings")
+    cost: float = Field(1.0, ge=0, description="cost charged per evaluation, in cost_unit")
+    cost_unit: str = Field("unit", description="seconds, core-hours, or a user unit")
+    fidelity: int = Field(0, ge=0, description="0 = cheapest tier; higher = closer to the truth")
+    timeout_s: float | None = Field(None, gt=0, description="wall-clock limit per evaluation")
+    promote: PromotionRule | None = Field(None, description="funnel rule; without it the agent chooses candidates for this oracle directly")
+
+
+class Budget(_Model):
+    """When the campaign ends: whichever limit is hit first."""
+
+    cost: float | None = Field(None, gt=0, description="total cost over all oracles")
+    iterations: int | None = Field(None, ge=1, description="number of agent iterations")
+    evaluations: int | None = Field(None, ge=1, description="total oracle evaluations (all tiers)")
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.cost is None and self.iterations is None and self.evaluations is None:
+            raise ValueError("budget needs at least one of cost, iterations, evaluations")
+        return self
+
+
+class StopRule(_Model):
+    """Early stop: reaching a target value, or no improvement for some iterations."""
+
+    kind: Literal["target", "no_improvement"] = Field(description="target | no_improvement")
+    value: float | None = Field(None, description="for target: stop once the best reaches this value")
+    patience: int | None = Field(None, ge=1, description="for no_improvement: iterations without a better best")
+
+    @model_validator(mode="after")
+    def _args(self):
+        if self.kind == "target" and self.value is None:
+            raise ValueError("stop rule 'target' needs value")
+        if self.kind == "no_improvement" and self.patience is None:
+            raise ValueError("stop rule 'no_improvement' needs patience")
+        return self
+
+
+class ExecutorSpec(_Model):
+    """Where oracle jobs run."""
+
+    kind: Literal["local", "inline", "dask"] = Field(
+        "local", description="local worker processes, inline (same process), or dask distributed"
+    )
+    workers: int = Field(2, ge=1, description="parallel jobs")
+    address: str | None = Field(None, description="dask scheduler address (tcp://host:8786); none = LocalCluster")
+
+
+class AgentSpec(_Model):
+    """How the agent picks: surrogate, acquisition, initial random picks."""
+
+    surrogate: dict[str, Any] = Field(default_factory=dict, description="surrogate settings (kind: gp | rf, ...)")
+    acquisition: dict[str, Any] = Field(
+        default_factory=dict,
+        description="acquisition settings (kind: auto | qlognei | logei | ucb | thompson | window, init, beta, shortlist, ...)",
+    )
+
+
+class ReportSpec(_Model):
+    compare_random: bool = Field(
+        False, description="also evaluate as many random picks from the same pool, to compare at the end"
+    )
+
+
+class CampaignSpec(_Model):
+    """A whole campaign. Relative paths are resolved against the YAML file's folder."""
+
+    name: str = Field(description="campaign name")
+    seed: int = Field(0, description="seed of every random choice")
+    objective: Objective
+    constraints: list[Constraint] = Field(default_factory=list, description="feasibility conditions")
+    sources: list[SourceSpec] = Field(min_length=1, description="where candidates come from")
+    features: FeatureSettings = Field(default_factory=FeatureSettings, description="featurizers")
+    agent: AgentSpec = Field(default_factory=AgentSpec, description="surrogate and acquisition")
+    batch_size: int = Field(8, ge=1, description="requests per iteration")
+    oracles: list[OracleSpec] = Field(min_length=1, description="evaluation tiers")
+    budget: Budget
+    stop: list[StopRule] = Field(default_factory=list, description="early stop rules")
+    store: str = Field(description="SQLite file holding the campaign state (created if absent)")
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="where oracle jobs run")
+    report: ReportSpec = Field(default_factory=ReportSpec, description="end-of-run comparison")
+
+    @field_validator("oracles")
+    @classmethod
+    def _unique_oracles(cls, v):
+        names = [o.name for o in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate oracle names {dup}")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self):
+        names = {o.name for o in self.oracles}
+        if self.objective.oracle is not None and self.objective.oracle not in names:
+            raise ValueError(f"objective.oracle {self.objective.oracle!r} is not one of the oracles {sorted(names)}")
+        for i, c in enumerate(self.constraints):
+            if c.oracle is not None and c.oracle not in names:
+                raise ValueError(f"constraints[{i}].oracle {c.oracle!r} is not one of the oracles {sorted(names)}")
+        for o in self.oracles:
+            if o.promote and o.promote.after not in names:
+                raise ValueError(f"oracle {o.name!r} promote.after {o.promote.after!r} is not an oracle")
+        return self
+
+    # -- derived ------------------------------------------------------------------------------
+    base_dir: Path | None = Field(None, exclude=True, description="(internal) folder of the YAML file")
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        if p.is_absolute() or self.base_dir is None:
+            return p
+        return (self.base_dir / p).resolve()
+
+    @property
+    def objective_oracle(self) -> OracleSpec:
+        if self.objective.oracle:
+            return next(o for o in self.oracles if o.name == self.objective.oracle)
+        return max(self.oracles, key=lambda o: o.fidelity)
+
+
+# -- loading with YAML paths and line numbers --------------------------------------------------
+
+
+def _node_at(node, loc):
+    """Follow a pydantic error location through the composed YAML node tree."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == key:
+                    nxt = v
+                    break
+            if nxt is None:
+                # unknown key: point at the key itself
+                return node
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return node
+    return node
+
+
+def _key_node(node, loc):
+    """For an 'extra' error, the node of the offending key."""
+    parent = _node_at(node, loc[:-1])
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if k.value == loc[-1]:
+                return k
+    return parent
+
+
+def _fmt_loc(loc) -> str:
+    out = ""
+    for k in loc:
+        if isinstance(k, int):
+            out += f"[{k}]"
+        else:
+            out += ("." if out else "") + str(k)
+    return out or "(top level)"
+
+
+def parse_yaml(path: Path):
+    if not path.exists():
+        raise InputError("file not found", file=str(path))
+    if path.is_dir():
+        raise InputError("is a folder, expected a YAML file", file=str(path))
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InputError(f"malformed YAML: {problem}", file=str(path), where=where) from None
+    if not isinstance(data, dict):
+        raise InputError("a campaign file must be a YAML mapping", file=str(path))
+    return data, root
+
+
+def load_campaign(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignSpec:
+    """Read and validate a campaign YAML; raise InputError listing every problem."""
+    path = Path(path)
+    data, root = parse_yaml(path)
+    for dotted, value in (overrides or {}).items():
+        _apply_override(data, dotted, value)
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
+            line = node.start_mark.line + 1 if node is not None else "?"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            lines.append(f"  {_fmt_loc(loc)} (line {line}): {msg}")
+        raise InputError(
+            f"{len(lines)} problem(s) in the campaign:\n" + "\n".join(lines), file=str(path)
+        ) from None
+    spec.base_dir = path.resolve().parent
+    _check_kinds(spec, path, root)
+    return spec
+
+
+def _apply_override(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        if isinstance(cur, list):
+            cur = cur[int(k)]
+        else:
+            cur = cur.setdefault(k, {})
+    if isinstance(cur, list):
+        cur[int(keys[-1])] = value
+    else:
+        cur[keys[-1]] = value
+
+
+def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
+    """Registered names and per-kind settings, reported with YAML paths like the rest."""
+    from matloop.agents.sources import SOURCE_KINDS, source_settings_model
+    from matloop.oracles.registry import RegistryError, names, oracle_class
+
+    problems = []
+
+    def where(loc):
+        node = _node_at(root, loc)
+        return f"{_fmt_loc(loc)} (line {node.start_mark.line + 1})"
+
+    for i, o in enumerate(spec.oracles):
+        try:
+            cls = oracle_class(o.kind)
+        except RegistryError as exc:
+            problems.append(f"  {where(('oracles', i, 'kind'))}: {exc}")
+            continue
+        except Exception as exc:  # a plug-in that fails to import
+            problems.append(f"  {where(('oracles', i, 'kind'))}: oracle kind {o.kind!r} failed to load: {exc}")
+            continue
+        try:
+            cls.Settings.model_validate(o.settings)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("oracles", i, "settings", *err["loc"])
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"  {where(loc)}: {msg}")
+    generator_kinds = set(names("matloop.generators"))
+    for i, s in enumerate(spec.sources):
+        if s.kind in SOURCE_KINDS:
+            try:
+                source_settings_model(s.kind).model_validate(s.settings)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ("sources", i, "settings", *err["loc"])
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    problems.append(f"  {where(loc)}: {msg}")
+        elif s.kind not in generator_kinds:
+            known = sorted(set(SOURCE_KINDS) | generator_kinds)
+            problems.append(f"  {where(('sources', i, 'kind'))}: unknown source kind {s.kind!r}; known: {', '.join(known)}")
+    for section in ("surrogate", "acquisition"):
+        try:
+            from matloop.agents import acquisition as acq
+
+            model = acq.SurrogateSettings if section == "surrogate" else acq.AcquisitionSettings
+            model.model_validate(getattr(spec.agent, section))
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("agent", section, *err["loc"])
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append(f"  {where(loc)}: {msg}")
+    obj_oracle = spec.objective_oracle
+    try:
+        props = _oracle_properties(obj_oracle)
+        if props and spec.objective.property not in props:
+            problems.append(
+                f"  {where(('objective', 'property'))}: oracle {obj_oracle.name!r} ({obj_oracle.kind}) does not report "
+                f"{spec.objective.property!r}; it reports {sorted(props)}"
+            )
+    except Exception:
+        pass
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) in the campaign:\n" + "\n".join(problems), file=str(path))
+
+
+def _oracle_properties(o: OracleSpec) -> set[str]:
+    from matloop.oracles.registry import oracle_class
+
+    cls = oracle_class(o.kind)
+    if o.kind == "lookup":
+        return set((o.settings.get("columns") or {}).keys())
+    if o.kind in ("http", "folder", "command"):
+        return set(o.settings.get("properties") or [])
+    return set(cls.properties)

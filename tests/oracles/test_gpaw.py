@@ -1,0 +1,189 @@
+"""GPAW PBE and HSE06 tiers on two-atom silicon, with small but real calculations.
+
+Settings are cut down to keep the module near two minutes on two cores (200 eV cutoff,
+Gamma-centred 4x4x4 mesh, which contains X), so the expected numbers are wider than the
+converged ones: PBE indirect gap 0.69 eV on this mesh (0.6 converged), HSE06 1.31 eV
+(about 1.15 converged), direct gap at Gamma 2.5 (PBE) and 3.3 (HSE06).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing as mp
+import pickle
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from matloop.oracles.gpaw import BandEdges, GpawHse06Oracle, GpawPbeOracle, band_edges
+from matloop.oracles.records import Candidate, Request, Status
+
+needs_gpaw = pytest.mark.skipif(
+    importlib.util.find_spec("gpaw") is None, reason="GPAW is not installed (scripts/setup.sh builds it)"
+)
+
+# kpt_density 1.9 per 1/A gives the 4x4x4 mesh on primitive Si (a = 5.43 A) and on ASE's
+# elemental Si reference, so the formation energy compares like with like.
+FAST = {"ecut_ev": 200.0, "kpt_density": 1.9, "smearing_width_ev": 0.01}
+
+
+def silicon() -> Candidate:
+    from ase.build import bulk
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    return Candidate.from_structure(AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.43)), source="test")
+
+
+def request(candidate: Candidate, oracle: str) -> Request:
+    return Request(id=Request.make_id(candidate.id, oracle, 0), candidate=candidate, oracle=oracle, iteration=0)
+
+
+def _run_in_worker(oracle, req):
+    return oracle.run(req)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("gpaw-cache")
+
+
+@pytest.fixture(scope="module")
+def pbe(cache_dir):
+    """PBE on the mesh plus a band path, with the Si elemental reference (computed and cached)."""
+    oracle = GpawPbeOracle(settings={**FAST, "band_path": True, "band_path_npoints": 24, "cache_dir": str(cache_dir)})
+    obs = oracle.run(request(silicon(), "pbe"))
+    assert obs.ok, obs.reason
+    return obs
+
+
+@pytest.fixture(scope="module")
+def hse_nscf(cache_dir):
+    oracle = GpawHse06Oracle(settings={**FAST, "cache_dir": str(cache_dir)})
+    obs = oracle.run(request(silicon(), "hse"))
+    assert obs.ok, obs.reason
+    return obs
+
+
+# -- band edges from eigenvalues (no GPAW) ----------------------------------------------------
+def test_band_edges_indirect_gap_and_indices():
+    # 1 spin, 3 k-points, 3 bands; 2 occupied: VBM at k0 (1.0), CBM at k2 (1.5)
+    e = np.array([[[0.0, 1.0, 3.0], [-0.5, 0.5, 2.0], [-1.0, 0.2, 1.5]]])
+    edges = band_edges(e, [2], fermi_level_ev=1.2)
+    assert (edges.vbm_ev, edges.cbm_ev) == (1.0, 1.5)
+    assert edges.gap_ev == pytest.approx(0.5)
+    assert edges.direct_gap_ev == pytest.approx(1.3)  # at k2: 1.5 - 0.2
+    assert (edges.k_vbm, edges.k_cbm, edges.metallic) == (0, 2, False)
+
+
+def test_band_edges_overlap_fractional_offset_and_spin():
+    e = np.array([[[0.0, 2.0, 3.0], [0.0, 1.0, 1.5]]])  # band 1 at k0 (2.0) above band 2 at k1 (1.5)
+    overlap = band_edges(e, [2], 0.0)
+    assert overlap.metallic and overlap.gap_ev == 0.0
+    assert band_edges(e, None, fermi_level_ev=0.7) == BandEdges(0.7, 0.7, 0.0, 0.0, True)
+    # only bands 3..4 stored (offset 3): 4 occupied -> valence is array band 0
+    window = np.array([[[1.0, 2.0], [0.8, 2.4]]])
+    assert band_edges(window, [4], 0.0, band_offset=3).gap_ev == pytest.approx(1.0)
+    # spin-polarized: up has 2 occupied, down 1; VBM from up, CBM from down
+    up = [[0.0, 1.0, 4.0]]
+    down = [[0.0, 2.5, 3.0]]
+    sp = band_edges(np.array([up, down]), [2, 1], 0.0)
+    assert (sp.spin_vbm, sp.spin_cbm, sp.gap_ev) == (0, 1, pytest.approx(1.5))
+
+
+# -- settings and installation --------------------------------------------------------------
+def test_settings_validation_and_version_ignores_site_settings(tmp_path):
+    with pytest.raises(ValidationError):
+        GpawHse06Oracle(settings={"mode": "nscf", "bulk_reference": "bulk.cif"})
+    with pytest.raises(ValidationError):
+        GpawPbeOracle(settings={"ecut": 300})  # unknown key
+    a = GpawPbeOracle(settings={"cache_dir": str(tmp_path / "a")})
+    b = GpawPbeOracle(settings={"cache_dir": str(tmp_path / "b"), "log_dir": str(tmp_path)})
+    c = GpawPbeOracle(settings={"ecut_ev": 450})
+    assert a.version == b.version != c.version
+    assert pickle.loads(pickle.dumps(a)).version == a.version
+
+
+def test_missing_gpaw_is_a_failed_observation(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gpaw", None)  # `import gpaw` now raises ImportError
+    obs = GpawPbeOracle().run(request(silicon(), "pbe"))
+    assert obs.status == Status.FAILED
+    assert obs.reason.startswith("GPAW is not installed: run `make setup`")
+
+
+def test_composition_only_candidate_fails():
+    obs = GpawPbeOracle().run(request(Candidate.from_composition("Si"), "pbe"))
+    assert not obs.ok and "needs a structure" in obs.reason
+
+
+# -- real calculations ----------------------------------------------------------------------
+@needs_gpaw
+def test_pbe_silicon_gap_edges_and_band_path(pbe):
+    p = pbe.properties
+    assert 0.5 < p["gap_ev"] < 0.75
+    # the path passes the conduction minimum at 0.85 Gamma-X, which the mesh misses
+    assert pbe.extra["band_path_gap_ev"] < pbe.extra["mesh_gap_ev"] - 0.02
+    assert p["gap_ev"] == pytest.approx(min(pbe.extra["band_path_gap_ev"], pbe.extra["mesh_gap_ev"]))
+    assert 2.2 < p["direct_gap_ev"] < 2.8  # at Gamma
+    assert p["cbm_ev"] - p["vbm_ev"] == pytest.approx(p["gap_ev"])
+    assert pbe.extra["vbm_kpt"] == [0.0, 0.0, 0.0]
+    assert pbe.extra["kpts"] == [4, 4, 4] and pbe.extra["occupied_bands"] == [4]
+    assert pbe.extra["converged"] and 3 <= pbe.extra["n_iterations"] < 40
+    assert -6.0 < p["total_energy_ev_per_atom"] < -4.5  # GPAW's energy of Si is about -5.4 eV/atom
+
+
+@needs_gpaw
+def test_pbe_formation_energy_of_an_element_is_zero_and_reference_is_cached(pbe, cache_dir):
+    assert pbe.properties["formation_energy_ev_per_atom"] == pytest.approx(0.0, abs=2e-3)
+    ref = pbe.extra["elemental_references"]["Si"]
+    assert ref["source"] == "bulk:diamond" and ref["kpts"] == [4, 4, 4] and not ref["cached"]
+    assert Path(ref["file"]).is_file() and Path(ref["file"]).parent.parent == cache_dir
+    oracle = GpawPbeOracle(settings={**FAST, "cache_dir": str(cache_dir)})
+    from gpaw.mpi import world
+
+    from matloop.oracles.gpaw import _Run
+
+    again = oracle.elemental_reference("Si", _Run(oracle.settings, "t", cache_dir))
+    assert again["cached"] and again["energy_ev_per_atom"] == ref["energy_ev_per_atom"]
+    assert world.size == 1
+
+
+@needs_gpaw
+def test_hse06_nscf_opens_the_silicon_gap(hse_nscf, pbe):
+    p = hse_nscf.properties
+    assert 1.0 < p["gap_ev"] < 1.45
+    assert p["gap_ev"] > p["pbe_gap_ev"] + 0.3
+    assert p["pbe_gap_ev"] == pytest.approx(pbe.extra["mesh_gap_ev"], abs=1e-3)
+    # HSE06 lowers the VBM and raises the CBM
+    assert hse_nscf.extra["vbm_shift_ev"] < -0.1 and hse_nscf.extra["cbm_shift_ev"] > 0.1
+    assert p["direct_gap_ev"] > pbe.properties["direct_gap_ev"] + 0.4
+
+
+@needs_gpaw
+def test_hse06_band_edge_correction_from_a_bulk_file_matches_nscf(hse_nscf, cache_dir, tmp_path):
+    cand = silicon()
+    bulk_file = tmp_path / "Si_bulk.cif"
+    cand.pmg_structure().to(filename=str(bulk_file))
+    oracle = GpawHse06Oracle(
+        settings={**FAST, "mode": "band_edge_correction", "bulk_reference": str(bulk_file), "cache_dir": str(cache_dir)}
+    )
+    obs = oracle.run(request(cand, "hse-bec"))
+    assert obs.ok, obs.reason
+    assert obs.properties["gap_ev"] == pytest.approx(hse_nscf.properties["gap_ev"], abs=0.1)
+    assert obs.properties["pbe_gap_ev"] == pytest.approx(hse_nscf.properties["pbe_gap_ev"], abs=1e-3)
+    assert obs.extra["bulk_reference"]["cached"] is False
+    assert list((cache_dir / "hse06_shifts").glob("Si-*.json"))
+    assert obs.extra["timings_s"]["hse06"] < hse_nscf.extra["timings_s"]["hse06"]  # 2 of 8 k-points
+
+
+@needs_gpaw
+def test_unconverged_scf_is_a_failed_observation_from_a_worker_process(tmp_path):
+    oracle = GpawPbeOracle(settings={**FAST, "maxiter": 2, "formation_energy": False, "cache_dir": str(tmp_path)})
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        obs = pool.submit(_run_in_worker, oracle, request(silicon(), "pbe")).result()
+    assert obs.status == Status.FAILED
+    assert obs.reason.startswith("SCF not converged in 2 iterations"), obs.reason
+    assert obs.oracle_version == oracle.version
