@@ -7,13 +7,18 @@
 2. **Score the whole pool** with a closed-form acquisition computed from the posterior mean
    and standard deviation only, streamed in chunks (never an ``N x N`` covariance):
    LogEI, UCB, or for a window goal the log-probability of lying in ``[lo, hi]``.
-3. **Select the batch on a shortlist** (the top ``shortlist`` candidates by that score) with
-   the joint Monte-Carlo acquisition by sequential greedy conditioning, which is what
-   ``botorch.optim.optimize_acqf_discrete`` does, but returning pool indices: qLogEI,
-   qLogNEI, qUCB, or the probability that at least one batch member lies in the window
-   (``qSimpleRegret`` on a smoothed window indicator). Pending requests enter as
-   ``X_pending``, so a new batch does not duplicate work already running. Thompson
-   sampling draws one joint posterior sample on the shortlist per batch slot.
+3. **Select the batch on a shortlist** (the top ``shortlist`` candidates by that score).
+   Default (``batch='believer'``): one joint posterior over shortlist + pending points, then
+   sequential greedy picks of the same closed-form acquisition, each pick (and first every
+   pending point) conditioned in as a kriging-believer fantasy (its value = its posterior
+   mean, so the incumbent may rise and nearby variances shrink). A window goal picks the
+   ``q`` highest probabilities of lying in the window: the expected number of hits of a
+   batch is the sum of its members' probabilities, so no conditioning is needed.
+   ``batch='mc'``: botorch's Monte-Carlo qLogEI / qLogNEI / qUCB / window ``qSimpleRegret``
+   (probability that at least one member lies in the window) by sequential greedy
+   conditioning as in ``botorch.optim.optimize_acqf_discrete``, returning pool indices, with
+   pending points as ``X_pending``. Thompson sampling draws one joint posterior sample on
+   the shortlist per batch slot. Random forests have no joint posterior: top-q by score.
 
 Running botorch's ``optimize_acqf_discrete`` directly on a 10^5 pool with q=8 took 392 s
 and 7 GB; steps 2 and 3 together take seconds (see ``benchmarks/planning.py``).
@@ -131,7 +136,14 @@ class AcquisitionSettings(BaseModel):
         description="random picks until this many candidates are labelled or pending "
         "(and always while fewer than 2 labels exist)",
     )
-    mc_samples: int = Field(256, ge=16, description="quasi-Monte-Carlo samples for the batch acquisitions")
+    batch: Literal["believer", "mc"] = Field(
+        "believer",
+        description="how a GP builds the q-batch on the shortlist: 'believer' = the closed-form "
+        "acquisition with kriging-believer conditioning on each pick and on pending points (one "
+        "joint posterior over the shortlist, milliseconds); 'mc' = botorch Monte-Carlo qLogEI / "
+        "qLogNEI / qUCB / window qSimpleRegret by sequential greedy with X_pending (seconds)",
+    )
+    mc_samples: int = Field(256, ge=16, description="quasi-Monte-Carlo samples for batch='mc'")
 
 
 @dataclass
@@ -352,7 +364,11 @@ def select_batch(
     cs = acquisition.chunk_size
     for a in range(0, len(available), cs):
         mean[a : a + cs], std[a : a + cs] = model.predict(X_pool[available[a : a + cs]])
-    best_f = float(np.max(target)) if not window_direct else float("nan")
+    best_f = float("nan")
+    if kind == "logei":
+        best_f = float(np.max(target))
+    elif kind == "qlognei":  # noisy incumbent: the best posterior mean among the labelled
+        best_f = float(np.max(model.predict(np.asarray(X_pool[tr], dtype=float))[0]))
     if kind in ("logei", "qlognei"):
         score = log_expected_improvement(mean, std, best_f)
     elif kind in ("ucb", "thompson"):
@@ -392,9 +408,18 @@ def select_batch(
         pick = np.asarray(picks, dtype=int)
         batch_values = samples[np.arange(q), pick]
         info["batch_rule"] = "Thompson: argmax of one joint posterior sample on the shortlist per slot"
+    elif kind == "window" and window_direct and acquisition.batch == "believer":
+        pick = np.arange(q)  # shortlist is sorted by window log-probability
+        batch_values = score[short[pick]]
+        info["batch_rule"] = "top-q window probability (maximises the expected number of hits)"
+    elif acquisition.batch == "believer":
+        pick, batch_values = _believer_batch(
+            model, X_short_np, np.asarray(X_pool[pending_idx], dtype=float), q, kind, best_f, acquisition.beta
+        )
+        info["batch_rule"] = f"sequential greedy {kind} with kriging-believer fantasies on the shortlist"
     else:
         pick, batch_values = _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng)
-        info["batch_rule"] = f"sequential greedy q{kind.replace('q', '')} on the shortlist, pending as X_pending"
+        info["batch_rule"] = f"sequential greedy MC {kind} on the shortlist, pending as X_pending"
     info["batch_values"] = [float(v) for v in batch_values]
     info["mean_units"] = "property" if (window_direct or goal.kind != "window") else "score (-distance to window)"
     info["seconds_batch"] = time.perf_counter() - t_batch
@@ -412,6 +437,46 @@ def select_batch(
         std=std[chosen],
         info=info,
     )
+
+
+def _believer_batch(model, X_short, X_pend, q, kind, best_f, beta):
+    """Greedy picks on the shortlist (``K x d``) with kriging-believer conditioning.
+
+    Pending points (``P x d``) are conditioned in first. Each conditioning on point ``j`` is
+    the rank-1 update ``S <- S - S[:, j] S[j, :] / (S[j, j] + noise)``; the mean is unchanged
+    because the fantasised value equals the posterior mean, and for EI the incumbent becomes
+    ``max(best_f, mean[j])``.
+
+    Returns:
+        the ``q`` picked shortlist positions and the acquisition value at each pick.
+    """
+    P = len(X_pend)
+    mu, S = model.joint(np.vstack([X_pend, X_short]) if P else X_short)
+    noise = max(model.noise_variance(), 1e-10 * float(np.mean(np.diag(S))) + 1e-12)
+    ei = kind in ("logei", "qlognei")
+
+    def condition(S, j):
+        col = S[:, j].copy()
+        return S - np.outer(col, col) / (col[j] + noise)
+
+    for j in range(P):
+        S = condition(S, j)
+        if ei:
+            best_f = max(best_f, float(mu[j]))
+    taken = np.zeros(len(X_short), dtype=bool)
+    picks, values = [], []
+    for _ in range(q):
+        m, sd = mu[P:], np.sqrt(np.clip(np.diag(S)[P:], 1e-12, None))
+        a = log_expected_improvement(m, sd, best_f) if ei else m + math.sqrt(beta) * sd
+        a[taken] = -np.inf
+        j = int(np.argmax(a))
+        picks.append(j)
+        values.append(float(a[j]))
+        taken[j] = True
+        S = condition(S, P + j)
+        if ei:
+            best_f = max(best_f, float(m[j]))
+    return np.asarray(picks, dtype=int), np.asarray(values)
 
 
 def _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng):

@@ -13,6 +13,7 @@ the campaign (``Deduplicator``) before it is returned.
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -89,9 +90,7 @@ class SubstitutionTable:
 
     def _table(self):
         if self._sp is None:
-            from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
-
-            self._sp = SubstitutionProbability()
+            self._sp = _substitution_probability()
             self._species = sorted(self._sp.species, key=str)
         return self._sp
 
@@ -115,6 +114,14 @@ class SubstitutionTable:
         out = (els, p / p.sum() if p.size else p)
         self._cache[key] = out
         return out
+
+
+@lru_cache(maxsize=1)
+def _substitution_probability():
+    """pymatgen's data-mined table (read-only; loaded once per process, ~2 s)."""
+    from pymatgen.analysis.structure_prediction.substitution_probability import SubstitutionProbability
+
+    return SubstitutionProbability()
 
 
 def _oxidation_states(composition) -> dict[str, float]:
@@ -206,7 +213,7 @@ def remove_site(structure, rng: np.random.Generator):
     return child, f"vacancy {structure[i].specie}"
 
 
-def add_interstitial(structure, rng: np.random.Generator, n_trials: int = 64):
+def add_interstitial(structure, rng: np.random.Generator, n_trials: int = 256):
     """Add one atom of an element present, at the best of ``n_trials`` random points (largest void)."""
     pts = rng.random((n_trials, 3))
     dist = structure.lattice.get_all_distances(pts, structure.frac_coords).min(axis=1)

@@ -41,7 +41,7 @@ class SurrogateSettings(BaseModel):
         description="GP hyperparameters are fitted on a random subset of at most this many labels "
         "(the posterior still conditions on all of them): the marginal-likelihood fit is O(n^3) per step",
     )
-    fit_maxiter: int = Field(200, ge=1, description="L-BFGS iterations for the GP hyperparameter fit")
+    fit_maxiter: int = Field(100, ge=1, description="L-BFGS iterations for the GP hyperparameter fit")
 
 
 class GPSurrogate:
@@ -233,25 +233,53 @@ class GPSurrogate:
                 std[a : a + cs] = (var.sqrt() * cache["ystd"]).numpy()
         return mean, std
 
-    def sample_joint(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-        """``n_samples x m`` joint posterior samples at ``X`` (``m x d``, keep ``m`` small)."""
+    def joint(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Joint posterior of the latent function at ``X`` (``m x d``, keep ``m`` small).
+
+        Returns:
+            mean (``m``) and covariance (``m x m``) in the training target's units.
+        """
         if self.model is None:
-            raise RuntimeError("GPSurrogate.sample_joint called before fit")
-        xb = torch.as_tensor(np.asarray(X, dtype=float), dtype=_DTYPE)
+            raise RuntimeError("GPSurrogate.joint called before fit")
+        cache = self._predictive_cache()
+        gp = self.model
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            post = self.model.posterior(xb)
-            mu = post.mean.reshape(-1)
-            cov = post.distribution.covariance_matrix
-            cov = 0.5 * (cov + cov.transpose(-1, -2))
-            jitter = 1e-9 * float(cov.diagonal().mean().clamp_min(1e-12))
-            for _ in range(6):
-                L, info = torch.linalg.cholesky_ex(cov + jitter * torch.eye(len(mu), dtype=_DTYPE))
-                if int(info) == 0:
-                    break
-                jitter *= 100
-        z = torch.as_tensor(rng.standard_normal((n_samples, len(mu))), dtype=_DTYPE)
-        return (mu + z @ L.T).numpy()
+            xb = gp.input_transform(torch.as_tensor(np.asarray(X, dtype=float), dtype=_DTYPE))
+            Ks = gp.covar_module(xb, cache["Xtr"]).to_dense()
+            V = Ks @ cache["LinvT"]
+            cov = gp.covar_module(xb).to_dense() - V @ V.T
+            mu = cache["c"] + Ks @ cache["alpha"]
+            s2 = cache["ystd"] ** 2
+        cov = 0.5 * (cov + cov.T) * s2
+        return (mu * cache["ystd"] + cache["ymean"]).numpy(), cov.numpy()
+
+    def noise_variance(self) -> float:
+        """Observation noise variance in the training target's units (mean over points)."""
+        if self.model is None:
+            raise RuntimeError("GPSurrogate.noise_variance called before fit")
+        cache = self._predictive_cache()
+        with torch.no_grad():
+            return float(self.model.likelihood.noise.mean() * cache["ystd"] ** 2)
+
+    def sample_joint(self, X: np.ndarray, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+        """``n_samples x m`` joint posterior samples at ``X`` (``m x d``, keep ``m`` small)."""
+        mu, cov = self.joint(X)
+        L = _robust_cholesky(cov)
+        return mu + rng.standard_normal((n_samples, len(mu))) @ L.T
+
+
+def _robust_cholesky(cov: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of ``cov`` (``m x m``) with growing jitter if needed."""
+    jitter = 1e-10 * max(float(np.mean(np.diag(cov))), 1e-12)
+    eye = np.eye(len(cov))
+    for _ in range(8):
+        try:
+            return np.linalg.cholesky(cov + jitter * eye)
+        except np.linalg.LinAlgError:
+            jitter *= 10
+    w, V = np.linalg.eigh(cov)
+    return V * np.sqrt(np.clip(w, 0, None))
 
 
 class RandomForestSurrogate:

@@ -291,9 +291,10 @@ class Campaign:
                 obs = store.observations(arm="agent")
                 requested = {(c, o) for c, o in store.requested_pairs()}
                 t_plan = time.perf_counter()
-                plan = agent.propose(
-                    idx, candidates, X, obs, requested, set(), self.spec.batch_size, self.rng, self._budget_left(store)
-                )
+                q = self.spec.batch_size
+                if self.spec.budget.evaluations is not None:
+                    q = min(q, self.spec.budget.evaluations - self._spent(store)[1])
+                plan = agent.propose(idx, candidates, X, obs, requested, set(), q, self.rng, self._budget_left(store))
                 plan.rationale["planning_seconds"] = time.perf_counter() - t_plan
                 if not plan.requests:
                     stop_reason = "no candidates left to request"

@@ -129,12 +129,23 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def configure_torch(threads: int = 1) -> None:
-    """Set torch's CPU thread count for this process (a process-wide setting, applied at evaluation)."""
-    import torch
+@contextlib.contextmanager
+def compute_threads(threads: int = 1):
+    """Limit torch and the BLAS/OpenMP pools (numpy, scipy) to ``threads`` inside the block.
 
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    Both matter: FrechetCellFilter's 3x3 matrix functions in scipy spent longer in OpenBLAS
+    thread contention than CHGNet spent on the forces when two pools competed for two cores.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @lru_cache(maxsize=4)
@@ -495,7 +506,6 @@ class ChgnetOracle(Oracle):
 
     # helpers -----------------------------------------------------------------------------
     def _calculator(self):
-        configure_torch(self.settings.torch_threads)
         return load_calculator(self.backend, self.settings.model, resolve_device(self.settings.device))
 
     def reference_entries(self) -> list[ReferenceEntry]:
@@ -534,10 +544,15 @@ class ChgnetOracle(Oracle):
         """Compute (or load) the elemental references of the whole pool once, before workers start."""
         elements = {str(el) for c in candidates for el in c.pmg_composition().elements}
         if elements:
-            self.chemical_potentials(elements)
+            with compute_threads(self.settings.torch_threads):
+                self.chemical_potentials(elements)
 
     # the contract ------------------------------------------------------------------------
     def evaluate(self, candidate: Candidate) -> OracleResult:
+        with compute_threads(self.settings.torch_threads):
+            return self._evaluate(candidate)
+
+    def _evaluate(self, candidate: Candidate) -> OracleResult:
         from pymatgen.io.ase import AseAtomsAdaptor
 
         s = self.settings

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import Oracle, OracleSettings
-from .records import Candidate, InputError, OracleError, OracleResult
+from .records import Candidate, InputError, OracleError, OracleResult, stable_hash
 
 
 class LookupSettings(OracleSettings):
@@ -27,6 +27,10 @@ class LookupSettings(OracleSettings):
     duplicates: Literal["mean", "min", "max", "first"] = Field(
         "mean", description="how rows with the same composition are combined"
     )
+    latency_s: float = Field(
+        0.0, ge=0, description="simulated evaluation time per request (mean, for latency: exponential)"
+    )
+    latency: Literal["fixed", "exponential"] = Field("fixed", description="fixed or exponentially distributed latency")
 
 
 class LookupOracle(Oracle):
@@ -35,7 +39,11 @@ class LookupOracle(Oracle):
     kind = "lookup"
     properties = ()  # declared per instance from settings.columns
     Settings = LookupSettings
-    inline = True
+
+    @property
+    def inline(self) -> bool:
+        """Without simulated latency, evaluation is a dict lookup: run it in the planning process."""
+        return self.settings.latency_s == 0
 
     def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,6 +102,16 @@ class LookupOracle(Oracle):
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
         table = self._load()
+        if self.settings.latency_s > 0:
+            import time
+
+            import numpy as np
+
+            delay = self.settings.latency_s
+            if self.settings.latency == "exponential":
+                # seeded per request so that replays are reproducible
+                delay = float(np.random.default_rng(int(stable_hash(candidate.id, 8), 16)).exponential(delay))
+            time.sleep(delay)
         key = candidate.id if candidate.id.startswith("c-") else Candidate.from_composition(candidate.composition).id
         row = table.get(key)
         if row is None:

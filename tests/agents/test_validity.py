@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -18,12 +20,19 @@ from matloop.agents.validity import (
 from matloop.oracles.records import Candidate
 
 
+@lru_cache(maxsize=None)
+def _spacegroup_structure(sg: str, lat: float, species: tuple, coords: tuple) -> Structure:
+    return Structure.from_spacegroup(sg, Lattice.cubic(lat), list(species), [list(c) for c in coords])
+
+
 def perovskite(a: str = "Sr", b: str = "Ti", x: str = "O", lat: float = 3.905) -> Structure:
-    return Structure.from_spacegroup("Pm-3m", Lattice.cubic(lat), [a, b, x], [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
+    """Cubic ABX3 perovskite (5 sites); a fresh copy each call."""
+    return _spacegroup_structure("Pm-3m", lat, (a, b, x), ((0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0))).copy()
 
 
 def rocksalt(a: str = "Na", x: str = "Cl", lat: float = 5.64) -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(lat), [a, x], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    """Conventional rock-salt cell (8 sites); a fresh copy each call."""
+    return _spacegroup_structure("Fm-3m", lat, (a, x), ((0, 0, 0), (0.5, 0.5, 0.5))).copy()
 
 
 def disguised_copy(s: Structure) -> Structure:
@@ -78,7 +87,7 @@ def test_charge_balance(method):
     vf = ValidityFilter({"charge_balance": True, "charge_balance_method": method})
     assert vf.check(rocksalt())[0]
     assert vf.check(perovskite())[0]
-    bad = perovskite("Na", "Ti", "O")  # Na+ Ti4+ 3 O2-: -1
+    bad = perovskite("K", "Na", "Cl")  # K+ Na+ 3 Cl-: -1
     ok, reason = vf.check(bad)
     assert not ok and "charge" in reason
     assert ValidityFilter().check(bad)[0]  # off by default

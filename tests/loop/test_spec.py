@@ -1,0 +1,83 @@
+import pytest
+
+from matloop.loop.spec import load_campaign
+from matloop.oracles.records import InputError
+
+from .helpers import write_campaign
+
+
+def test_valid_campaign_loads(tmp_path, grid_csv):
+    spec = load_campaign(write_campaign(tmp_path, grid_csv))
+    assert spec.name == "grid"
+    assert spec.objective_oracle.name == "table"
+    assert spec.base_dir == tmp_path.resolve()
+
+
+def test_every_problem_reported_with_path_and_line(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv)
+    text = path.read_text().replace("batch_size: 4", "batch_size: four\ncolour: blue")
+    path.write_text(text)
+    with pytest.raises(InputError) as exc:
+        load_campaign(path)
+    msg = str(exc.value)
+    assert str(path) in msg
+    assert "batch_size (line" in msg and "colour (line" in msg and "unknown key" in msg
+    line_of_colour = next(i + 1 for i, line in enumerate(text.splitlines()) if line.startswith("colour"))
+    assert f"colour (line {line_of_colour})" in msg
+
+
+def test_unknown_oracle_kind_names_yaml_path(tmp_path, grid_csv):
+    path = write_campaign(
+        tmp_path, grid_csv,
+        oracles=[
+            {"name": "a", "kind": "lookup", "settings": {"table": str(grid_csv), "columns": {"target": "target"}}},
+            {"name": "b", "kind": "vasp-magic"},
+        ],
+    )
+    with pytest.raises(InputError, match=r"oracles\[1\]\.kind \(line \d+\): unknown oracle kind 'vasp-magic'"):
+        load_campaign(path)
+
+
+def test_oracle_settings_validated(tmp_path, grid_csv):
+    path = write_campaign(
+        tmp_path, grid_csv,
+        oracles=[{"name": "a", "kind": "lookup", "settings": {"table": str(grid_csv), "columns": {"target": "target"}, "colums": 1}}],
+    )
+    with pytest.raises(InputError, match=r"oracles\[0\]\.settings\.colums \(line \d+\): unknown key"):
+        load_campaign(path)
+
+
+def test_objective_property_must_be_reported(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv, objective={"property": "gap_ev", "goal": "maximize"})
+    with pytest.raises(InputError, match="does not report 'gap_ev'"):
+        load_campaign(path)
+
+
+def test_window_needs_bounds(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv, objective={"property": "target", "goal": "window"})
+    with pytest.raises(InputError, match="window"):
+        load_campaign(path)
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nobjective: {property: a\n")
+    with pytest.raises(InputError, match=r"bad.yaml line \d+, column \d+: malformed YAML"):
+        load_campaign(p)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        load_campaign(tmp_path / "nope.yaml")
+
+
+def test_no_python_tags(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(InputError, match="malformed YAML"):
+        load_campaign(p)
+
+
+def test_override(tmp_path, grid_csv):
+    spec = load_campaign(write_campaign(tmp_path, grid_csv), {"batch_size": 7, "budget.evaluations": 3})
+    assert spec.batch_size == 7 and spec.budget.evaluations == 3
