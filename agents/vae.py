@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import Counter
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -250,7 +251,8 @@ class VaeGenerator:
         settings: dict validated against ``VaeSettings``.
 
     Attributes:
-        stats: counts of ``attempted`` decodings, ``valid``, ``unique`` and ``novel`` ones.
+        stats: counts of ``attempted`` decodings, ``valid``, ``unique`` and ``novel`` ones (and
+            ``relax_rejected``: novel samples lost in pre-relaxation).
         history: per training, the number of structures, epochs, final losses and seconds.
     """
 
@@ -260,7 +262,7 @@ class VaeGenerator:
         self.name = name
         self.settings = settings if isinstance(settings, VaeSettings) else VaeSettings(**(settings or {}))
         self.validity = ValidityFilter(self.settings.validity)
-        self.stats: dict[str, int] = {"attempted": 0, "valid": 0, "unique": 0, "novel": 0}
+        self.stats: Counter = Counter()
         self.history: list[dict] = []
         self.encoding: CellEncoding | None = None
         self.model = None
@@ -435,6 +437,7 @@ class VaeGenerator:
                 self._known.add(cand, check=False)
         known = self._known
         batch = Deduplicator(matcher=s.matcher)
+        relaxed = Deduplicator(matcher=s.matcher)  # two samples may relax into one structure
         want = n * s.oversample
         found: list[tuple[float, Candidate]] = []
         budget = n * s.max_attempts_per_candidate
@@ -447,16 +450,17 @@ class VaeGenerator:
                 self.stats["attempted"] += 1
                 if st is None or not self.validity.check(st)[0]:
                     continue
-                if s.prerelax:
-                    st = self._prerelax(st)
-                    if st is None or not self.validity.check(st)[0]:
-                        continue
                 self.stats["valid"] += 1
                 if not batch.add(st):
                     continue
                 self.stats["unique"] += 1
                 if not known.is_novel(st):
                     continue
+                if s.prerelax:  # only novel samples are worth a relaxation; check them again after it
+                    st = self._prerelax(st)
+                    if st is None or not self.validity.check(st)[0] or not known.is_novel(st) or not relaxed.add(st):
+                        self.stats["relax_rejected"] += 1
+                        continue
                 prov = {
                     "operator": "vae_sample" + ("+prerelax" if s.prerelax else ""),
                     "parents": [anchor_cands[which[k]].id] if which[k] >= 0 else [],

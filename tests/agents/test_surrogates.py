@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from matloop.agents.base import Surrogate
+from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, make_surrogate
+
+
+def _data(n=40, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-1, 1, (n, d))
+    y = np.sin(2 * X[:, 0]) + 0.5 * X[:, 1] ** 2 + 0.01 * rng.standard_normal(n)
+    return X, y
+
+
+@pytest.mark.parametrize("settings", [SurrogateSettings(), SurrogateSettings(kernel="matern52", prior="gamma")])
+def test_gp_predict_equals_botorch_posterior(settings):
+    X, y = _data()
+    gp = GPSurrogate(settings)
+    gp.fit(X, y)
+    Xt = np.random.default_rng(1).uniform(-1, 1, (25, 3))
+    mean, std = gp.predict(Xt)
+    with torch.no_grad():
+        post = gp.model.posterior(torch.as_tensor(Xt))
+    np.testing.assert_allclose(mean, post.mean.numpy().ravel(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(std, post.variance.sqrt().numpy().ravel(), rtol=1e-6, atol=1e-9)
+
+
+def test_gp_chunking_and_joint_are_consistent():
+    X, y = _data()
+    Xt = np.random.default_rng(2).uniform(-1, 1, (30, 3))
+    gp = GPSurrogate(SurrogateSettings(chunk_size=7))
+    gp.fit(X, y)
+    m1, s1 = gp.predict(Xt)
+    gp.settings = SurrogateSettings(chunk_size=1000)
+    m2, s2 = gp.predict(Xt)
+    np.testing.assert_allclose(m1, m2, rtol=1e-12)
+    np.testing.assert_allclose(s1, s2, rtol=1e-12)
+    mj, cov = gp.joint(Xt)
+    np.testing.assert_allclose(mj, m1, rtol=1e-10)
+    np.testing.assert_allclose(np.sqrt(np.diag(cov)), s1, rtol=1e-6)
+    np.testing.assert_allclose(cov, cov.T)
+
+
+def test_gp_learns_and_is_surer_near_data():
+    X, y = _data(n=60)
+    gp = GPSurrogate()
+    gp.fit(X, y)
+    m, s = gp.predict(X)
+    assert np.corrcoef(m, y)[0, 1] > 0.99
+    _, s_far = gp.predict(np.full((1, 3), 5.0))
+    assert s_far[0] > 5 * np.median(s)
+    assert gp.noise_variance() < 0.01
+
+
+def test_gp_hyperparameters_on_a_subset_but_posterior_on_all_labels():
+    X, y = _data(n=50)
+    gp = GPSurrogate(SurrogateSettings(max_fit_points=20), seed=3)
+    gp.fit(X, y)
+    assert gp.fit_info["n_fit"] == 20 and gp.fit_info["n_train"] == 50
+    assert gp.model.train_inputs[0].shape[0] == 50
+    m, _ = gp.predict(X)
+    assert np.max(np.abs(m - y)) < 0.1
+
+
+def test_gp_joint_samples_match_the_posterior():
+    X, y = _data()
+    gp = GPSurrogate()
+    gp.fit(X, y)
+    Xt = np.random.default_rng(4).uniform(-1, 1, (4, 3))
+    mu, cov = gp.joint(Xt)
+    S = gp.sample_joint(Xt, 20000, np.random.default_rng(0))
+    assert S.shape == (20000, 4)
+    np.testing.assert_allclose(S.mean(0), mu, atol=4 * np.sqrt(np.diag(cov).max() / 20000))
+    np.testing.assert_allclose(np.cov(S.T), cov, atol=0.05 * np.abs(cov).max())
+
+
+def test_random_forest_spread_is_the_std_across_trees():
+    X, y = _data()
+    rf = RandomForestSurrogate(SurrogateSettings(kind="rf", n_trees=25, chunk_size=5), seed=0)
+    rf.fit(X, y)
+    Xt = X[:12] + 0.05
+    m, s = rf.predict(Xt)
+    P = np.stack([t.predict(Xt.astype(np.float32)) for t in rf.model.estimators_])
+    np.testing.assert_allclose(m, P.mean(0))
+    np.testing.assert_allclose(s, P.std(0))
+    np.testing.assert_allclose(m, rf.model.predict(Xt), rtol=1e-10)
+
+
+def test_factory_and_protocol():
+    rng = np.random.default_rng(0)
+    gp = make_surrogate(SurrogateSettings(), rng=rng)
+    rf = make_surrogate(SurrogateSettings(kind="rf"), rng=rng)
+    assert isinstance(gp, GPSurrogate) and isinstance(rf, RandomForestSurrogate)
+    assert isinstance(gp, Surrogate) and isinstance(rf, Surrogate)
+    with pytest.raises(ValidationError):
+        SurrogateSettings(kernl="rbf")
+    with pytest.raises(RuntimeError):
+        GPSurrogate().predict(np.zeros((1, 2)))
