@@ -104,11 +104,11 @@ class _EnumeratingGenerator:
             self._read += 1
             self.stats["attempted"] += 1
             if structure is None:
-                self.rejections[reason or "unreadable"] += 1
+                self.rejections[(reason or "unreadable").split(":")[0]] += 1
                 continue
             ok, reason = self.validity.check(structure)
             if not ok:
-                self.rejections[reason.split(" ")[0] if "distance" not in reason else "distance"] += 1
+                self.rejections[reason.split(":")[0]] += 1
                 continue
             self.stats["valid"] += 1
             if not self._batch.add(structure):
@@ -116,7 +116,8 @@ class _EnumeratingGenerator:
             self.stats["unique"] += 1
             if not self._known.is_novel(structure):
                 continue
-            cand = Candidate.from_structure(structure, source=self.name, provenance={"operator": self.operator, "parents": [], **prov})
+            prov = {"operator": self.operator, "parents": [], **prov}
+            cand = Candidate.from_structure(structure, source=self.name, provenance=prov)
             if cand.id in state.candidates or any(c.id == cand.id for c in out):
                 continue
             self.stats["novel"] += 1
@@ -135,7 +136,9 @@ class OptimadeSettings(EnumerationSettings):
     response_fields: list[str] | None = Field(
         None, description="request only these fields (None: the provider's default, which holds the structure)"
     )
-    cache_dir: str | None = Field(None, description="folder for cached pages (keyed by URL, filter included); None: no cache")
+    cache_dir: str | None = Field(
+        None, description="folder for cached pages (keyed by URL, filter included); None: no cache"
+    )
     timeout_s: float = Field(30.0, gt=0, description="per-request timeout")
     retries: int = Field(2, ge=0, description="retries of a failed request")
 
@@ -300,8 +303,8 @@ def reference_server(structures=None, port: int | None = None, page_limit: int =
     """
     import importlib.util
 
-    for mod in ("optimade.server", "uvicorn", "fastapi", "mongomock"):
-        if importlib.util.find_spec(mod.split(".")[0]) is None or (mod == "optimade.server" and importlib.util.find_spec(mod) is None):
+    for mod in ("optimade", "optimade.server", "uvicorn", "fastapi", "mongomock"):
+        if importlib.util.find_spec(mod) is None:
             raise ImportError(f"{mod} is not installed: pip install 'optimade[server]'")
     port = port or _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -324,7 +327,8 @@ def reference_server(structures=None, port: int | None = None, page_limit: int =
             deadline = time.monotonic() + startup_timeout_s
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"OPTIMADE server exited ({proc.returncode}): {(Path(tmp) / 'server.log').read_text()[-2000:]}")
+                    tail = (Path(tmp) / "server.log").read_text()[-2000:]
+                    raise RuntimeError(f"OPTIMADE server exited ({proc.returncode}): {tail}")
                 try:
                     with urllib.request.urlopen(f"{base}/v1/info", timeout=2) as r:
                         if r.status == 200:
@@ -352,7 +356,8 @@ class MaterialsProjectSettings(EnumerationSettings):
     api_key_env: str = Field("MP_API_KEY", description="environment variable holding the Materials Project API key")
     criteria: dict = Field(
         default_factory=dict,
-        description="keyword arguments of mp_api's materials.summary.search, e.g. {chemsys: Li-S, energy_above_hull: [0, 0.05]}",
+        description="keyword arguments of mp_api's materials.summary.search, "
+        "e.g. {chemsys: Li-S, energy_above_hull: [0, 0.05]}",
     )
 
 

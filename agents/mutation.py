@@ -331,6 +331,7 @@ class MutationGenerator:
         self._origin: dict[str, str] = {}
         self._known = Deduplicator(matcher=s.matcher)
         self._known_ids: set[str] = set()
+        self._rank: dict[str, float] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def record_outcome(self, candidate_id: str, good: bool) -> None:
@@ -360,7 +361,7 @@ class MutationGenerator:
                 self._known.add(cand, check=False)
 
     # -- selection -----------------------------------------------------------------------------
-    def _select(self, pool: list[Candidate], state: CampaignState, rng: np.random.Generator, uses: Counter) -> Candidate:
+    def _select(self, pool: list[Candidate], rng: np.random.Generator, uses: Counter) -> Candidate:
         """Tournament on rank-normalised fitness minus the diversity penalty of the formula."""
         k = min(self.settings.tournament_size, len(pool))
         idx = rng.choice(len(pool), size=k, replace=False)
@@ -410,7 +411,7 @@ class MutationGenerator:
             stats = self.stats[op]
             stats["attempted"] += 1
             if op == "composition":
-                parent = self._select(comp_pool, state, rng, uses)
+                parent = self._select(comp_pool, rng, uses)
                 child, detail = mutate_composition(parent.composition, rng, self.table, s.composition_step, self.exclude)
                 parents = [parent.id]
                 if child is None:
@@ -418,10 +419,10 @@ class MutationGenerator:
                     continue
                 ok, reason = self.validity.check_composition(child)
             else:
-                picks = [self._select(struct_pool, state, rng, uses)]
+                picks = [self._select(struct_pool, rng, uses)]
                 if op == "crossover":
                     rest = [c for c in struct_pool if c.id != picks[0].id]
-                    picks.append(self._select(rest, state, rng, uses))
+                    picks.append(self._select(rest, rng, uses))
                 parents = [c.id for c in picks]
                 ps = []
                 for c in picks:
@@ -434,7 +435,7 @@ class MutationGenerator:
                     continue
                 ok, reason = self.validity.check(child)
             if not ok:
-                self.rejections[f"{op}: {reason.split(' ')[0] if 'distance' not in reason else 'distance'}"] += 1
+                self.rejections[f"{op}: {reason.split(':')[0]}"] += 1
                 continue
             stats["valid"] += 1
             if not batch.add(child):

@@ -39,7 +39,12 @@ class VaeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_atoms: int = Field(8, ge=1, le=64, description="sites per cell the representation holds; larger structures are not used")
+    max_atoms: int = Field(
+        8, ge=1, le=64, description="sites per cell the representation holds; larger structures are not used"
+    )
+    max_training_structures: int | None = Field(
+        2000, ge=2, description="train on at most this many structures: the labelled ones (fittest first), then random others"
+    )
     latent_dim: int = Field(16, ge=2, description="dimension of the latent space")
     hidden: int = Field(256, ge=8, description="width of the hidden layers")
     epochs: int = Field(300, ge=1, description="training epochs")
@@ -269,6 +274,7 @@ class VaeGenerator:
         self._trained_on: str | None = None
         self._known = Deduplicator(matcher=self.settings.matcher)
         self._known_ids: set[str] = set()
+        self._structures: dict = {}  # candidate id -> pymatgen Structure, parsed once
         if self.settings.prerelax:
             from matloop.oracles.chgnet import MlipSettings
 
@@ -322,7 +328,10 @@ class VaeGenerator:
                 idx = perm[start : start + s.batch_size]
                 noise = torch.randn((len(idx), s.latent_dim), generator=g).to(device)
                 parts = self._losses(model, enc, Xt[idx], yt[idx], mt[idx], noise)
-                loss = parts["lattice"] + parts["species"] + parts["coords"] + s.beta_kl * parts["kl"] + s.property_weight * parts["property"]
+                loss = (
+                    parts["lattice"] + parts["species"] + parts["coords"]
+                    + s.beta_kl * parts["kl"] + s.property_weight * parts["property"]
+                )
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -379,8 +388,10 @@ class VaeGenerator:
         out[:, :6] = out[:, :6] * self._lat[1] + self._lat[0]
         return [self.encoding.decode(row) for row in out], pred * y_std + y_mean
 
-    def sample_latents(self, m: int, rng: np.random.Generator, anchors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``m`` latent points: Gaussian around rows of ``anchors`` (or the prior); also the anchor index of each (-1: prior)."""
+    def sample_latents(
+        self, m: int, rng: np.random.Generator, anchors: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` latent points around rows of ``anchors`` (or from the prior) and the anchor index of each (-1: prior)."""
         d = self.settings.latent_dim
         if anchors is None or len(anchors) == 0:
             return rng.standard_normal((m, d)), np.full(m, -1)
@@ -395,22 +406,31 @@ class VaeGenerator:
 
     # -- the Generator contract ------------------------------------------------------------------
     def _train_from_state(self, state: CampaignState, rng: np.random.Generator) -> list[Candidate]:
+        """(Re)train when the campaign's structures or fitness changed; the training candidates."""
         s = self.settings
-        cands = [c for c in state.candidates.values() if c.structure is not None]
-        structs, keep = [], []
-        for c in cands:
-            st = c.pmg_structure()
+        keep = []
+        for c in state.candidates.values():
+            if c.structure is None:
+                continue
+            if c.id not in self._structures:
+                self._structures[c.id] = c.pmg_structure()
+            st = self._structures[c.id]
             if st.is_ordered and len(st) <= s.max_atoms:
-                structs.append(st)
                 keep.append(c)
+        seed = int(rng.integers(2**62))  # drawn every call so the rng stream does not depend on caching
+        if s.max_training_structures is not None and len(keep) > s.max_training_structures:
+            # the labelled ones first (fittest first), then a random share of the rest
+            labelled = sorted((c for c in keep if c.id in state.fitness), key=lambda c: -state.fitness[c.id])
+            rest = [c for c in keep if c.id not in state.fitness]
+            order = np.random.default_rng(seed).permutation(len(rest))
+            keep = (labelled + [rest[i] for i in order])[: s.max_training_structures]
         fit = [state.fitness.get(c.id) for c in keep]
         key = stable_hash([[c.id for c in keep], fit])
-        seed = int(rng.integers(2**62))  # drawn every call so the rng stream does not depend on caching
         if key != self._trained_on and len(keep) >= 2:
-            self.fit(structs, fit, seed=seed)
+            self.fit([self._structures[c.id] for c in keep], fit, seed=seed)
             self._trained_on = key
             self._train_cands = keep
-            self._train_structs = structs
+            self._train_structs = [self._structures[c.id] for c in keep]
         return keep if key == self._trained_on else []
 
     def generate(self, n: int, state: CampaignState, rng: np.random.Generator) -> list[Candidate]:

@@ -60,22 +60,26 @@ class ValidityFilter:
             self.settings = ValiditySettings(**(settings or {}))
 
     def check(self, structure) -> tuple[bool, str | None]:
-        """``(True, None)`` when valid, else ``(False, reason)``."""
+        """``(True, None)`` when valid, else ``(False, reason)``.
+
+        A reason starts with its kind and a colon (``distance:``, ``density:``, ``max_atoms:``,
+        ``charge_balance:``, ``disordered:``, ``lattice:``, ``empty:``) so that rejections can be counted.
+        """
         s = self.settings
         n = len(structure)
         if n == 0:
-            return False, "empty structure"
+            return False, "empty: no sites"
         if n > s.max_atoms:
-            return False, f"{n} atoms > max_atoms {s.max_atoms}"
+            return False, f"max_atoms: {n} sites > {s.max_atoms}"
         if s.require_ordered and not structure.is_ordered:
-            return False, "partial occupancies"
+            return False, "disordered: partial occupancies"
         vol = structure.volume
         if not np.isfinite(vol) or vol <= 1e-6:
-            return False, "degenerate lattice"
+            return False, "lattice: degenerate cell"
         density = float(structure.density)
         lo, hi = s.density_range_g_cm3
         if not lo <= density <= hi:
-            return False, f"density {density:.2f} g/cm3 outside [{lo:g}, {hi:g}]"
+            return False, f"density: {density:.2f} g/cm3 outside [{lo:g}, {hi:g}]"
         ok, reason = self._distances(structure)
         if not ok:
             return ok, reason
@@ -89,11 +93,12 @@ class ValidityFilter:
 
         comp = Composition(composition) if not isinstance(composition, Composition) else composition
         if comp.num_atoms <= 0:
-            return False, "empty composition"
+            return False, "empty: no atoms"
         if not self.settings.charge_balance:
             return True, None
         if not charge_balanced(comp, self.settings.charge_balance_method):
-            return False, f"{comp.reduced_formula} not charge balanced ({self.settings.charge_balance_method})"
+            method = self.settings.charge_balance_method
+            return False, f"charge_balance: {comp.reduced_formula} has no neutral assignment ({method})"
         return True, None
 
     def _distances(self, structure) -> tuple[bool, str | None]:
@@ -107,12 +112,13 @@ class ValidityFilter:
         centers, points, _, dists = structure.get_neighbor_list(cutoff)
         if len(dists) == 0:
             return True, None
-        limits = np.maximum(self.settings.min_distance_angstrom, self.settings.min_distance_factor * (radii[centers] + radii[points]))
+        pair = self.settings.min_distance_factor * (radii[centers] + radii[points])
+        limits = np.maximum(self.settings.min_distance_angstrom, pair)
         bad = dists < limits
         if bad.any():
             k = int(np.argmax(limits - dists))
             a, b = structure[int(centers[k])].specie, structure[int(points[k])].specie
-            return False, f"{a}-{b} distance {dists[k]:.2f} Å < {limits[k]:.2f} Å"
+            return False, f"distance: {a}-{b} {dists[k]:.2f} Å < {limits[k]:.2f} Å"
         return True, None
 
 

@@ -74,7 +74,7 @@ class Campaign:
         log.info(text)
         if not self.quiet:
             if self.console is not None:
-                self.console.print(text, highlight=False)
+                self.console.print(text, highlight=False, soft_wrap=True)
             else:
                 print(text, flush=True)
 

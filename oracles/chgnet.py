@@ -58,8 +58,6 @@ _REF_FMAX_EV_PER_A = 0.02
 _REF_MAX_STEPS = 500
 _DIATOMIC_HALOGENS = {"Cl": 1.99, "Br": 2.28, "I": 2.67}
 _SIMPLE_LATTICES = ("fcc", "bcc", "hcp", "diamond")
-#: atomic numbers each backend's pretrained model was trained on
-_MAX_Z = {"chgnet": 94, "sevennet": 94}
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -524,7 +522,7 @@ class ChgnetOracle(Oracle):
         from pymatgen.core import Composition
 
         elements = sorted(set(elements))
-        _check_elements(elements, self.backend)
+        check_elements(elements, self.backend, self._calculator())
         refs = elemental_references(
             elements,
             backend=self.backend,
@@ -560,14 +558,14 @@ class ChgnetOracle(Oracle):
         if not structure.is_ordered:
             raise OracleError("disordered structure (partial occupancies); order it before an MLIP relaxation")
         elements = sorted({str(el) for el in structure.composition.elements})
-        _check_elements(elements, self.backend)
+        calc = self._calculator()
+        check_elements(elements, self.backend, calc)
         atoms = AseAtomsAdaptor.get_atoms(structure)
         d_min = min_distance_a(atoms)
         if d_min < s.min_distance_a:
             raise OracleError(f"atoms overlap: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
 
         mu, refs = self.chemical_potentials(elements)
-        calc = self._calculator()
         e_initial = None
         if s.relax:
             atoms.calc = calc
@@ -630,9 +628,19 @@ def _composition_elements(formula: str):
     return Composition(formula).elements
 
 
-def _check_elements(elements: Iterable[str], backend: str) -> None:
+def supported_atomic_numbers(backend: str, calc) -> set[int]:
+    """Atomic numbers the loaded model was trained on (CHGNet: 1-94; SevenNet: its type map)."""
+    type_map = getattr(calc, "type_map", None)
+    if backend == "sevennet" and type_map:
+        return {int(z) for z in type_map}
+    return set(range(1, 95))
+
+
+def check_elements(elements: Iterable[str], backend: str, calc) -> None:
+    """Raise ``OracleError`` naming the elements the model does not cover."""
     from pymatgen.core import Element
 
-    bad = [el for el in elements if Element(el).Z > _MAX_Z.get(backend, 94)]
+    known = supported_atomic_numbers(backend, calc)
+    bad = [el for el in elements if Element(el).Z not in known]
     if bad:
-        raise OracleError(f"element(s) {bad} not covered by the {backend} model (Z <= {_MAX_Z.get(backend, 94)})")
+        raise OracleError(f"element(s) {bad} not covered by the {backend} model")

@@ -136,7 +136,7 @@ class GpawHse06Settings(GpawPbeSettings):
     bulk_reference: str | None = Field(
         None,
         description="band_edge_correction only: structure file of the bulk host whose shifts are applied "
-        "(for defect/large cells); None = the candidate itself",
+        "(for defect/large cells; its k-mesh comes from kpt_density); None = the candidate itself",
     )
     formation_energy: bool = Field(False, description="also report the PBE formation energy (see the PBE tier)")
 
@@ -487,6 +487,8 @@ class GpawPbeOracle(Oracle):
         structure = candidate.pmg_structure()
         if structure is None:
             raise OracleError(f"{self.kind} needs a structure")
+        if not structure.is_ordered:
+            raise OracleError("GPAW needs an ordered structure; this one has partial occupancies")
         _check_setups(el.symbol for el in structure.composition.elements)
         with self._log_dir() as log_dir, _single_threaded_blas():
             run = _Run(self.settings, _safe(candidate.id), log_dir)
@@ -527,7 +529,7 @@ class GpawPbeOracle(Oracle):
             "energy_ev": float(atoms.get_potential_energy()),
         }
         if self.settings.band_path:
-            path, path_kpts = run.band_path_edges(calc, atoms, nocc, what)
+            path, _ = run.band_path_edges(calc, atoms, nocc, what)
             out["path"] = path
             out["edges"] = _union(mesh, path)
         return out
@@ -616,8 +618,15 @@ class GpawPbeOracle(Oracle):
         }
         return f"{element}-{stable_hash(science, 16)}"
 
-    def elemental_reference(self, element: str, run: _Run) -> dict[str, Any]:
-        """Energy per atom of the elemental reference, from the disk cache or computed now."""
+    def elemental_reference(self, element: str, run: _Run | None = None) -> dict[str, Any]:
+        """Energy per atom of the elemental reference, from the disk cache or computed now.
+
+        Returns the cached record plus ``cached`` (whether it was on disk) and ``file``.
+        """
+        if run is None:
+            import_gpaw()
+            with self._log_dir() as log_dir, _single_threaded_blas():
+                return self.elemental_reference(element, _Run(self.settings, f"ref-{element}", log_dir))
         atoms, spinpol, source, is_molecule = self._reference_atoms(element)
         key = self._reference_key(element, source)
         cache = _DiskCache(self.settings.cache_dir, run.world)
@@ -652,7 +661,8 @@ class GpawPbeOracle(Oracle):
             if {el.symbol for el in structure.composition.elements} != {element}:
                 raise OracleError(f"elemental reference {path} for {element} is not pure {element}")
             atoms, spinpol = _atoms_of(structure, element in REFERENCE_MAGMOMS or None)
-            return atoms, spinpol, f"file:{structure.composition.reduced_formula}:{stable_hash(structure.as_dict(), 10)}", False
+            label = f"file:{structure.composition.reduced_formula}:{stable_hash(structure.as_dict(), 10)}"
+            return atoms, spinpol, label, False
         if element in MOLECULE_REFERENCES:
             name, moment = MOLECULE_REFERENCES[element]
             atoms = molecule(name)
@@ -749,7 +759,7 @@ class GpawHse06Oracle(GpawPbeOracle):
                 bulk_pbe = pbe  # the candidate's own ground state: no second SCF
             else:
                 atoms, spinpol = _atoms_of(bulk, s.spinpol)
-                calc, kpts = run.ground_state(atoms, "bulk-pbe", f"bulk {source}", spinpol=spinpol, kpts=s.kpts)
+                calc, kpts = run.ground_state(atoms, "bulk-pbe", f"bulk {source}", spinpol=spinpol)
                 edges, _, nocc = run.edges(calc)
                 bulk_pbe = {"calc": calc, "kpts": kpts, "nocc": nocc, "mesh": edges}
             mesh: BandEdges = bulk_pbe["mesh"]

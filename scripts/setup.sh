@@ -13,9 +13,9 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import matloop
     exit 0
 fi
 
-# System libraries for GPAW (libxc, BLAS, FFTW). Only when missing; needs root (CI runs as root).
+# System libraries for GPAW (C++ compiler, libxc, BLAS, FFTW). Only when missing; needs root (CI runs as root).
 need_apt=()
-for pkg in libxc-dev libopenblas-dev libfftw3-dev; do
+for pkg in g++ libxc-dev libopenblas-dev libfftw3-dev; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
@@ -40,10 +40,16 @@ fi
 echo "[setup] installing matloop and its dependencies"
 "$PY" -m pip install -q -e ".[test]"
 
-# GPAW (the `dft` extra) needs a siteconfig; its PAW setups come from the gpaw-data wheel.
-if ! "$PY" -c "import gpaw" 2>/dev/null; then
-    echo "[setup] building GPAW (a few minutes, once)"
-    GPAW_CONFIG="$ROOT/scripts/gpaw_siteconfig.py" "$PY" -m pip install -q --no-build-isolation "gpaw>=24.1" "gpaw-data>=1.0" \
+# GPAW (the `dft` extra): built from the sdist against Debian's libxc, OpenBLAS and FFTW.
+# gpaw's setup.py reads its build configuration from the file named by GPAW_CONFIG (else
+# ./siteconfig.py in the unpacked sdist, else ~/.gpaw/siteconfig.py); without ours, gpaw 26
+# fails to build ("algorithm: No such file"). Its build dependencies (numpy, pybind11) come
+# through pip's build isolation. PAW setups come from the gpaw-data wheel, which gpaw finds
+# by itself (no GPAW_SETUP_PATH needed). Checking `gpaw.cgpaw` catches a build whose C
+# extension is missing.
+if ! "$PY" -c "import gpaw.cgpaw, gpaw_data" 2>/dev/null; then
+    echo "[setup] building GPAW (about 3 minutes, once)"
+    GPAW_CONFIG="$ROOT/scripts/gpaw_siteconfig.py" "$PY" -m pip install -q "gpaw>=24.1" "gpaw-data>=1.0" \
         || { echo "[setup] WARNING: GPAW build failed; DFT oracles will report that they are unavailable" >&2; }
 fi
 

@@ -1,0 +1,226 @@
+"""CHGNet relaxation oracle: formation energies against Materials Project, hulls, failures."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("chgnet")
+
+from pymatgen.core import Lattice, Structure  # noqa: E402
+
+from matloop.oracles import chgnet as mlip  # noqa: E402
+from matloop.oracles.chgnet import (  # noqa: E402
+    ChgnetOracle,
+    formation_energy_ev_per_atom,
+    hull_energies,
+    load_reference_entries,
+)
+from matloop.oracles.records import Candidate, InputError, OracleError, Request, Status  # noqa: E402
+
+MP_FORMATION_CSV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mp" / "mp-formation.csv"
+
+# Materials Project formation energies (eV/atom) of the ground states, mp-22862 (NaCl) and
+# mp-1265 (MgO); neither is in the shared mp-formation.csv subset.
+MP_NACL = -2.10
+MP_MGO = -3.05
+
+
+def rocksalt(a: str, b: str, lattice_a: float) -> Structure:
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(lattice_a), [a, b], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    return s.get_primitive_structure()
+
+
+def antifluorite(cation: str, anion: str, lattice_a: float) -> Structure:
+    s = Structure.from_spacegroup("Fm-3m", Lattice.cubic(lattice_a), [anion, cation], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    return s.get_primitive_structure()
+
+
+def request(structure: Structure) -> Request:
+    return Request("r-test", Candidate.from_structure(structure, source="test"), "chgnet", 0)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlip-refs")
+
+
+@pytest.fixture(scope="module")
+def oracle(cache_dir) -> ChgnetOracle:
+    return ChgnetOracle(settings={"cache_dir": str(cache_dir)})
+
+
+@pytest.fixture(scope="module")
+def nacl_obs(oracle):
+    # lattice constant 4 % off the CHGNet optimum so the relaxation has work to do
+    return oracle.run(request(rocksalt("Na", "Cl", 5.85)))
+
+
+def test_nacl_formation_energy_matches_materials_project(nacl_obs):
+    assert nacl_obs.status == Status.SUCCESS, nacl_obs.reason
+    e_form = nacl_obs.properties["formation_energy_ev_per_atom"]
+    assert e_form < 0
+    assert abs(e_form - MP_NACL) < 0.3
+    assert nacl_obs.properties["e_above_hull_ev_per_atom"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nacl_relaxation_is_recorded(nacl_obs):
+    extra = nacl_obs.extra
+    assert extra["converged"] is True
+    assert extra["n_steps"] >= 1
+    assert extra["fmax_ev_per_a"] <= 0.05
+    relaxed = Structure.from_dict(extra["relaxed_structure"])
+    # rocksalt NaCl, experimental a = 5.64 A; CHGNet (PBE-trained) lands within 3 %
+    a_conv = (relaxed.volume / len(relaxed) * 8) ** (1 / 3)
+    assert 5.55 < a_conv < 5.85
+    assert extra["elemental_reference_rules"]["Na"].startswith("bcc")
+    assert extra["initial_energy_ev_per_atom"] > nacl_obs.properties["energy_ev_per_atom"]
+
+
+def test_mgo_formation_energy_matches_materials_project(oracle):
+    obs = oracle.run(request(rocksalt("Mg", "O", 4.21)))
+    assert obs.status == Status.SUCCESS, obs.reason
+    e_form = obs.properties["formation_energy_ev_per_atom"]
+    assert abs(e_form - MP_MGO) < 0.3
+    assert obs.properties["e_above_hull_ev_per_atom"] >= 0
+    assert obs.properties["e_above_hull_ev_per_atom"] < 0.02
+
+
+def test_li2o_formation_energy_matches_shared_mp_table(oracle):
+    if not MP_FORMATION_CSV.exists():
+        pytest.skip(f"shared MP data not found at {MP_FORMATION_CSV}")
+    import pandas as pd
+
+    table = pd.read_csv(MP_FORMATION_CSV)
+    row = table[table.task_id == "mp-1960"]  # Li2O, antifluorite
+    assert len(row) == 1
+    obs = oracle.run(request(antifluorite("Li", "O", 4.61)))
+    assert obs.status == Status.SUCCESS, obs.reason
+    assert abs(obs.properties["formation_energy_ev_per_atom"] - float(row.formation_energy_per_atom.iloc[0])) < 0.3
+
+
+def test_lower_reference_entry_puts_candidate_above_hull(cache_dir, nacl_obs):
+    # a NaCl phase 0.1 eV/atom below the candidate must put it exactly 0.1 eV/atom above the hull
+    e = nacl_obs.properties["energy_ev_per_atom"]
+    oracle = ChgnetOracle(
+        settings={"cache_dir": str(cache_dir), "extra_entries": [{"formula": "NaCl", "energy_per_atom": e - 0.1}]}
+    )
+    obs = oracle.run(request(rocksalt("Na", "Cl", 5.85)))
+    assert obs.ok, obs.reason
+    assert obs.properties["e_above_hull_ev_per_atom"] == pytest.approx(0.1, abs=2e-3)
+    assert obs.properties["formation_energy_ev_per_atom"] == pytest.approx(
+        nacl_obs.properties["formation_energy_ev_per_atom"], abs=2e-3
+    )
+
+
+def test_pickle_round_trip_gives_same_result(oracle, nacl_obs):
+    clone = pickle.loads(pickle.dumps(oracle))
+    assert clone.version == oracle.version
+    assert clone.settings == oracle.settings
+    obs = clone.run(request(rocksalt("Na", "Cl", 5.85)))
+    assert obs.properties["energy_ev_per_atom"] == pytest.approx(nacl_obs.properties["energy_ev_per_atom"], abs=1e-5)
+
+
+def test_overlapping_atoms_fail_with_reason(oracle):
+    s = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]])
+    obs = oracle.run(request(s))
+    assert obs.status == Status.FAILED
+    assert "overlap" in obs.reason
+
+
+def test_element_outside_model_fails_with_reason(oracle):
+    s = Structure(Lattice.cubic(4.0), ["Cm", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    obs = oracle.run(request(s))
+    assert obs.status == Status.FAILED
+    assert "Cm" in obs.reason and "not covered" in obs.reason
+
+
+def test_composition_only_candidate_fails(oracle):
+    obs = oracle.run(Request("r", Candidate.from_composition("NaCl"), "chgnet", 0))
+    assert obs.status == Status.FAILED
+    assert "needs a structure" in obs.reason
+
+
+def test_exploding_relaxation_is_caught(oracle):
+    # NaCl built at a = 8.5 A contracts by more than a factor 1.2 in volume: the guard trips
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(rocksalt("Na", "Cl", 8.5))
+    calc = mlip.load_calculator("chgnet", "0.3.0", "cpu")
+    with mlip.compute_threads(1), pytest.raises(OracleError, match="exploded"):
+        mlip.relax_atoms(atoms, calc, fmax=0.05, max_steps=200, relax_cell=True, max_volume_ratio=1.2)
+
+
+def test_elemental_references_are_cached_on_disk(cache_dir, nacl_obs, monkeypatch):
+    files = list(cache_dir.glob("elemental-chgnet-0.3.0-v*.json"))
+    assert len(files) == 1
+    cached = json.loads(files[0].read_text())
+    assert {"Na", "Cl"} <= set(cached)
+    assert cached["Cl"]["rule"].startswith("dimer")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for cached references")
+
+    monkeypatch.setattr(mlip, "load_calculator", no_model)
+    refs = mlip.elemental_references(["Na", "Cl"], cache_dir=cache_dir)
+    assert refs["Na"]["energy_ev_per_atom"] == cached["Na"]["energy_ev_per_atom"]
+
+
+def test_version_ignores_site_settings(cache_dir):
+    a = ChgnetOracle(settings={"cache_dir": str(cache_dir), "torch_threads": 1})
+    b = ChgnetOracle(settings={"cache_dir": "/elsewhere", "torch_threads": 2, "device": "cpu"})
+    c = ChgnetOracle(settings={"cache_dir": str(cache_dir), "fmax": 0.01})
+    assert a.version == b.version
+    assert a.version != c.version
+
+
+def test_unknown_setting_is_rejected():
+    with pytest.raises(Exception, match="extra"):
+        ChgnetOracle(settings={"fmax_typo": 0.1})
+
+
+# -- pure functions ------------------------------------------------------------------------
+def test_hull_energies_of_a_synthetic_binary():
+    entries = [("Li", 0.0), ("O", 0.0), ("Li2O", -2.0), ("LiO", -1.0), ("LiO2", -0.5)]
+    e_hull = hull_energies(entries)
+    # Li2O is on the hull; LiO (x_O = 1/2) lies 0.5 above the Li2O-O tie line at -1.5;
+    # LiO2 (x_O = 2/3) lies above the same line at -1.0 by 0.5
+    assert e_hull == pytest.approx([0.0, 0.0, 0.0, 0.5, 0.5], abs=1e-9)
+
+
+def test_hull_energies_use_references_and_require_elements():
+    assert hull_energies([("LiO", -1.0)], references=[("Li", 0.0), ("O", 0.0), ("Li2O", -2.0)]) == pytest.approx([0.5])
+    with pytest.raises(ValueError, match="O"):
+        hull_energies([("LiO", -1.0)], references=[("Li", 0.0)])
+
+
+def test_formation_energy_of_a_synthetic_compound():
+    assert formation_energy_ev_per_atom("Li2O", -5.0, {"Li": -2.0, "O": -5.0}) == pytest.approx(-5.0 + (2 * 2 + 5) / 3)
+
+
+def test_reference_entries_from_json_and_csv(tmp_path):
+    (tmp_path / "refs.json").write_text(json.dumps([{"formula": "Li2O", "energy_per_atom": -4.9}]))
+    (tmp_path / "refs.csv").write_text("formula,energy_ev_per_atom\nLi2O,-4.9\nLiO2,-4.5\n")
+    (tmp_path / "bad.csv").write_text("formula,energy\nLi2O,-4.9\n")
+    assert load_reference_entries(tmp_path / "refs.json")[0].energy_ev_per_atom == -4.9
+    assert [e.formula for e in load_reference_entries(tmp_path / "refs.csv")] == ["Li2O", "LiO2"]
+    with pytest.raises(InputError, match="bad.csv"):
+        load_reference_entries(tmp_path / "bad.csv")
+    with pytest.raises(InputError, match="not found"):
+        load_reference_entries(tmp_path / "missing.json")
+
+
+@pytest.mark.slow
+def test_sevennet_shares_the_code_path(cache_dir):
+    pytest.importorskip("sevenn")
+    from matloop.oracles.chgnet import SevennetOracle
+
+    oracle = SevennetOracle(settings={"cache_dir": str(cache_dir)})
+    obs = oracle.run(request(rocksalt("Na", "Cl", 5.85)))
+    assert obs.ok, obs.reason
+    assert abs(obs.properties["formation_energy_ev_per_atom"] - MP_NACL) < 0.3
+    assert "sevennet" in obs.extra["model"]
+    assert oracle.version.startswith("sevennet-")
