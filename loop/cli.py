@@ -194,12 +194,34 @@ def cmd_evaluate(args) -> int:
     obs = oracle.run(Request(Request.make_id(cand.id, args.oracle, 0), cand, args.oracle, 0))
     out = obs.to_json()
     out["formula"] = cand.formula
-    out["properties_units"] = {k: k.rsplit("_", 1)[-1] for k in obs.properties}
+    out["properties_units"] = {k: unit_of(k) for k in obs.properties}
     out["oracle_description"] = oracle.describe()
     if not args.full:
         out.get("extra", {}).pop("relaxed_structure", None)
     print(json.dumps(out, indent=2, default=str))
     return 0 if obs.ok else 1
+
+
+_UNITS = (
+    ("_ev_per_atom", "eV/atom"),
+    ("_s_per_cm_300k", "S/cm (300 K)"),
+    ("_s_per_cm", "S/cm"),
+    ("_cm2_per_s_300k", "cm^2/s (300 K)"),
+    ("_cm2_per_s", "cm^2/s"),
+    ("_ev", "eV"),
+    ("_v", "V"),
+    ("_k", "K"),
+    ("_a", "angstrom"),
+    ("_g_per_cm3", "g/cm^3"),
+)
+
+
+def unit_of(prop: str) -> str:
+    """The unit spelled at the end of a property name (``gap_ev`` -> ``eV``)."""
+    for suffix, unit in _UNITS:
+        if prop.endswith(suffix):
+            return unit
+    return "dimensionless"
 
 
 def cmd_benchmark(args) -> int:

@@ -68,6 +68,9 @@ class InlineExecutor:
 
 
 def _worker_init(threads: int) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         import torch
