@@ -37,7 +37,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erfcx, log_ndtr
 
-from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, make_surrogate
+from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, fit_pca, make_surrogate
 from matloop.oracles.records import InputError
 
 __all__ = [
@@ -349,6 +349,9 @@ def select_batch(
     target = y if window_direct else goal.score(y)
     sign = -1.0 if goal.kind == "min" and not window_direct else 1.0  # model units -> property units
     t_fit = time.perf_counter()
+    if surrogate.kind == "gp" and surrogate.pca_variance is not None:
+        X_pool = fit_pca(X_pool, surrogate.pca_variance, acquisition.chunk_size)
+        info["pca_components"] = int(X_pool.shape[1])
     model = make_surrogate(
         surrogate, rng=rng, bounds=pool_bounds(X_pool, acquisition.chunk_size) if surrogate.kind == "gp" else None
     )

@@ -42,6 +42,53 @@ class SurrogateSettings(BaseModel):
         "(the posterior still conditions on all of them): the marginal-likelihood fit is O(n^3) per step",
     )
     fit_maxiter: int = Field(100, ge=1, description="L-BFGS iterations for the GP hyperparameter fit")
+    pca_variance: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="GP only: rotate the pool's features onto their principal components (fitted on "
+        "the whole unlabelled pool) and keep the fewest that explain this fraction of the variance; "
+        "None uses the features as given",
+    )
+
+
+class PcaView:
+    """Read-only view of an ``N x d`` pool through a PCA projection (``N x k``), row by row.
+
+    Indexing returns float64 projected rows, so a 10^6-row pool is never projected whole.
+    """
+
+    def __init__(self, X: np.ndarray, mean: np.ndarray, components: np.ndarray):
+        self.X, self.mean, self.components = X, mean, components
+        self.shape = (X.shape[0], components.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return (np.asarray(self.X[idx], dtype=float) - self.mean) @ self.components
+
+
+def fit_pca(X: np.ndarray, variance: float, chunk_size: int = 65536) -> PcaView:
+    """Principal components of ``X`` (``N x d``) explaining ``variance`` of its total variance.
+
+    Mean and covariance are accumulated over chunks (float64); the components come from
+    ``numpy.linalg.eigh`` of the ``d x d`` covariance.
+    """
+    n, d = X.shape
+    s = np.zeros(d)
+    S = np.zeros((d, d))
+    for a in range(0, n, chunk_size):
+        c = np.asarray(X[a : a + chunk_size], dtype=float)
+        s += c.sum(axis=0)
+        S += c.T @ c
+    mean = s / n
+    cov = S / n - np.outer(mean, mean)
+    w, V = np.linalg.eigh(0.5 * (cov + cov.T))
+    w, V = np.clip(w[::-1], 0, None), V[:, ::-1]
+    frac = np.cumsum(w) / max(w.sum(), 1e-300)
+    k = int(min(d, np.searchsorted(frac, variance - 1e-12) + 1))
+    return PcaView(X, mean, V[:, :k])
 
 
 class GPSurrogate:
@@ -349,6 +396,8 @@ def make_surrogate(
 
 __all__ = [
     "SurrogateSettings",
+    "PcaView",
+    "fit_pca",
     "GPSurrogate",
     "RandomForestSurrogate",
     "make_surrogate",

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
-    header = (f"{'material':8} {'tier':11} {'mode':28} {'kpts':8} {'gap':>7} {'ref':>6} {'expt':>6} "
+    header = (f"{'material':8} {'tier':11} {'mode':31} {'kpts':8} {'gap':>7} {'ref':>6} {'expt':>6} "
               f"{'E_f':>7} {'wall s':>7} {'cpu s':>7}")
     print(header)
     print("-" * len(header))
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         gap = f"{r['gap_ev']:.3f}" if r["gap_ev"] is not None else r["status"]
         ef = f"{r['formation_energy_ev_per_atom']:.3f}" if r["formation_energy_ev_per_atom"] is not None else ""
         kpts = "x".join(map(str, r["kpts"]))
-        print(f"{r['material']:8} {r['tier']:11} {r['mode']:28} {kpts:8} {gap:>7} {ref:>6} "
+        print(f"{r['material']:8} {r['tier']:11} {r['mode']:31} {kpts:8} {gap:>7} {ref:>6} "
               f"{r['reference']['expt_gap_ev']:>6} {ef:>7} {r['wall_s']:>7} {r['cpu_s']:>7}")
     print(f"total wall time: {sum(r['wall_s'] for r in rows):.0f} s")
     if args.json:

@@ -89,6 +89,14 @@ def _merge_key_score(goal: Goal, y: np.ndarray) -> np.ndarray:
     return np.where(s < 0, s - 1e12, tie)
 
 
+def _check_elements(comp) -> None:
+    from pymatgen.core import Element
+
+    bad = [str(e) for e in comp.elements if not isinstance(e, Element)]
+    if bad:
+        raise ValueError(f"not chemical elements: {', '.join(bad)}")
+
+
 def deduplicate(
     compositions: Sequence[str],
     targets: np.ndarray,
@@ -119,6 +127,7 @@ def deduplicate(
                 cands.append(Candidate(cid, s.composition.reduced_formula, str(c), s.as_dict(), "benchmark", {"row": i}))
             else:
                 cands.append(Candidate.from_composition(str(c), source="benchmark", provenance={"row": i}))
+            _check_elements(cands[-1].pmg_composition())
         except Exception as exc:
             raise InputError(f"cannot parse composition {c!r}: {exc}", file=file, where=f"row {i + 1}") from None
     score = _merge_key_score(goal, y)

@@ -161,6 +161,130 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ask(args) -> int:
+    """The open requests (the next batch), printed or exported for a person or a lab."""
+    import csv
+
+    store = _open_store(args.store)
+    oracles = store.get_meta("oracles", {}) or {}
+    rows = []
+    for rid, it, arm, cid, oracle in store.open_requests():
+        if args.oracle and oracle != args.oracle:
+            continue
+        c = store.candidate(cid)
+        row = {"request_id": rid, "iteration": it, "oracle": oracle, "candidate_id": cid, "formula": c.formula,
+               "composition": c.composition, "structure_file": ""}
+        if args.structures and c.structure is not None:
+            d = Path(args.structures)
+            d.mkdir(parents=True, exist_ok=True)
+            f = d / f"{cid}.cif"
+            c.pmg_structure().to(filename=str(f))
+            row["structure_file"] = str(f)
+        for prop in (oracles.get(oracle, {}).get("properties") or []):
+            row[prop] = ""
+        rows.append(row)
+    store.close()
+    if not rows:
+        print("no open requests: run the campaign to plan the next batch")
+        return 0
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    if args.out:
+        with open(args.out, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        print(f"wrote {len(rows)} open request(s) to {args.out}: fill in the property columns, then `matloop tell {args.store} {args.out}`")
+    else:
+        w = csv.DictWriter(sys.stdout, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+def cmd_tell(args) -> int:
+    """Record measured results for open requests; every row is checked before anything is stored."""
+    import time as _time
+
+    import pandas as pd
+
+    from matloop.oracles.records import Observation, Status
+
+    path = Path(args.results)
+    if not path.exists():
+        raise InputError("results file not found", file=str(path))
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"cannot read CSV: {exc}", file=str(path)) from None
+    store = _open_store(args.store)
+    oracles = store.get_meta("oracles", {}) or {}
+    open_reqs = {r[0]: r for r in store.open_requests()}
+    by_cand = {(r[3], r[4]): r[0] for r in open_reqs.values()}
+    if "request_id" not in df.columns and "candidate_id" not in df.columns:
+        raise InputError("needs a request_id (or candidate_id + oracle) column", file=str(path))
+    observations, problems, seen = [], [], set()
+    for i, row in df.iterrows():
+        where = f"row {i + 2}"
+        rid = row.get("request_id", "").strip()
+        if not rid and row.get("candidate_id", "").strip():
+            rid = by_cand.get((row["candidate_id"].strip(), row.get("oracle", "").strip()), "")
+        if rid not in open_reqs:
+            problems.append(f"  {where}: request {rid or '(none)'!r} is not an open request of this store")
+            continue
+        if rid in seen:
+            problems.append(f"  {where}: request {rid!r} appears twice")
+            continue
+        seen.add(rid)
+        _, it, arm, cid, oracle = open_reqs[rid]
+        meta = oracles.get(oracle, {})
+        status = (row.get("status", "") or "success").strip().lower()
+        if status not in ("success", "failed"):
+            problems.append(f"  {where} column 'status': must be success or failed, not {status!r}")
+            continue
+        props, unc = {}, {}
+        if status == "success":
+            for prop in meta.get("properties") or []:
+                raw = str(row.get(prop, "")).strip()
+                if raw == "":
+                    problems.append(f"  {where} column {prop!r}: missing value")
+                    continue
+                try:
+                    v = float(raw)
+                except ValueError:
+                    problems.append(f"  {where} column {prop!r}: not a number: {raw!r}")
+                    continue
+                if not math.isfinite(v):
+                    problems.append(f"  {where} column {prop!r}: {raw} is not a finite value")
+                    continue
+                props[prop] = v
+                raw_u = str(row.get(f"uncertainty_{prop}", "")).strip()
+                if raw_u:
+                    try:
+                        unc[prop] = float(raw_u)
+                    except ValueError:
+                        problems.append(f"  {where} column 'uncertainty_{prop}': not a number: {raw_u!r}")
+        cost = meta.get("cost", 0.0)
+        if str(row.get("cost", "")).strip():
+            try:
+                cost = float(row["cost"])
+            except ValueError:
+                problems.append(f"  {where} column 'cost': not a number: {row['cost']!r}")
+        observations.append(Observation(
+            request_id=rid, candidate_id=cid, oracle=oracle, oracle_version=meta.get("version", oracle),
+            fidelity=int(meta.get("fidelity", 0)), status=Status(status), properties=props, uncertainties=unc,
+            extra={"told_from": str(path), "row": int(i)}, cost=float(cost), wall_time_s=0.0,
+            reason=(row.get("reason", "") or "reported failed") if status == "failed" else None,
+        ))
+    if problems:
+        store.close()
+        raise InputError(f"{len(problems)} problem(s); nothing was recorded:\n" + "\n".join(problems), file=str(path))
+    with store.transaction():
+        n = sum(store.add_observation(o) for o in observations)
+    store.close()
+    print(f"recorded {n} result(s) from {path} at {_time.strftime('%Y-%m-%d %H:%M:%S')}; run the campaign to plan the next batch")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from pydantic import ValidationError
 
@@ -273,6 +397,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=("csv", "json"), default="csv")
     e.add_argument("--out")
     e.set_defaults(func=cmd_export)
+
+    a = sub.add_parser("ask", help="print or export the open requests (the next batch) for a person or a lab")
+    a.add_argument("store")
+    a.add_argument("--out", help="CSV to fill in and give back to `matloop tell`")
+    a.add_argument("--structures", help="folder to write each candidate's CIF into")
+    a.add_argument("--oracle", help="only this oracle's requests")
+    a.set_defaults(func=cmd_ask)
+
+    t = sub.add_parser("tell", help="record measured results for open requests (checked against them)")
+    t.add_argument("store")
+    t.add_argument("results", help="CSV: request_id, one column per property, optional status/reason/cost/uncertainty_<prop>")
+    t.set_defaults(func=cmd_tell)
 
     ev = sub.add_parser("evaluate", help="evaluate one structure file with one oracle kind")
     ev.add_argument("structure", help="CIF, POSCAR or pymatgen JSON")

@@ -98,9 +98,83 @@ class Campaign:
             added = store.add_candidates(cands, iteration=-1)
             total += added
             self._say(f"source {s.label!r} ({s.kind}): {len(cands)} candidates, {added} new")
-        if store.n_candidates() == 0:
-            raise InputError("the candidate pool is empty", file=str(self.spec.base_dir))
         store.set_meta("pool_loaded", True)
+
+    # -- generators ---------------------------------------------------------------------------
+    def _generators(self) -> list[tuple]:
+        from matloop.oracles.registry import load
+
+        out = []
+        for s in self.spec.sources:
+            if s.kind in SOURCE_KINDS:
+                continue
+            cls = load("matloop.generators", s.kind)
+            out.append((s, cls(s.label, dict(s.settings))))
+        return out
+
+    def _state(self, store: Store, candidates: list[Candidate], iteration: int):
+        from matloop.agents.base import CampaignState
+
+        vals = self._objective_values(store, "agent", None)
+        fitness = {}
+        if vals:
+            sc = self.goal.score(np.array([v for _, v in vals]))
+            fitness = {cid: float(x) for (cid, _), x in zip(vals, sc)}
+        return CampaignState(
+            candidates={c.id: c for c in candidates},
+            observations=store.observations(arm="agent"),
+            fitness=fitness,
+            pending=set(),
+            iteration=iteration,
+        )
+
+    def _generate(self, store: Store, generators: list[tuple], candidates: list[Candidate], iteration: int,
+                  initial: bool) -> int:
+        """Draw new candidates from generator sources into the store; returns how many were new."""
+        if not generators:
+            return 0
+        state = self._state(store, candidates, iteration)
+        counts = {s.label: (s.n_initial if initial else s.n_per_iteration) for s, _ in generators}
+        if not initial and self.spec.generation.mix == "adaptive":
+            counts = self._bandit_split(store, generators, sum(counts.values()))
+        added_total = 0
+        for s, gen in generators:
+            n = counts.get(s.label, 0)
+            if n <= 0:
+                continue
+            t0 = time.perf_counter()
+            try:
+                new = gen.generate(n, state, self.rng)
+            except Exception as exc:  # a broken generator must not stop the campaign
+                log.warning("generator %s failed: %s", s.label, exc)
+                self._say(f"generator {s.label!r} failed: {type(exc).__name__}: {exc}")
+                continue
+            added = store.add_candidates(new, iteration=iteration)
+            added_total += added
+            self._say(f"generator {s.label!r} ({s.kind}): {len(new)} proposed, {added} new, {time.perf_counter() - t0:.1f} s")
+        return added_total
+
+    def _bandit_split(self, store: Store, generators: list[tuple], total: int) -> dict[str, int]:
+        """Thompson sampling over generator sources: reward = a generated candidate was picked and came back good."""
+        cands = {c.id: c for c in store.candidates()}
+        vals = self._objective_values(store, "agent", None)
+        if vals:
+            sc = self.goal.score(np.array([v for _, v in vals]))
+            thresh = np.quantile(sc, 0.75)
+            good = {cid for (cid, _), x in zip(vals, sc) if x >= thresh}
+        else:
+            good = set()
+        picked = {o.candidate_id for o in store.observations(arm="agent")}
+        draws = {}
+        for s, _ in generators:
+            mine = [cid for cid in picked if cands.get(cid) is not None and cands[cid].source == s.label]
+            wins = sum(1 for cid in mine if cid in good)
+            draws[s.label] = self.rng.beta(1 + wins, 1 + len(mine) - wins)
+        weights = np.array([draws[s.label] for s, _ in generators])
+        weights = weights / weights.sum()
+        split = np.floor(weights * total).astype(int)
+        split[int(np.argmax(weights))] += total - split.sum()
+        return {s.label: int(k) for (s, _), k in zip(generators, split)}
 
     def _features(self, store: Store, candidates: list[Candidate]) -> np.ndarray:
         key = self.spec.features.key
@@ -142,9 +216,15 @@ class Campaign:
 
     # -- evaluation ---------------------------------------------------------------------------
     def _execute(self, store: Store, executor, oracles: dict, requests: list[Request]) -> list[Observation]:
-        """Submit, then store each observation the moment it arrives."""
-        handles = []
-        results = []
+        """Submit, then store each observation the moment it arrives.
+
+        Waits until every request has an observation, except requests of deferred oracles
+        (``manual``: answered later by ``matloop tell``) and, after ``executor.max_wait_s``,
+        slow lab requests: those stay open in the store (``self.pending_left``) and are picked
+        up again by the next ``matloop run``.
+        """
+        handles: dict[str, list] = {}
+        results: list[Observation] = []
         for r in requests:
             oracle = oracles[r.oracle]
             cached = store.cached_observation(r.candidate.id, oracle.version)
@@ -156,21 +236,62 @@ class Campaign:
                 store.add_observation(obs)
                 results.append(obs)
                 continue
-            handles.extend(oracle.submit([r], executor))
-        open_handles = list(handles)
-        while open_handles:
-            ready = [h for h in open_handles if h.done()]
-            if not ready:
-                time.sleep(0.05)
-                continue
-            for h in ready:
-                open_handles.remove(h)
-                obs = h.result()
+            try:
+                handles.setdefault(r.oracle, []).extend(oracle.submit([r], executor))
+            except Exception as exc:  # a submission that cannot even start is a failed observation
+                obs = Observation(r.id, r.candidate.id, oracle.name, oracle.version, oracle.fidelity, Status.FAILED,
+                                  cost=0.0, reason=f"submission failed: {type(exc).__name__}: {exc}")
                 store.add_observation(obs)
                 results.append(obs)
-                if not obs.ok:
-                    log.warning("failed: %s on %s: %s", obs.oracle, h.request.candidate.formula, obs.reason)
+        t0 = time.time()
+        last_store_check = 0.0
+        max_wait = self.spec.executor.max_wait_s
+        while any(handles.values()):
+            progressed = False
+            for name, hs in handles.items():
+                if not hs:
+                    continue
+                oracle = oracles[name]
+                try:
+                    ready = oracle.poll(hs)
+                    observations = oracle.collect(ready) if ready else []
+                except Exception as exc:  # polling a lab may fail; try again later
+                    log.warning("polling %s failed: %s", name, exc)
+                    ready, observations = [], []
+                for h, obs in zip(ready, observations):
+                    hs.remove(h)
+                    store.add_observation(obs)
+                    results.append(obs)
+                    progressed = True
+                    if not obs.ok:
+                        log.warning("failed: %s on %s: %s", obs.oracle, h.request.candidate.formula, obs.reason)
+            if time.time() - last_store_check > 1.0:
+                # answers recorded by another process (matloop tell) count as arrived
+                last_store_check = time.time()
+                open_ids = {r[0] for r in store.open_requests()}
+                for hs in handles.values():
+                    for h in [h for h in hs if h.request.id not in open_ids]:
+                        hs.remove(h)
+                        progressed = True
+            remaining = [h for hs in handles.values() for h in hs]
+            if remaining and all(getattr(h, "deferred", False) for h in remaining):
+                break
+            if max_wait is not None and time.time() - t0 > max_wait:
+                break
+            if not progressed:
+                time.sleep(0.05)
+        self.pending_left = [h for hs in handles.values() for h in hs]
         return results
+
+    def _waiting_reason(self) -> str | None:
+        pend = getattr(self, "pending_left", [])
+        if not pend:
+            return None
+        names = sorted({h.request.oracle for h in pend})
+        manual = any(getattr(h, "deferred", False) for h in pend)
+        hint = f"`matloop ask {self.store_path}` lists them; `matloop tell {self.store_path} results.csv` records results" if manual \
+            else "run the campaign again to keep polling"
+        return f"waiting for {len(pend)} result(s) from {', '.join(names)}; {hint}"
 
     # -- bookkeeping --------------------------------------------------------------------------
     def _objective_values(self, store: Store, arm: str, candidates_by_id: dict) -> list[tuple[str, float]]:
@@ -261,12 +382,22 @@ class Campaign:
             resumed = store.next_iteration() > 0
             self._say(("resuming" if resumed else "starting") + f" campaign {self.spec.name!r}, store {self.store_path}")
             self._load_pool(store)
+            store.set_meta("objective", self.spec.objective.model_dump(mode="json"))
+            self.pending_left = []
+            generators = self._generators()
+            if generators and not store.get_meta("generators_initialised"):
+                self._generate(store, generators, store.candidates(), -1, initial=True)
+                store.set_meta("generators_initialised", True)
             candidates = store.candidates()
+            if not candidates:
+                raise InputError("the candidate pool is empty", file=str(self.spec.base_dir))
             oracles = build_oracles(self.spec)
             for o in oracles.values():
                 o.setup(candidates)
             X = self._features(store, candidates)
             agent = self._agent(oracles)
+            store.set_meta("oracles", {n: {"kind": o.kind, "version": o.version, "fidelity": o.fidelity, "cost": o.cost,
+                                           "properties": list(_oracle_properties(o))} for n, o in oracles.items()})
             executor = make_executor(self.spec.executor)
             cand_by_id = {c.id: c for c in candidates}
 
@@ -276,18 +407,26 @@ class Campaign:
                 self._say(f"resubmitting {len(open_reqs)} unanswered request(s) from an interrupted run")
                 reqs = [Request(rid, cand_by_id[cid], oracle, it) for rid, it, arm, cid, oracle in open_reqs]
                 self._execute(store, executor, oracles, reqs)
-            for idx in store.running_iterations():
-                store.finish_iteration(idx)
+            waiting = self._waiting_reason()
+            if not waiting:
+                for idx in store.running_iterations():
+                    store.finish_iteration(idx)
 
             # the agent's loop
             history: list[float | None] = []
             stop_reason = None
             t_start = time.perf_counter()
-            while True:
+            while not waiting:
                 stop_reason = self._exhausted(store)
                 if stop_reason:
                     break
                 idx = store.next_iteration()
+                if generators and self._generate(store, generators, candidates, idx, initial=False):
+                    candidates = store.candidates()
+                    cand_by_id = {c.id: c for c in candidates}
+                    for o in oracles.values():
+                        o.setup(candidates)
+                    X = self._features(store, candidates)
                 obs = store.observations(arm="agent")
                 requested = {(c, o) for c, o in store.requested_pairs()}
                 t_plan = time.perf_counter()
@@ -301,7 +440,9 @@ class Campaign:
                     break
                 store.start_iteration(idx, plan.rationale, plan.requests, plan.acquisition)
                 results = self._execute(store, executor, oracles, plan.requests)
-                store.finish_iteration(idx)
+                waiting = self._waiting_reason()
+                if not waiting:
+                    store.finish_iteration(idx)
                 res = self.arm_result(store, "agent")
                 history.append(res.best_value)
                 cost, n_eval = self._spent(store)
@@ -315,6 +456,8 @@ class Campaign:
                 stop_reason = self._stop_rule(store, history)
                 if stop_reason:
                     break
+            if waiting:
+                stop_reason = waiting
             self._say(f"stopped: {stop_reason}")
             agent_res = self.arm_result(store, "agent")
             summary = {
@@ -325,7 +468,7 @@ class Campaign:
                 "spend": store.spend("agent"),
                 "seconds": time.perf_counter() - t_start,
             }
-            if self.spec.report.compare_random:
+            if self.spec.report.compare_random and not waiting:
                 summary["random"] = self._random_arm(store, executor, oracles, candidates).__dict__
                 self._print_comparison(summary)
             return summary

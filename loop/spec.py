@@ -71,9 +71,8 @@ class SourceSpec(_Model):
     name: str | None = Field(None, description="label stored as each candidate's source (default: kind)")
     kind: str = Field(description="file | prototypes | a registered generator (mutation, vae, optimade, ...)")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings of this source kind")
-    n_per_iteration: int = Field(
-        0, ge=0, description="for generators: new candidates to draw each iteration (0 = only at start)"
-    )
+    n_initial: int = Field(0, ge=0, description="for generators: candidates drawn before the first iteration")
+    n_per_iteration: int = Field(0, ge=0, description="for generators: new candidates drawn each iteration")
 
     @property
     def label(self) -> str:
@@ -141,6 +140,9 @@ class ExecutorSpec(_Model):
     )
     workers: int = Field(2, ge=1, description="parallel jobs")
     address: str | None = Field(None, description="dask scheduler address (tcp://host:8786); none = LocalCluster")
+    max_wait_s: float | None = Field(
+        None, gt=0, description="stop waiting for slow (lab) results after this long; run again to keep polling"
+    )
 
 
 class AgentSpec(_Model):
@@ -150,6 +152,16 @@ class AgentSpec(_Model):
     acquisition: dict[str, Any] = Field(
         default_factory=dict,
         description="acquisition settings (kind: auto | qlognei | logei | ucb | thompson | window, init, beta, shortlist, ...)",
+    )
+
+
+class GenerationSpec(_Model):
+    """How generator sources share the per-iteration draw."""
+
+    mix: Literal["fixed", "adaptive"] = Field(
+        "fixed",
+        description="fixed: each generator draws its n_per_iteration; adaptive: a Thompson-sampling bandit "
+        "splits the total n_per_iteration among generators by how often their candidates were picked",
     )
 
 
@@ -176,6 +188,7 @@ class CampaignSpec(_Model):
     store: str = Field(description="SQLite file holding the campaign state (created if absent)")
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="where oracle jobs run")
     report: ReportSpec = Field(default_factory=ReportSpec, description="end-of-run comparison")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="mix of generator sources")
 
     @field_validator("oracles")
     @classmethod
@@ -390,6 +403,6 @@ def _oracle_properties(o: OracleSpec) -> set[str]:
     cls = oracle_class(o.kind)
     if o.kind == "lookup":
         return set((o.settings.get("columns") or {}).keys())
-    if o.kind in ("http", "folder", "command"):
+    if o.kind in ("http", "folder", "command", "manual"):
         return set(o.settings.get("properties") or [])
     return set(cls.properties)

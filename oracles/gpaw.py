@@ -476,6 +476,11 @@ class GpawPbeOracle(Oracle):
     #: settings that say where things go, not what is computed: left out of ``version``
     site_settings: ClassVar[frozenset[str]] = frozenset({"cache_dir", "log_dir"})
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.settings.formation_energy:  # declare what this instance reports
+            self.properties = tuple(p for p in type(self).properties if p != "formation_energy_ev_per_atom")
+
     @property
     def version(self) -> str:
         science = self.settings.model_dump(mode="json", exclude=set(self.site_settings))
@@ -729,7 +734,8 @@ class GpawHse06Oracle(GpawPbeOracle):
                 cbm_ev=cbm,
             )
             extra.update(vbm_shift_ev=dv, cbm_shift_ev=dc,
-                         bulk_reference={k: shifts[k] for k in ("source", "kpts", "cached", "pbe_gap_ev")})
+                         bulk_reference={k: shifts[k] for k in ("source", "kpts", "cached", "pbe_gap_ev",
+                                                                "edge_kpt_indices")})
         self._add_formation_energy(run, pbe, props, extra)
         return props, extra
 

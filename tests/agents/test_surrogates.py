@@ -98,3 +98,18 @@ def test_factory_and_protocol():
         SurrogateSettings(kernl="rbf")
     with pytest.raises(RuntimeError):
         GPSurrogate().predict(np.zeros((1, 2)))
+
+
+def test_pca_keeps_the_components_that_explain_the_variance():
+    from matloop.agents.surrogates import fit_pca
+
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal(4000)
+    X = np.c_[t, 2 * t, 0.01 * rng.standard_normal(4000)] + [1.0, 2.0, 3.0]
+    view = fit_pca(X, 0.99, chunk_size=333)
+    assert view.shape == (4000, 1)  # the first component carries 5 / (5 + 1e-4) of the variance
+    d = view.components[:, 0] * np.sign(view.components[0, 0])
+    np.testing.assert_allclose(d, [1 / np.sqrt(5), 2 / np.sqrt(5), 0], atol=1e-3)
+    np.testing.assert_allclose(view.mean, X.mean(0))
+    np.testing.assert_allclose(np.abs(view[:5][:, 0]), np.abs((X[:5] - X.mean(0)) @ view.components[:, 0]))
+    assert fit_pca(X, 1.0).shape == (4000, 3)

@@ -112,6 +112,17 @@ def test_reproducible_from_the_seed():
     assert [c.provenance["latent"] for c in a] == [c.provenance["latent"] for c in b]
 
 
+def test_training_set_is_capped_labelled_first():
+    structures, fitness = perov5(16)
+    state = state_of(structures, fitness)
+    labelled = list(state.fitness)[:6]
+    state.fitness = {cid: state.fitness[cid] for cid in labelled}
+    gen = VaeGenerator("vae", {"epochs": 2, "hidden": 16, "max_training_structures": 10})
+    gen.generate(1, state, np.random.default_rng(0))
+    assert gen.history[-1]["n_structures"] == 10
+    assert set(labelled) <= {c.id for c in gen._train_cands}
+
+
 def test_rediscovery_finds_held_out_twins():
     # every structure appears twice (the second a translated copy with shuffled sites), so a
     # held-out structure usually has its twin in training and must be regenerated

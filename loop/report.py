@@ -1,0 +1,1032 @@
+"""``matloop report``: one self-contained HTML page (inline CSS and JS, PNG figures beside it) for a store.
+
+The page reads only the store: best so far against evaluations and cost (agent and random
+arms), the discovery curve, the funnel per tier, surrogate parity and calibration, the
+Pareto front, source yields, the VAE latent map and a sortable table of the top candidates
+with their structures as CIF files. A panel whose data the store lacks is replaced by a note
+that says why.
+
+Store meta keys read: ``objective`` (``{"property", "goal": minimize|maximize|window,
+"window": [lo, hi], "oracle"?}``), ``objectives`` (two such entries, or two property names,
+for the Pareto panel) and ``good_set`` (candidate ids, retrospective campaigns).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from matloop.oracles.records import Candidate, InputError, Observation
+
+from .store import Store
+
+META_OBJECTIVE = "objective"
+META_OBJECTIVES = "objectives"
+META_GOOD_SET = "good_set"
+TOP_K_SOURCES = 10
+_DPI = 110
+_AGENT_COLOR = "#1f5fa8"
+_RANDOM_COLOR = "#b0592a"
+
+
+# -- objective --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportObjective:
+    """The objective the page ranks by.
+
+    Attributes:
+        goal: ``minimize``, ``maximize`` or ``window``.
+        oracle: the oracle whose value counts (highest fidelity reporting ``property``).
+        origin: where it came from, shown on the page (``store meta``, ``argument``, ``inferred ...``).
+    """
+
+    property: str
+    goal: str
+    oracle: str
+    window: tuple[float, float] | None = None
+    origin: str = ""
+
+    def score(self, y) -> np.ndarray:
+        """Higher is better: ``-y`` (minimize), ``y`` (maximize), ``-distance to window`` (window)."""
+        y = np.asarray(y, dtype=float)
+        if self.goal == "maximize":
+            return y.copy()
+        if self.goal == "minimize":
+            return -y
+        lo, hi = self.window
+        return -(np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
+
+    def describe(self) -> str:
+        if self.goal == "window":
+            return f"{self.property} in [{self.window[0]:g}, {self.window[1]:g}] ({self.oracle})"
+        return f"{self.goal} {self.property} ({self.oracle})"
+
+
+_GOAL_WORDS = {"min": "minimize", "minimize": "minimize", "max": "maximize", "maximize": "maximize", "window": "window"}
+
+
+def _parse_goal(entry: dict, where: str) -> tuple[str, tuple[float, float] | None]:
+    goal = str(entry.get("goal", "minimize")).strip().lower()
+    window = entry.get("window")
+    if goal.startswith("window:"):  # the agent's spelling, window:LO:HI
+        _, lo, hi = goal.split(":")
+        goal, window = "window", (lo, hi)
+    if goal not in _GOAL_WORDS:
+        raise InputError(f"goal must be minimize, maximize or window, not {entry.get('goal')!r}", where=where)
+    goal = _GOAL_WORDS[goal]
+    if goal == "window":
+        if not window or len(window) != 2:
+            raise InputError("goal window needs window: [lo, hi]", where=where)
+        window = (float(window[0]), float(window[1]))
+    else:
+        window = None
+    return goal, window
+
+
+# -- what the store holds ---------------------------------------------------------------------
+
+
+@dataclass
+class _Data:
+    name: str
+    path: Path
+    candidates: dict[str, Candidate]
+    arms: dict[str, list[Observation]]  # arm -> observations in arrival order
+    iterations: list[dict]  # the agent arm's
+    fidelity: dict[str, int]
+    properties: dict[str, list[str]]  # oracle -> numeric properties seen in successful observations
+    cost_by_request: dict[str, float]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def oracles(self) -> list[str]:
+        """Oracle names, lowest fidelity first."""
+        return sorted(self.fidelity, key=lambda o: (self.fidelity[o], o))
+
+    def nominal_cost(self, o: Observation) -> float:
+        """An observation's cost, counting a cache hit at the cost of the evaluation it reused."""
+        src = o.extra.get("cached_from") if isinstance(o.extra, dict) else None
+        if src and src in self.cost_by_request:
+            return self.cost_by_request[src]
+        return o.cost
+
+
+def _load(store: Store) -> _Data:
+    arms_seen = [it["arm"] for it in store.iterations(None)]
+    arms: dict[str, list[Observation]] = {}
+    for arm in ["agent", "random"] + [a for a in dict.fromkeys(arms_seen) if a not in ("agent", "random")]:
+        obs = store.observations(arm=arm)
+        if obs or arm == "agent":
+            arms[arm] = obs
+    fidelity: dict[str, int] = {}
+    props: dict[str, dict[str, None]] = {}
+    cost_by_request = {}
+    for obs in arms.values():
+        for o in obs:
+            fidelity[o.oracle] = max(fidelity.get(o.oracle, o.fidelity), o.fidelity)
+            props.setdefault(o.oracle, {})
+            cost_by_request[o.request_id] = o.cost
+            if o.ok:
+                for p in o.properties:
+                    if o.value(p) is not None:
+                        props[o.oracle][p] = None
+    meta = {k: store.get_meta(k) for k in (META_OBJECTIVE, META_OBJECTIVES, META_GOOD_SET)}
+    return _Data(
+        name=str(store.get_meta("campaign") or store.path.stem),
+        path=store.path,
+        candidates={c.id: c for c in store.candidates()},
+        arms=arms,
+        iterations=store.iterations("agent"),
+        fidelity=fidelity,
+        properties={k: list(v) for k, v in props.items()},
+        cost_by_request=cost_by_request,
+        meta=meta,
+    )
+
+
+def _objective_oracle(data: _Data, prop: str, labels_from: Counter) -> str | None:
+    reporting = [o for o in data.oracles if prop in data.properties.get(o, ())]
+    if not reporting:
+        return None
+    top = max(data.fidelity[o] for o in reporting)
+    tied = [o for o in reporting if data.fidelity[o] == top]
+    # the agent trains on the objective oracle; its rationale breaks a fidelity tie
+    return max(tied, key=lambda o: labels_from.get(o, 0))
+
+
+def resolve_objective(data: _Data, objective: dict | None) -> ReportObjective | None:
+    """The argument, else store meta ``objective``, else inferred from the observations and rationales."""
+    labels_from: Counter = Counter()
+    goals: Counter = Counter()
+    best_seen: list[float] = []
+    for it in data.iterations:
+        for tier in (it["rationale"].get("tiers") or {}).values():
+            if "labels_from" in tier:
+                labels_from[tier["labels_from"]] += 1
+            sel = tier.get("selection") or {}
+            if sel.get("goal"):
+                goals[sel["goal"]] += 1
+            if isinstance(sel.get("best_observed"), (int, float)):
+                best_seen.append(float(sel["best_observed"]))
+    for given, origin in ((objective, "argument"), (data.meta.get(META_OBJECTIVE), "store meta")):
+        if given:
+            if "property" not in given:
+                raise InputError("objective needs a property", where=f"objective ({origin})")
+            goal, window = _parse_goal(given, f"objective ({origin})")
+            oracle = given.get("oracle") or _objective_oracle(data, given["property"], labels_from)
+            if oracle is None:
+                oracle = data.oracles[-1] if data.oracles else "?"
+            return ReportObjective(given["property"], goal, oracle, window, origin)
+    # inferred: the highest-fidelity oracle's property; several -> the one whose values contain
+    # the agent's recorded best_observed; the goal is the one the agent recorded, else minimize
+    reporting = [o for o in data.oracles if data.properties.get(o)]
+    if not reporting:
+        return None  # nothing succeeded yet
+    top = max(data.fidelity[o] for o in reporting)
+    oracle = next(o for o in reversed(reporting) if data.fidelity[o] == top)
+    cands = data.properties[oracle]
+    why = "the only property of the highest-fidelity oracle"
+    prop = cands[0]
+    if len(cands) > 1:
+        seen = {p: {o.value(p) for obs in data.arms.values() for o in obs if o.oracle == oracle and o.ok} for p in cands}
+        hits = [p for p in cands if best_seen and all(b in seen[p] for b in best_seen)]
+        if len(hits) == 1:
+            prop, why = hits[0], "matched to the best values the agent recorded"
+        else:
+            why = f"ambiguous: first of {cands}; set store meta 'objective'"
+    goal_text = goals.most_common(1)[0][0] if goals else "minimize"
+    goal, window = _parse_goal({"goal": goal_text}, "objective (inferred)")
+    gwhy = "goal from the agent's rationale" if goals else "goal assumed minimize"
+    oracle = _objective_oracle(data, prop, labels_from) or oracle
+    return ReportObjective(prop, goal, oracle, window, f"inferred ({why}; {gwhy})")
+
+
+# -- derived series ---------------------------------------------------------------------------
+
+
+def _objective_values(data: _Data, obj: ReportObjective, arm: str) -> list[tuple[str, float]]:
+    """(candidate id, value) of successful objective observations of one arm, in arrival order."""
+    out = []
+    for o in data.arms.get(arm, []):
+        if o.oracle == obj.oracle and o.ok and o.value(obj.property) is not None:
+            out.append((o.candidate_id, o.value(obj.property)))
+    return out
+
+
+def _best_curve(data: _Data, obj: ReportObjective, arm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluations, cumulative cost and best value so far (NaN before the first) after each observation."""
+    n, cost, best = [], [], []
+    c, b = 0.0, None
+    for k, o in enumerate(data.arms.get(arm, []), start=1):
+        c += data.nominal_cost(o)
+        if o.oracle == obj.oracle and o.ok and o.value(obj.property) is not None:
+            v = o.value(obj.property)
+            if b is None or obj.score([v])[0] > obj.score([b])[0]:
+                b = v
+        n.append(k)
+        cost.append(c)
+        best.append(np.nan if b is None else b)
+    return np.array(n), np.array(cost), np.array(best, dtype=float)
+
+
+def _found_curve(data: _Data, obj: ReportObjective, arm: str, good: set[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluations and distinct good candidates found so far (the window's hits when ``good`` is None)."""
+    n, found, seen = [], [], set()
+    for k, o in enumerate(data.arms.get(arm, []), start=1):
+        if o.oracle == obj.oracle and o.ok and o.value(obj.property) is not None:
+            hit = o.candidate_id in good if good is not None else obj.score([o.value(obj.property)])[0] >= 0
+            if hit:
+                seen.add(o.candidate_id)
+        n.append(k)
+        found.append(len(seen))
+    return np.array(n), np.array(found)
+
+
+def _parity_pairs(data: _Data, obj: ReportObjective) -> tuple[list[dict], str, int]:
+    """Predicted mean/std recorded for chosen candidates, joined with what the label oracle returned."""
+    first_ok: dict[tuple[str, str], Observation] = {}
+    for o in data.arms.get("agent", []):
+        if o.ok:
+            first_ok.setdefault((o.candidate_id, o.oracle), o)
+    pairs, units, dropped = [], None, 0
+    for it in data.iterations:
+        for tier, info in (it["rationale"].get("tiers") or {}).items():
+            if "chosen" not in info:
+                continue
+            label = info.get("labels_from", tier)
+            u = (info.get("selection") or {}).get("mean_units", "property")
+            for c in info["chosen"]:
+                mu, sd = c.get("predicted_mean"), c.get("predicted_std")
+                if mu is None or sd is None:
+                    continue  # random picks carry no prediction
+                o = first_ok.get((c["candidate"], label))
+                if o is None or o.value(obj.property) is None:
+                    continue
+                units = units or u
+                if u != units:
+                    dropped += 1
+                    continue
+                y = o.value(obj.property)
+                if u != "property":
+                    y = float(obj.score([y])[0])
+                pairs.append({"iteration": it["idx"], "mean": mu, "std": sd, "observed": y, "formula": c.get("formula")})
+    return pairs, units or "property", dropped
+
+
+def _pareto_front(scores: np.ndarray) -> np.ndarray:
+    """Mask of non-dominated rows of ``scores`` (``n x 2``, higher is better)."""
+    keep = np.ones(len(scores), dtype=bool)
+    for i in range(len(scores)):
+        dominated = np.all(scores >= scores[i], axis=1) & np.any(scores > scores[i], axis=1)
+        keep[i] = not dominated.any()
+    return keep
+
+
+def _best_values(data: _Data) -> dict[str, dict[tuple[str, str], float | str]]:
+    """Per candidate: (oracle, property) -> first successful value, or 'failed' when the oracle only failed."""
+    out: dict[str, dict] = {}
+    for obs in data.arms.values():
+        for o in obs:
+            row = out.setdefault(o.candidate_id, {})
+            if o.ok:
+                for p in data.properties.get(o.oracle, ()):
+                    v = o.value(p)
+                    if v is not None and not isinstance(row.get((o.oracle, p)), float):
+                        row[(o.oracle, p)] = v
+            else:
+                for p in data.properties.get(o.oracle, ()) or ["?"]:
+                    row.setdefault((o.oracle, p), "failed")
+    return out
+
+
+def _structure_for(data: _Data, cid: str):
+    """The relaxed structure of the highest-fidelity successful observation, else the candidate's."""
+    from pymatgen.core import Structure
+
+    best = None
+    for obs in data.arms.values():
+        for o in obs:
+            if o.candidate_id == cid and o.ok and isinstance(o.extra.get("relaxed_structure"), dict):
+                if best is None or o.fidelity > best.fidelity:
+                    best = o
+    if best is not None:
+        try:
+            return Structure.from_dict(best.extra["relaxed_structure"]), f"relaxed by {best.oracle}"
+        except Exception:  # a malformed record falls back to the candidate's structure
+            pass
+    cand = data.candidates.get(cid)
+    if cand is not None and cand.structure is not None:
+        return cand.pmg_structure(), "as generated"
+    return None, ""
+
+
+# -- figures ----------------------------------------------------------------------------------
+
+
+def _figure(width: float = 7.6, height: float = 3.6, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(1, ncols)
+    for ax in np.atleast_1d(axes):
+        ax.grid(True, alpha=0.25)
+        ax.spines[["top", "right"]].set_visible(False)
+    return fig, axes
+
+
+def _save(fig, out_dir: Path, name: str) -> str:
+    fig.savefig(out_dir / name, dpi=_DPI)
+    return name
+
+
+def _value_label(obj: ReportObjective) -> str:
+    if obj.goal == "window":
+        return f"distance of {obj.property} to window"
+    return f"{obj.property} ({'lower' if obj.goal == 'minimize' else 'higher'} is better)"
+
+
+def _plot_best(data: _Data, obj: ReportObjective, out_dir: Path) -> str | None:
+    curves = {arm: _best_curve(data, obj, arm) for arm in ("agent", "random") if data.arms.get(arm)}
+    if not curves or all(np.isnan(c[2]).all() for c in curves.values()):
+        return None
+    fig, (a1, a2) = _figure(10.5, 3.8, 2)
+    for arm, (n, cost, best) in curves.items():
+        y = best if obj.goal != "window" else -obj.score(best)
+        color = _AGENT_COLOR if arm == "agent" else _RANDOM_COLOR
+        label = "agent" if arm == "agent" else "random baseline"
+        a1.step(n, y, where="post", color=color, label=label, lw=2)
+        a2.step(cost, y, where="post", color=color, label=label, lw=2)
+    a1.set_xlabel("evaluations (all oracles)")
+    a2.set_xlabel("cumulative cost")
+    a1.set_ylabel(f"best {_value_label(obj)}", fontsize=8.5)
+    a1.set_title("best so far vs evaluations", fontsize=10)
+    a2.set_title("best so far vs cost", fontsize=10)
+    a1.legend(frameon=False)
+    return _save(fig, out_dir, "best_so_far.png")
+
+
+def _plot_discovery(data: _Data, obj: ReportObjective, good: set[str] | None, out_dir: Path) -> str | None:
+    fig, ax = _figure(7.6, 3.8)
+    n_max = 0
+    for arm in ("agent", "random"):
+        if not data.arms.get(arm):
+            continue
+        n, found = _found_curve(data, obj, arm, good)
+        n_max = max(n_max, int(n[-1]) if len(n) else 0)
+        color = _AGENT_COLOR if arm == "agent" else _RANDOM_COLOR
+        ax.step(n, found, where="post", lw=2, color=color, label="agent" if arm == "agent" else "random baseline")
+    if good is not None and n_max:
+        pool = len(data.candidates)
+        g = len(good & set(data.candidates)) if data.candidates else len(good)
+        x = np.arange(0, n_max + 1)
+        ax.plot(x, x * g / max(pool, 1), ":", color="0.4", label="random expectation")
+        ax.plot(x, np.minimum(x, g), "--", color="0.7", lw=1, label=f"ideal ({g} good)")
+        ax.set_ylabel(f"good candidates found (of {g})")
+    else:
+        ax.set_ylabel("distinct hits in the window")
+    ax.set_xlabel("evaluations (all oracles)")
+    ax.set_title("discovery curve", fontsize=10)
+    ax.legend(frameon=False)
+    return _save(fig, out_dir, "discovery.png")
+
+
+def _funnel_rows(data: _Data) -> list[dict]:
+    rows = []
+    for oracle in data.oracles:
+        obs = [o for o in data.arms.get("agent", []) if o.oracle == oracle]
+        if not obs:
+            continue
+        reasons = Counter((o.reason or "unknown").splitlines()[0][:90] for o in obs if not o.ok)
+        rows.append(
+            {
+                "oracle": oracle,
+                "fidelity": data.fidelity[oracle],
+                "evaluations": len(obs),
+                "failed": sum(not o.ok for o in obs),
+                "cost": sum(o.cost for o in obs),
+                "wall_time_s": sum(o.wall_time_s for o in obs),
+                "reason": reasons.most_common(1)[0] if reasons else None,
+            }
+        )
+    return rows
+
+
+def _plot_funnel(rows: list[dict], out_dir: Path) -> str | None:
+    if not rows:
+        return None
+    fig, (a1, a2) = _figure(10.5, 1.6 + 0.5 * len(rows), 2)
+    names = [f"{r['oracle']} (fid. {r['fidelity']})" for r in rows][::-1]  # highest fidelity at the bottom
+    ok = [r["evaluations"] - r["failed"] for r in rows][::-1]
+    bad = [r["failed"] for r in rows][::-1]
+    cost = [r["cost"] for r in rows][::-1]
+    y = np.arange(len(rows))
+    a1.barh(y, ok, 0.6, color=_AGENT_COLOR, label="succeeded")
+    a1.barh(y, bad, 0.6, left=ok, color="#c0392b", label="failed")
+    a1.set_yticks(y, names)
+    a1.set_ylim(-0.6, len(rows) - 0.4)
+    a1.set_xlabel("evaluations")
+    a2.barh(y, cost, 0.6, color="#6b8e23", label="cost")
+    a2.set_ylim(-0.6, len(rows) - 0.4)
+    fig.legend(loc="outside upper center", ncols=3, frameon=False, fontsize=8)
+    a2.set_yticks(y, [""] * len(y))
+    a2.set_xlabel("cost")
+    for yy, c in zip(y, cost):
+        a2.text(c, yy, f" {c:g}", va="center", fontsize=8)
+    return _save(fig, out_dir, "funnel.png")
+
+
+def _plot_parity(pairs: list[dict], units: str, obj: ReportObjective, out_dir: Path) -> tuple[str | None, dict]:
+    if len(pairs) < 2:
+        return None, {}
+    mu = np.array([p["mean"] for p in pairs])
+    sd = np.array([p["std"] for p in pairs])
+    y = np.array([p["observed"] for p in pairs])
+    it = np.array([p["iteration"] for p in pairs])
+    err = y - mu
+    valid = sd > 0
+    z = np.abs(err[valid]) / sd[valid]
+    stats = {
+        "n": len(pairs),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "within_1": float(np.mean(z <= 1)) if len(z) else float("nan"),
+        "within_2": float(np.mean(z <= 2)) if len(z) else float("nan"),
+    }
+    fig, (a1, a2) = _figure(10.5, 4.2, 2)
+    a1.errorbar(mu, y, xerr=sd, fmt="none", ecolor="0.75", lw=1, zorder=1)
+    sc = a1.scatter(mu, y, c=it, cmap="viridis", s=22, zorder=2, edgecolors="white", linewidths=0.4)
+    lo, hi = float(min(mu.min(), y.min())), float(max(mu.max(), y.max()))
+    pad = 0.05 * (hi - lo or 1.0)
+    a1.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.4", lw=1)
+    what = obj.property if units == "property" else "score (-distance to window)"
+    a1.set_xlabel(f"predicted {what} (mean ± 1σ)", fontsize=9)
+    a1.set_ylabel(f"observed ({obj.oracle})", fontsize=9)
+    a1.set_title(f"parity: RMSE {stats['rmse']:.3g}, MAE {stats['mae']:.3g}, n={len(pairs)}", fontsize=10)
+    fig.colorbar(sc, ax=a1, label="iteration", shrink=0.85)
+    k = np.linspace(0, 3, 61)
+    expected = np.array([math.erf(x / math.sqrt(2)) for x in k])
+    a2.plot(k, expected, "--", color="0.4", label="Gaussian expectation")
+    if len(z):
+        a2.plot(k, [np.mean(z <= x) for x in k], color=_AGENT_COLOR, lw=2, label="observed")
+    a2.set_xlabel("k (|error| ≤ k·σ)")
+    a2.set_ylabel("fraction within k·σ")
+    a2.set_ylim(0, 1.02)
+    a2.set_title("uncertainty calibration", fontsize=10)
+    a2.legend(frameon=False, loc="lower right")
+    return _save(fig, out_dir, "parity.png"), stats
+
+
+def _objectives_meta(data: _Data, obj: ReportObjective) -> list[dict] | None:
+    raw = data.meta.get(META_OBJECTIVES)
+    if not raw:
+        return None
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise InputError("store meta 'objectives' must list two objectives", where="meta.objectives")
+    out = []
+    for k, entry in enumerate(raw[:2]):
+        if isinstance(entry, str):
+            entry = {"property": entry, "goal": obj.goal if entry == obj.property else "minimize",
+                     **({"window": obj.window} if entry == obj.property and obj.window else {})}
+        goal, window = _parse_goal(entry, f"meta.objectives[{k}]")
+        out.append({"property": entry["property"], "goal": goal, "window": window, "oracle": entry.get("oracle")})
+    return out
+
+
+def _plot_pareto(data: _Data, objs: list[dict], values: dict, out_dir: Path) -> tuple[str | None, int, list[str]]:
+    def value(cid, spec):
+        row = values.get(cid, {})
+        for oracle in reversed(data.oracles):
+            if spec["oracle"] and oracle != spec["oracle"]:
+                continue
+            v = row.get((oracle, spec["property"]))
+            if isinstance(v, float):
+                return v
+        return None
+
+    pts = []
+    for cid in values:
+        a, b = value(cid, objs[0]), value(cid, objs[1])
+        if a is not None and b is not None:
+            pts.append((cid, a, b))
+    if len(pts) < 2:
+        return None, len(pts), []
+    xy = np.array([(a, b) for _, a, b in pts])
+    ro = [ReportObjective(o["property"], o["goal"], "", o["window"]) for o in objs]
+    scores = np.column_stack([ro[0].score(xy[:, 0]), ro[1].score(xy[:, 1])])
+    front = _pareto_front(scores)
+    fig, ax = _figure(7.6, 4.4)
+    ax.scatter(xy[~front, 0], xy[~front, 1], s=16, color="0.7", label="evaluated")
+    order = np.argsort(xy[front, 0])
+    fx, fy = xy[front, 0][order], xy[front, 1][order]
+    ax.plot(fx, fy, "-o", color=_AGENT_COLOR, ms=6, lw=1.5, label=f"Pareto front ({int(front.sum())})")
+    names = [data.candidates[pts[i][0]].formula if pts[i][0] in data.candidates else pts[i][0] for i in np.flatnonzero(front)]
+    for (x, y), name in list(zip(xy[front], names))[:12]:
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5)
+
+    def lab(o):
+        if o["goal"] == "window":
+            return f"{o['property']} (window {o['window'][0]:g}..{o['window'][1]:g})"
+        return f"{o['property']} ({'lower' if o['goal'] == 'minimize' else 'higher'} is better)"
+
+    ax.set_xlabel(lab(objs[0]))
+    ax.set_ylabel(lab(objs[1]))
+    ax.set_title("Pareto front", fontsize=10)
+    ax.legend(frameon=False)
+    return _save(fig, out_dir, "pareto.png"), len(pts), sorted(names)
+
+
+def _source_rows(data: _Data, obj: ReportObjective) -> list[dict]:
+    agent_vals = _objective_values(data, obj, "agent")
+    ranked = sorted({cid: v for cid, v in agent_vals}.items(), key=lambda kv: -obj.score([kv[1]])[0])
+    top = {cid for cid, _ in ranked[:TOP_K_SOURCES]}
+    evaluated = {o.candidate_id for o in data.arms.get("agent", [])}
+    succeeded = {cid for cid, _ in agent_vals}
+    by_source: dict[str, list[str]] = {}
+    for c in data.candidates.values():
+        by_source.setdefault(c.source or "(none)", []).append(c.id)
+    rows = []
+    for src, ids in by_source.items():
+        s = set(ids)
+        vals = [v for cid, v in agent_vals if cid in s]
+        best = max(vals, key=lambda v: obj.score([v])[0]) if vals else None
+        rows.append(
+            {
+                "source": src,
+                "candidates": len(ids),
+                "evaluated": len(s & evaluated),
+                "successes": len(s & succeeded),
+                "top": len(s & top),
+                "best": best,
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["top"], -r["successes"], r["source"]))
+
+
+def _plot_sources(rows: list[dict], out_dir: Path) -> str | None:
+    if not rows:
+        return None
+    fig, (a1, a2) = _figure(10.5, 1.6 + 0.6 * len(rows), 2)
+    y = np.arange(len(rows))[::-1]
+    names = [r["source"] for r in rows]
+    a1.barh(y, [r["candidates"] for r in rows], 0.6, color="0.6", label="candidates in the pool")
+    a1.set_ylim(-0.6, len(rows) - 0.4)
+    a1.set_yticks(y, names)
+    a1.set_xlabel("candidates in the pool")
+    if max(r["candidates"] for r in rows) > 50 * max(1, min(r["candidates"] for r in rows)):
+        a1.set_xscale("log")
+    h = 0.27
+    a2.barh(y + h, [r["evaluated"] for r in rows], h, color="#8fb3de", label="evaluated")
+    a2.barh(y, [r["successes"] for r in rows], h, color=_AGENT_COLOR, label="successes")
+    a2.barh(y - h, [r["top"] for r in rows], h, color="#e0a100", label=f"in top-{TOP_K_SOURCES}")
+    a2.set_yticks(y, [""] * len(y))
+    a2.set_ylim(-0.6, len(rows) - 0.4)
+    a2.set_xlabel("candidates (agent arm)")
+    fig.legend(loc="outside upper center", ncols=4, frameon=False, fontsize=8)
+    return _save(fig, out_dir, "sources.png")
+
+
+def _plot_latent(data: _Data, obj: ReportObjective, out_dir: Path) -> tuple[str | None, str]:
+    rows = [(c.id, c.provenance["latent"]) for c in data.candidates.values()
+            if isinstance(c.provenance.get("latent"), list) and c.provenance["latent"]]
+    if not rows:
+        return None, "no candidate carries a latent point (the VAE generator was not used)"
+    dim = Counter(len(z) for _, z in rows).most_common(1)[0][0]
+    rows = [(cid, z) for cid, z in rows if len(z) == dim]
+    if len(rows) < 3:
+        return None, f"only {len(rows)} candidate(s) carry a latent point; a map needs 3"
+    from sklearn.decomposition import PCA
+
+    Z = np.array([z for _, z in rows], dtype=float)
+    pca = PCA(n_components=2).fit(Z)
+    P = pca.transform(Z)
+    vals = {}
+    for arm in data.arms:
+        for cid, v in _objective_values(data, obj, arm):
+            vals.setdefault(cid, v)
+    y = np.array([vals.get(cid, np.nan) for cid, _ in rows])
+    has = np.isfinite(y)
+    fig, ax = _figure(7.6, 4.6)
+    ax.scatter(P[~has, 0], P[~has, 1], s=14, facecolors="none", edgecolors="0.6", label="not evaluated")
+    if has.any():
+        sc = ax.scatter(P[has, 0], P[has, 1], c=y[has], s=34, cmap="viridis_r" if obj.goal == "minimize" else "viridis",
+                        edgecolors="k", linewidths=0.4, label="evaluated")
+        fig.colorbar(sc, ax=ax, label=obj.property)
+    ev = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({100 * ev[0]:.0f} % of variance)")
+    ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f} % of variance)")
+    ax.set_title(f"VAE latent space ({dim}-D, {len(rows)} candidates)", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    return _save(fig, out_dir, "latent.png"), ""
+
+
+# -- top candidates and structures ------------------------------------------------------------
+
+
+def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> tuple[list[str], list[list[tuple]], int]:
+    """Header and rows (cells as (text, sort key, href, css class)) of the best ``top_n`` candidates."""
+    found_by: dict[str, set[str]] = {}
+    best: dict[str, float] = {}
+    for arm in data.arms:
+        for cid, v in _objective_values(data, obj, arm):
+            found_by.setdefault(cid, set()).add(arm)
+            if cid not in best or obj.score([v])[0] > obj.score([best[cid]])[0]:
+                best[cid] = v
+    ranked = sorted(best, key=lambda cid: (-obj.score([best[cid]])[0], cid))[:top_n]
+    values = _best_values(data)
+    # the objective's column first, then every oracle's properties, lowest fidelity first
+    columns = [(obj.oracle, obj.property)]
+    columns += [(o, p) for o in data.oracles for p in data.properties.get(o, []) if (o, p) != columns[0]]
+    header = ["rank", "formula", "source", "found by"] + [f"{o}: {p}" for o, p in columns] + ["candidate", "structure"]
+    rows, n_cif = [], 0
+    sdir = out_dir / "structures"
+    for rank, cid in enumerate(ranked, start=1):
+        c = data.candidates.get(cid)
+        formula = c.formula if c else cid
+        row = [(str(rank), rank, None, "num"), (formula, formula, None, ""), (c.source if c else "", c.source if c else "", None, ""),
+               ("+".join(sorted(found_by[cid])), "+".join(sorted(found_by[cid])), None, "")]
+        for key in columns:
+            v = best[cid] if key == columns[0] else values.get(cid, {}).get(key)
+            if isinstance(v, float):
+                row.append((f"{v:.4g}", v, None, "num"))
+            elif v == "failed":
+                row.append(("failed", None, None, "num failed"))
+            else:
+                row.append(("", None, None, "num"))
+        row.append((cid, cid, None, "id"))
+        structure, how = _structure_for(data, cid)
+        link = ("", "", None, "")
+        if structure is not None:
+            from pymatgen.io.cif import CifWriter
+
+            sdir.mkdir(exist_ok=True)
+            try:
+                CifWriter(structure).write_file(str(sdir / f"{cid}.cif"))
+                link = (f"CIF ({how})", how, f"structures/{cid}.cif", "")
+                n_cif += 1
+            except Exception as exc:  # a structure pymatgen cannot write is reported, not fatal
+                link = (f"no CIF: {exc}"[:60], "", None, "")
+        row.append(link)
+        rows.append(row)
+    return header, rows, n_cif
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --fg:#1d2330; --muted:#5b6475; --line:#dde2ea; --accent:#1f5fa8; --bg:#f6f8fb; }
+* { box-sizing: border-box; }
+body { font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
+       background: var(--bg); margin: 0; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
+header h1 { margin: 0 0 4px; font-size: 24px; }
+header p { margin: 2px 0; color: var(--muted); }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 10px; margin: 18px 0 8px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
+.card b { display: block; font-size: 18px; }
+.card span { color: var(--muted); font-size: 12px; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 14px 18px; margin: 16px 0; }
+section h2 { font-size: 17px; margin: 0 0 8px; }
+figure { margin: 0; }
+figure img { max-width: 100%; height: auto; display: block; }
+figure.broken { outline: 2px solid #c0392b; }
+figcaption, .note, .hint { color: var(--muted); font-size: 13px; }
+.note { background: #fff8e6; border-left: 3px solid #e0a100; padding: 6px 10px; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; white-space: nowrap; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.failed { color: #c0392b; }
+td.id { font-family: ui-monospace, monospace; font-size: 11px; color: var(--muted); }
+table.sortable th { cursor: pointer; user-select: none; background: #eef2f8; position: sticky; top: 0; }
+table.sortable th:hover { background: #e1e8f3; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; }
+.scroll { overflow-x: auto; }
+a { color: var(--accent); }
+footer { color: var(--muted); font-size: 12px; margin-top: 24px; }
+"""
+
+# Marks every image loaded / failed (data-loaded, data-natural-width; body[data-images]) and makes
+# tables sortable by header click. ``#sort=K`` (or ``#sort=-K``) in the URL opens the top table
+# sorted by column K by clicking its header, so a sorted view can be linked (and tested).
+_JS = r"""
+(function () {
+  var imgs = Array.prototype.slice.call(document.images), left = imgs.length, failed = [];
+  function summary() {
+    if (left === 0) document.body.setAttribute("data-images",
+        failed.length ? "failed:" + failed.join(",") : "ok:" + imgs.length);
+  }
+  function mark(img, ok) {
+    if (img.hasAttribute("data-loaded")) return;
+    ok = ok && img.naturalWidth > 0;
+    img.setAttribute("data-loaded", ok ? "1" : "error");
+    img.setAttribute("data-natural-width", String(img.naturalWidth));
+    if (!ok) { failed.push(img.getAttribute("src")); img.parentNode.classList.add("broken"); }
+    left -= 1; summary();
+  }
+  imgs.forEach(function (img) {
+    if (img.complete) mark(img, true);
+    else {
+      img.addEventListener("load", function () { mark(img, true); });
+      img.addEventListener("error", function () { mark(img, false); });
+    }
+  });
+  summary();
+
+  function key(td, num) {
+    var k = td.getAttribute("data-sort");
+    if (num) return (k === null || k === "") ? null : parseFloat(k);
+    return (k === null ? td.textContent : k).toLowerCase();
+  }
+  function sortBy(table, col, th) {
+    var asc = th.getAttribute("aria-sort") !== "ascending";
+    var num = th.classList.contains("num");
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a.cells[col], num), y = key(b.cells[col], num);
+      if (x === null && y === null) return 0;
+      if (x === null) return 1;  // blanks last either way
+      if (y === null) return -1;
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return asc ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+    table.setAttribute("data-sorted", col + (asc ? ":asc" : ":desc"));
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.title = "click to sort";
+      th.addEventListener("click", function () { sortBy(table, col, th); });
+    });
+  });
+  var m = /sort=(-?)(\d+)/.exec(location.hash), top = document.getElementById("top-table");
+  if (m && top) {
+    var th = top.tHead.rows[0].cells[parseInt(m[2], 10)];
+    if (th) { th.click(); if (m[1] === "-") th.click(); }
+  }
+})();
+"""
+
+
+_NUM = ' class="num"'
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _section(title: str, sid: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{_esc(title)}</h2>\n{body}\n</section>'
+
+
+def _img(name: str | None, alt: str, caption: str) -> str:
+    if not name:
+        return ""
+    return f'<figure><img src="{_esc(name)}" alt="{_esc(alt)}" data-figure="{_esc(name)}">' \
+           f"<figcaption>{caption}</figcaption></figure>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _table(header: list[str], rows: list[list], num: set[int] = frozenset(), tid: str | None = None,
+           sortable: bool = False) -> str:
+    attrs = (f' id="{tid}"' if tid else "") + (' class="sortable"' if sortable else "")
+    th = "".join(f"<th{_NUM if i in num else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
+    body = []
+    for r in rows:
+        body.append("<tr>" + "".join(f"<td{_NUM if i in num else ''}>{_esc(c)}</td>" for i, c in enumerate(r)) + "</tr>")
+    return f'<div class="scroll"><table{attrs}><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _rich_table(header: list[str], rows: list[list[tuple]], tid: str) -> str:
+    num_cols = {i for i, cell in enumerate(rows[0]) if "num" in cell[3]} if rows else set()
+    th = "".join(f"<th{_NUM if i in num_cols else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
+    out = []
+    for r in rows:
+        tds = []
+        for text, key, href, cls in r:
+            a = f' class="{cls}"' if cls else ""
+            a += f' data-sort="{_esc("" if key is None else key)}"'
+            inner = f'<a href="{_esc(href)}">{_esc(text)}</a>' if href else _esc(text)
+            tds.append(f"<td{a}>{inner}</td>")
+        out.append("<tr>" + "".join(tds) + "</tr>")
+    return (f'<div class="scroll"><table id="{tid}" class="sortable"><thead><tr>{th}</tr></thead>'
+            f'<tbody>{"".join(out)}</tbody></table></div>')
+
+
+def write_report(
+    store_path: str | Path,
+    out_dir: str | Path,
+    *,
+    good_set: set[str] | None = None,
+    objective: dict | None = None,
+    top_n: int = 25,
+) -> Path:
+    """Write ``index.html``, its PNG figures and the top candidates' CIF files into ``out_dir``.
+
+    Args:
+        good_set: candidate ids that count as discoveries (retrospective campaigns); default:
+            store meta ``good_set``.
+        objective: ``{"property", "goal", "window"?, "oracle"?}``; default: store meta
+            ``objective``, else inferred from the observations and the agent's rationales.
+        top_n: rows of the top-candidates table.
+
+    Returns:
+        The path of ``index.html``.
+
+    Raises:
+        InputError: the store is missing or not a matloop store, or an objective is malformed.
+    """
+    store_path = Path(store_path)
+    if not store_path.is_file():
+        raise InputError("store not found", file=str(store_path))
+    try:
+        store = Store(store_path)
+        try:
+            data = _load(store)
+        finally:
+            store.close()
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"not a matloop store: {exc}", file=str(store_path)) from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    obj = resolve_objective(data, objective)
+    if good_set is None and data.meta.get(META_GOOD_SET):
+        good_set = set(data.meta[META_GOOD_SET])
+    good = set(good_set) if good_set is not None else None
+
+    agent_obs = data.arms.get("agent", [])
+    sections = []
+    cards = [("candidates in the pool", len(data.candidates)), ("iterations (agent)", len(data.iterations)),
+             ("evaluations (agent)", len(agent_obs)), ("cost (agent)", f"{sum(o.cost for o in agent_obs):g}"),
+             ("failures (agent)", sum(not o.ok for o in agent_obs))]
+    if obj is None:
+        sections.append(_section("Objective", "objective", _note("the store has no observations yet: nothing to plot")))
+    else:
+        for arm, label in (("agent", "best (agent)"), ("random", "best (random baseline)")):
+            vals = _objective_values(data, obj, arm)
+            if vals:
+                cid, v = max(vals, key=lambda t: obj.score([t[1]])[0])
+                f = data.candidates[cid].formula if cid in data.candidates else cid
+                cards.append((label, f"{v:.4g} · {f}"))
+
+        # best so far
+        name = _plot_best(data, obj, out)
+        cap = f"Best {_esc(obj.property)} observed by <b>{_esc(obj.oracle)}</b> after each evaluation."
+        if "random" in data.arms:
+            cap += " The random baseline draws the same number of objective evaluations from the same pool; " \
+                   "its cache hits count at the cost of the evaluation they reused."
+        sections.append(_section("Best so far", "best", _img(name, "best so far", cap) if name else
+                                  _note(f"no successful {obj.property} observation from {obj.oracle} yet")))
+
+        # discovery
+        if good is not None or obj.goal == "window":
+            name = _plot_discovery(data, obj, good, out)
+            cap = (f"Distinct candidates of the good set ({len(good)} ids) evaluated successfully by {_esc(obj.oracle)}."
+                   if good is not None else "Distinct candidates whose value lies in the window.")
+            body = _img(name, "discovery curve", cap)
+        else:
+            body = _note("no good set is known (store meta 'good_set' or --good-set) and the goal is not a window: "
+                         "no discovery curve")
+        sections.append(_section("Discovery curve", "discovery", body))
+
+        # funnel
+        rows = _funnel_rows(data)
+        if rows:
+            tbl = _table(["oracle", "fidelity", "evaluations", "failed", "cost", "wall time (s)", "most common failure"],
+                         [[r["oracle"], r["fidelity"], r["evaluations"], r["failed"], f"{r['cost']:g}",
+                           f"{r['wall_time_s']:.1f}", f"{r['reason'][0]} (×{r['reason'][1]})" if r["reason"] else ""]
+                          for r in rows], num={1, 2, 3, 4, 5})
+            body = _img(_plot_funnel(rows, out), "funnel", "Agent arm, lowest fidelity at the top.") + tbl
+        else:
+            body = _note("the agent arm has no observations yet")
+        sections.append(_section("Funnel per tier", "funnel", body))
+
+        # parity and calibration
+        pairs, units, dropped = _parity_pairs(data, obj)
+        name, st = _plot_parity(pairs, units, obj, out)
+        if name:
+            cap = (f"Surrogate mean ± σ recorded when each candidate was chosen, against the value {_esc(obj.oracle)} "
+                   f"returned. {100 * st['within_1']:.0f} % of errors lie within 1σ (Gaussian: 68 %), "
+                   f"{100 * st['within_2']:.0f} % within 2σ (95 %). σ is the surrogate's posterior of the objective, "
+                   "so observation noise, if any, widens the errors.")
+            if dropped:
+                cap += f" {dropped} prediction(s) in other units left out."
+            body = _img(name, "parity and calibration", cap)
+        else:
+            body = _note(f"{len(pairs)} prediction(s) with an observed value: the rationales record no surrogate "
+                         "predictions for evaluated candidates yet (random initial picks carry none)")
+        sections.append(_section("Surrogate parity and calibration", "parity", body))
+
+        # Pareto
+        objs = _objectives_meta(data, obj)
+        if objs:
+            name, n_pts, front = _plot_pareto(data, objs, _best_values(data), out)
+            body = (_img(name, "Pareto front", f"{n_pts} candidates with both properties; front: {_esc(', '.join(front))}.")
+                    if name else _note(f"only {n_pts} candidate(s) have both {objs[0]['property']} and "
+                                       f"{objs[1]['property']}: no front yet"))
+        else:
+            body = _note("single-objective campaign (no store meta 'objectives'): no Pareto front")
+        sections.append(_section("Pareto front", "pareto", body))
+
+        # sources
+        srows = _source_rows(data, obj)
+        tbl = _table(["source", "candidates", "evaluated", "successes", f"in top-{TOP_K_SOURCES}", f"best {obj.property}"],
+                     [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"], _fmt(r["best"])] for r in srows],
+                     num={1, 2, 3, 4, 5})
+        cap = (f"Agent arm. Successes: candidates with a {_esc(obj.property)} value from {_esc(obj.oracle)}; "
+               f"top-{TOP_K_SOURCES}: the agent's best {TOP_K_SOURCES} by the objective.")
+        sections.append(_section("Candidate sources and yields", "sources", _img(_plot_sources(srows, out), "sources", cap) + tbl))
+
+        # latent map
+        name, why = _plot_latent(data, obj, out)
+        body = _img(name, "latent space", "2-D PCA of the latent points the VAE decoded into candidates, coloured by "
+                    f"the observed {_esc(obj.property)}.") if name else _note(why)
+        sections.append(_section("Latent space", "latent", body))
+
+        # top table
+        header, trows, n_cif = _top_table(data, obj, out, top_n)
+        if trows:
+            body = ('<p class="hint">Click a header to sort; the first value column is the objective. '
+                    f"{n_cif} structure(s) written as CIF (relaxed where an oracle relaxed them).</p>"
+                    + _rich_table(header, trows, "top-table"))
+        else:
+            body = _note("no candidate has an objective value yet")
+        sections.append(_section(f"Top {len(trows)} candidates", "top", body))
+
+    card_html = "".join(f'<div class="card"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for k, v in cards)
+    obj_line = (f"Objective: <b>{_esc(obj.describe())}</b> — {_esc(obj.origin)}" if obj else "Objective: unknown")
+    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>matloop report — {_esc(data.name)}</title>
+<style>{_CSS}</style></head>
+<body><main>
+<header><h1>Campaign {_esc(data.name)}</h1>
+<p>{obj_line}</p>
+<p>Store <code>{_esc(data.path.resolve())}</code> · report written {_esc(now)}</p></header>
+<div class="cards">{card_html}</div>
+{chr(10).join(sections)}
+<footer>Generated by <code>matloop report</code> from the store alone; figures are PNG files beside this page.
+<script type="application/json" id="report-data">{_esc(json.dumps({"campaign": data.name, "objective": obj.__dict__ if obj else None}, default=str))}</script>
+</footer>
+</main>
+<script>{_JS}</script>
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    """The arguments of ``matloop report`` on an argparse (sub)parser."""
+    parser.add_argument("store", help="the campaign's SQLite store")
+    parser.add_argument("--out", required=True, help="folder for index.html, the figures and structures/")
+    parser.add_argument("--good-set", help="file of candidate ids that count as discoveries, one per line")
+    parser.add_argument("--objective", help='JSON, e.g. \'{"property": "gap_ev", "goal": "maximize"}\'')
+    parser.add_argument("--top", type=int, default=25, help="rows of the top-candidates table")
+
+
+def cmd_report(args) -> int:
+    """``matloop report STORE --out DIR``."""
+    good = None
+    if getattr(args, "good_set", None):
+        p = Path(args.good_set)
+        if not p.is_file():
+            raise InputError("good-set file not found", file=str(p))
+        good = {line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    objective = None
+    if getattr(args, "objective", None):
+        try:
+            objective = json.loads(args.objective)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"not JSON: {exc}", where="--objective") from None
+        if not isinstance(objective, dict):
+            raise InputError("expects a JSON object", where="--objective")
+    index = write_report(args.store, args.out, good_set=good, objective=objective, top_n=getattr(args, "top", 25))
+    print(f"report written to {index}")
+    return 0

@@ -1,0 +1,51 @@
+"""Human-in-the-loop oracle: a person measures, ``matloop tell`` records the result.
+
+``submit`` only records that the request is waiting; the campaign then pauses. A scientist
+runs ``matloop ask STORE --out batch.csv`` to get the batch (with CIFs when there are
+structures), measures, and ``matloop tell STORE results.csv`` records the values, checked
+against the open requests. ``matloop run`` then plans the next batch.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import Oracle, OracleSettings
+from .records import Candidate, OracleError, OracleResult, Request
+
+
+class ManualSettings(OracleSettings):
+    properties: list[str] = Field(min_length=1, description="properties the person reports, units in the names")
+    instructions: str = Field("", description="what to measure and how; printed by `matloop ask`")
+
+
+class ManualHandle:
+    """A request waiting for a person. Never done by itself: ``matloop tell`` answers it in the store."""
+
+    deferred = True
+
+    def __init__(self, request: Request):
+        self.request = request
+
+    def done(self) -> bool:
+        return False
+
+    def result(self):
+        raise RuntimeError(f"request {self.request.id} waits for `matloop tell`")
+
+
+class ManualOracle(Oracle):
+    kind = "manual"
+    Settings = ManualSettings
+    #: the runner does not wait for these: it pauses the campaign until `matloop tell`
+    deferred = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.properties = tuple(self.settings.properties)
+
+    def evaluate(self, candidate: Candidate) -> OracleResult:
+        raise OracleError("manual oracle: results come from `matloop tell`, not from evaluate()")
+
+    def submit(self, requests: list[Request], executor=None) -> list[ManualHandle]:
+        return [ManualHandle(r) for r in requests]

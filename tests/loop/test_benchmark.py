@@ -1,0 +1,165 @@
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from matloop.agents.acquisition import Goal
+from matloop.loop import benchmark as bm
+from matloop.oracles.records import InputError
+
+# -- metrics by hand ------------------------------------------------------------------------------
+
+
+def test_perfect_ordering():
+    good = np.zeros(100, dtype=bool)
+    good[[7, 8, 9, 10]] = True  # |G| = 4, N = 100
+    order = np.array([7, 8, 9, 10, 0, 1, 2, 3, 4, 5])
+    m = bm.run_metrics(order, good)
+    np.testing.assert_allclose(m["recall"], [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 1])
+    assert m["evals_to_half"] == 2
+    # random needs k (N+1)/(|G|+1) = 2 * 101 / 5 = 40.4 evaluations for k = 2
+    assert m["AF_vs_random"] == pytest.approx(40.4 / 2)
+    assert m["EF_at_budget"] == pytest.approx(1.0 / (10 / 100))
+
+
+def test_worst_ordering():
+    good = np.zeros(50, dtype=bool)
+    good[-3:] = True
+    m = bm.run_metrics(np.arange(20), good)
+    assert m["recall_at_budget"] == 0 and m["evals_to_half"] is None
+    assert m["AF_vs_random"] is None and m["EF_at_budget"] == 0
+
+
+def test_half_recall_with_an_odd_good_set():
+    good = np.zeros(30, dtype=bool)
+    good[[1, 4, 6]] = True  # |G| = 3, k = ceil(1.5) = 2
+    m = bm.run_metrics(np.array([0, 1, 2, 3, 4, 5]), good)
+    assert m["evals_to_half"] == 5  # recall 1/3 at t = 2, 2/3 at t = 5
+    assert m["AF_vs_random"] == pytest.approx(2 * 31 / 4 / 5)
+    assert m["EF_at_budget"] == pytest.approx((2 / 3) / (6 / 30))
+
+
+def test_window_good_set_and_top_fraction():
+    y = np.array([0.5, 1.2, 1.7, 1.8, 1.1])
+    assert bm.good_mask(y, Goal("window", 1.1, 1.7), 0.01).tolist() == [False, True, True, False, True]
+    y = np.arange(150.0)
+    g = bm.good_mask(y, Goal("min"), 0.01)  # ceil(1.5) = 2 smallest
+    assert np.flatnonzero(g).tolist() == [0, 1]
+    g = bm.good_mask(y, Goal("max"), 0.02)  # 3 largest
+    assert np.flatnonzero(g).tolist() == [147, 148, 149]
+
+
+def test_aggregates():
+    r = bm.mean_ci([1.0, 2.0, 3.0])
+    h = 4.302653 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n), s = 1
+    assert r["mean"] == 2.0 and r["ci95"] == pytest.approx([2 - h, 2 + h], abs=1e-5)
+    assert bm.mean_ci([None, 4.0]) == {"mean": 4.0, "ci95": [4.0, 4.0]}
+    assert bm.censored_median([5.0, None, 3.0]) == 3.0
+    assert bm.censored_median([None, None, 3.0]) is None
+    assert bm.censored_median([1.0, 2.0, 3.0, 4.0]) == 2.5
+    assert bm.censored_median([None, 2.0, 3.0, 4.0]) == 2.5
+
+
+# -- deduplication ------------------------------------------------------------------------------
+
+
+def test_dedup_keeps_the_best_label_per_goal():
+    comps = ["Fe2O3", "Fe4O6", "Ni0.1Fe0.9", "NiFe9", "Fe0.9Ni0.1", "NiO"]
+    y = np.array([3.0, 1.0, 5.0, 4.0, 6.0, 2.0])
+    p = bm.deduplicate(comps, y, Goal("min"))
+    assert p.n_merged_duplicates == 3 and len(p.candidates) == 3
+    assert sorted(p.targets.tolist()) == [1.0, 2.0, 4.0]
+    p = bm.deduplicate(comps, y, Goal("max"))
+    assert sorted(p.targets.tolist()) == [2.0, 3.0, 6.0]
+
+
+def test_dedup_window_rule():
+    comps = ["Fe2O3", "Fe4O6", "Fe6O9", "NiO", "Ni2O2"]
+    y = np.array([0.5, 1.4, 1.9, 3.0, 2.6])
+    p = bm.deduplicate(comps, y, Goal("window", 1.0, 2.0))
+    # inside: the value nearest the centre 1.5; all outside: the nearest to the window
+    assert sorted(p.targets.tolist()) == [1.4, 2.6]
+    p = bm.deduplicate(["NbN", "NbN", "NbN"], np.array([70.0, 80.0, 100.0]), Goal("window", 77, math.inf))
+    assert p.targets.tolist() == [100.0]  # half-open window: the deepest inside
+
+
+def test_dedup_names_the_bad_row():
+    with pytest.raises(InputError, match="pool.csv row 2"):
+        bm.deduplicate(["Fe2O3", "Fe2O3)("], np.array([1.0, 2.0]), Goal("max"), file="pool.csv")
+    with pytest.raises(InputError, match="row 3.*Xx"):
+        bm.deduplicate(["Fe2O3", "NiO", "Xx9Qq"], np.array([1.0, 2.0, 3.0]), Goal("max"))
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def _rows(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_benchmark_runs_share_the_init_draw_and_never_repeat(grid_csv, tmp_path):
+    out = tmp_path / "bm"
+    s = bm.benchmark_from_csv(grid_csv, "composition", "target", "min", out_dir=out, top_fraction=0.05,
+                              budget=17, batch_size=6, init=5, seeds=2, strategies="random,greedy_rf,matloop",
+                              log=lambda m: None)
+    assert set(s) == {"dataset", "n_pool", "n_merged_duplicates", "n_good", "goal", "budget", "batch_size", "init",
+                      "seeds", "strategies"}
+    assert s["n_pool"] == 286 and s["n_good"] == math.ceil(0.05 * 286) and s["goal"] == "min"
+    for name, st in s["strategies"].items():
+        assert set(st) == {"recall_at_budget", "evals_to_half", "AF_vs_random", "EF_at_budget", "curve",
+                           "seconds_per_run"}
+        assert len(st["curve"]) == 17 and st["curve"][0][0] == 1
+        assert "median" in st["AF_vs_random"] and "n_reached" in st["evals_to_half"]
+    assert json.loads((out / "summary.json").read_text()) == s
+    assert (out / "recall.png").stat().st_size > 0 and (out / "best_so_far.png").stat().st_size > 0
+    rows = _rows(out / "curves.csv")
+    for seed in ("0", "1"):
+        runs = {n: [r["candidate"] for r in rows if r["strategy"] == n and r["seed"] == seed] for n in s["strategies"]}
+        firsts = {tuple(v[:5]) for v in runs.values()}
+        assert len(firsts) == 1  # the same initial draw for every strategy
+        for v in runs.values():
+            assert len(v) == 17 and len(set(v)) == 17  # the budget, no candidate twice
+    # a model that learns the smooth target beats random picks
+    assert s["strategies"]["matloop"]["recall_at_budget"]["mean"] > s["strategies"]["random"]["recall_at_budget"]["mean"]
+
+
+def test_window_benchmark_and_precomputed_features():
+    rng = np.random.default_rng(0)
+    comps = [f"Fe{a}Ni{10 - a}" if 0 < a < 10 else ("Fe" if a == 10 else "Ni") for a in range(11)] * 2
+    y = np.r_[np.linspace(0, 1, 11), np.linspace(0, 1, 11) + 5]  # duplicates: the copy is far from the window
+    X = np.c_[np.r_[np.arange(11.0), np.arange(11.0)], rng.standard_normal(22)]
+    s = bm.run_benchmark(comps, y, "window:0.25:0.55", budget=8, batch_size=2, init=3, seeds=2,
+                         strategies=["random", "rf_ucb"], X=X, log=lambda m: None)
+    assert s["n_pool"] == 11 and s["n_merged_duplicates"] == 11
+    assert s["n_good"] == 3  # 0.3, 0.4, 0.5
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def test_bad_input_names_file_row_and_column(tmp_path, grid_csv):
+    with pytest.raises(InputError, match="not found"):
+        bm.benchmark_from_csv(tmp_path / "nope.csv", "composition", "target", "max")
+    with pytest.raises(InputError, match="'formula'"):
+        bm.benchmark_from_csv(grid_csv, "formula", "target", "max")
+    with pytest.raises(InputError, match="goal"):
+        bm.benchmark_from_csv(grid_csv, "composition", "target", "maximum")
+    p = tmp_path / "nan.csv"
+    p.write_text("composition,target\nFe2O3,1.0\nNiO,nan\n")
+    with pytest.raises(InputError, match=r"nan\.csv row 2, column 'target'"):
+        bm.benchmark_from_csv(p, "composition", "target", "max")
+    p.write_text("composition,target\nFe2O3,1.0\nNiO,inf\n")
+    with pytest.raises(InputError, match="row 2"):
+        bm.benchmark_from_csv(p, "composition", "target", "max")
+    p.write_text("composition,target\n")
+    with pytest.raises(InputError, match="empty pool"):
+        bm.benchmark_from_csv(p, "composition", "target", "max")
+    with pytest.raises(InputError, match="budget"):
+        bm.benchmark_from_csv(grid_csv, "composition", "target", "max", budget=10_000)
+    with pytest.raises(InputError, match="strateg"):
+        bm.benchmark_from_csv(grid_csv, "composition", "target", "max", strategies="random,bogus")
+    with pytest.raises(InputError, match="good set is empty"):
+        bm.run_benchmark(["Fe", "Ni"], np.array([0.0, 1.0]), "window:5:6", budget=2, init=1, log=lambda m: None)
