@@ -110,8 +110,6 @@ class DefaultAgent:
             src = [ob for ob in observations if ob.oracle == rule["after"] and ob.ok]
             passed = []
             for ob in src:
-                if (ob.candidate_id, o.name) in requested:
-                    continue
                 prop = rule.get("property")
                 if prop is not None:
                     v = ob.value(prop)
@@ -123,11 +121,12 @@ class DefaultAgent:
                         continue
                 passed.append(ob)
             if rule.get("top_k"):
+                # the current top k by the cheaper tier's objective value; those not yet promoted go up
                 key_prop = cfg.objective_property
-                scored = [(cfg.goal.score(np.array([ob.value(key_prop)]))[0], ob) for ob in passed if ob.value(key_prop) is not None]
-                already = sum(1 for (cid, name) in requested if name == o.name)
-                room = max(0, rule["top_k"] - already)
-                passed = [ob for _, ob in sorted(scored, key=lambda t: -t[0])[:room]]
+                scored = [(cfg.goal.score(np.array([ob.value(key_prop)]))[0], ob) for ob in passed
+                          if ob.value(key_prop) is not None]
+                passed = [ob for _, ob in sorted(scored, key=lambda t: -t[0])[: rule["top_k"]]]
+            passed = [ob for ob in passed if (ob.candidate_id, o.name) not in requested]
             chosen = []
             for ob in passed:
                 if expected_cost + o.cost > left:

@@ -27,11 +27,17 @@ class FileSourceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="CSV file, folder of CIF/POSCAR files, pymatgen JSON, or extxyz file")
-    format: Literal["auto", "csv", "cif_dir", "json", "extxyz"] = Field("auto", description="file format; auto = by suffix")
+    format: Literal["auto", "csv", "cif_dir", "cif_tar", "json", "extxyz"] = Field(
+        "auto", description="file format; auto = by suffix (.csv, .json, .extxyz/.xyz, .tar.gz of CIFs, a folder)"
+    )
     composition_column: str | None = Field("composition", description="CSV column holding compositions")
     structure_column: str | None = Field(None, description="CSV column holding CIF text or a path to a structure file")
     on_bad_row: Literal["error", "skip"] = Field("error", description="error: stop naming the row; skip: drop and count")
     limit: int | None = Field(None, ge=1, description="read at most this many candidates")
+    max_atoms: int | None = Field(None, ge=1, description="skip structures with more sites than this (counted, not an error)")
+    ordered_only: bool = Field(
+        False, description="skip structures with partial occupancies (counted, not an error); ML and DFT tiers need ordered cells"
+    )
 
 
 def _read_structure_text(text: str, base: Path):
@@ -72,6 +78,8 @@ class FileSource:
             return "json"
         if suffix.endswith(".xyz") or suffix.endswith(".extxyz"):
             return "extxyz"
+        if suffix.endswith(".tar.gz") or suffix.endswith(".tgz") or suffix.endswith(".tar"):
+            return "cif_tar"
         raise InputError(f"cannot tell the format from the name; set format: csv|cif_dir|json|extxyz", file=str(p))
 
     def load(self) -> list[Candidate]:
@@ -79,10 +87,20 @@ class FileSource:
         if not p.exists():
             raise InputError("candidate file not found", file=str(p))
         fmt = self._fmt()
-        reader = {"csv": self._csv, "cif_dir": self._cif_dir, "json": self._json, "extxyz": self._extxyz}[fmt]
+        reader = {"csv": self._csv, "cif_dir": self._cif_dir, "cif_tar": self._cif_tar, "json": self._json,
+                  "extxyz": self._extxyz}[fmt]
         out, bad = [], []
+        filtered = {"too many atoms": 0, "partial occupancy": 0}
         for item in reader():
             if isinstance(item, Candidate):
+                if item.structure is not None and (self.settings.max_atoms or self.settings.ordered_only):
+                    s = item.pmg_structure()
+                    if self.settings.max_atoms and len(s) > self.settings.max_atoms:
+                        filtered["too many atoms"] += 1
+                        continue
+                    if self.settings.ordered_only and not s.is_ordered:
+                        filtered["partial occupancy"] += 1
+                        continue
                 out.append(item)
             else:
                 where, msg = item
@@ -91,6 +109,8 @@ class FileSource:
                 bad.append(where)
             if self.settings.limit and len(out) >= self.settings.limit:
                 break
+        if any(filtered.values()):
+            log.info("%s: filtered out %s", p, {k: v for k, v in filtered.items() if v})
         if bad:
             log.warning("%s: skipped %d unparseable entries (first: %s)", p, len(bad), bad[0])
             warnings.warn(f"{p}: skipped {len(bad)} unparseable entries (first: {bad[0]})", stacklevel=2)
@@ -145,6 +165,25 @@ class FileSource:
                 yield Candidate.from_structure(s, source=self.name, provenance={"file": str(f)})
             except Exception as exc:
                 yield (f"file {f.name}", f"unparseable structure: {type(exc).__name__}: {exc}")
+
+    def _cif_tar(self):
+        import tarfile
+
+        from pymatgen.core import Structure
+
+        with tarfile.open(self.path) as tar:
+            members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".cif")), key=lambda m: m.name)
+            for m in members:
+                try:
+                    text = tar.extractfile(m).read().decode()
+                    import warnings as _w
+
+                    with _w.catch_warnings():
+                        _w.simplefilter("ignore")
+                        s = Structure.from_str(text, fmt="cif")
+                    yield Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "member": m.name})
+                except Exception as exc:
+                    yield (f"member {m.name}", f"unparseable structure: {type(exc).__name__}: {exc}")
 
     def _json(self):
         from monty.io import zopen

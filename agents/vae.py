@@ -560,8 +560,8 @@ def rediscovery(structures: list, holdout_fraction: float, n_samples: int, rng: 
         "n_rediscovered": found,
         "rate": found / len(held),
         "n_samples": n_samples,
-        "validity": len(valid) / n_samples if n_samples else 0.0,
-        "uniqueness": len(unique) / len(valid) if valid else 0.0,
-        "novelty": n_novel / len(unique) if unique else 0.0,
+        "validity": round(len(valid) / n_samples, 4) if n_samples else 0.0,
+        "uniqueness": round(len(unique) / len(valid), 4) if valid else 0.0,
+        "novelty": round(n_novel / len(unique), 4) if unique else 0.0,
         "train_seconds": round(gen.history[-1]["seconds"], 2),
     }

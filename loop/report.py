@@ -198,7 +198,8 @@ def resolve_objective(data: _Data, objective: dict | None) -> ReportObjective | 
     why = "the only property of the highest-fidelity oracle"
     prop = cands[0]
     if len(cands) > 1:
-        seen = {p: {o.value(p) for obs in data.arms.values() for o in obs if o.oracle == oracle and o.ok} for p in cands}
+        # best_observed comes from each tier's label oracle, which may be a cheaper one
+        seen = {p: {o.value(p) for obs in data.arms.values() for o in obs if o.ok} for p in cands}
         hits = [p for p in cands if best_seen and all(b in seen[p] for b in best_seen)]
         if len(hits) == 1:
             prop, why = hits[0], "matched to the best values the agent recorded"
@@ -228,7 +229,7 @@ def _best_curve(data: _Data, obj: ReportObjective, arm: str) -> tuple[np.ndarray
     n, cost, best = [], [], []
     c, b = 0.0, None
     for k, o in enumerate(data.arms.get(arm, []), start=1):
-        c += data.nominal_cost(o)
+        c += o.cost if arm == "agent" else data.nominal_cost(o)  # a baseline's cache hits reuse the agent's work
         if o.oracle == obj.oracle and o.ok and o.value(obj.property) is not None:
             v = o.value(obj.property)
             if b is None or obj.score([v])[0] > obj.score([b])[0]:
@@ -279,7 +280,8 @@ def _parity_pairs(data: _Data, obj: ReportObjective) -> tuple[list[dict], str, i
                 y = o.value(obj.property)
                 if u != "property":
                     y = float(obj.score([y])[0])
-                pairs.append({"iteration": it["idx"], "mean": mu, "std": sd, "observed": y, "formula": c.get("formula")})
+                pairs.append({"iteration": it["idx"], "mean": mu, "std": sd, "observed": y, "formula": c.get("formula"),
+                              "oracle": label})
     return pairs, units or "property", dropped
 
 
@@ -470,9 +472,11 @@ def _plot_parity(pairs: list[dict], units: str, obj: ReportObjective, out_dir: P
     a1.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.4", lw=1)
     what = obj.property if units == "property" else "score (-distance to window)"
     a1.set_xlabel(f"predicted {what} (mean ± 1σ)", fontsize=9)
-    a1.set_ylabel(f"observed ({obj.oracle})", fontsize=9)
+    a1.set_ylabel(f"observed ({', '.join(dict.fromkeys(p['oracle'] for p in pairs))})", fontsize=9)
     a1.set_title(f"parity: RMSE {stats['rmse']:.3g}, MAE {stats['mae']:.3g}, n={len(pairs)}", fontsize=10)
-    fig.colorbar(sc, ax=a1, label="iteration", shrink=0.85)
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(sc, ax=a1, label="iteration", shrink=0.85, ticks=MaxNLocator(integer=True))
     k = np.linspace(0, 3, 61)
     expected = np.array([math.erf(x / math.sqrt(2)) for x in k])
     a2.plot(k, expected, "--", color="0.4", label="Gaussian expectation")
@@ -529,7 +533,8 @@ def _plot_pareto(data: _Data, objs: list[dict], values: dict, out_dir: Path) -> 
     order = np.argsort(xy[front, 0])
     fx, fy = xy[front, 0][order], xy[front, 1][order]
     ax.plot(fx, fy, "-o", color=_AGENT_COLOR, ms=6, lw=1.5, label=f"Pareto front ({int(front.sum())})")
-    names = [data.candidates[pts[i][0]].formula if pts[i][0] in data.candidates else pts[i][0] for i in np.flatnonzero(front)]
+    ids = [pts[i][0] for i in np.flatnonzero(front)]
+    names = [data.candidates[cid].formula if cid in data.candidates else cid for cid in ids]
     for (x, y), name in list(zip(xy[front], names))[:12]:
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5)
 
@@ -604,11 +609,11 @@ def _plot_latent(data: _Data, obj: ReportObjective, out_dir: Path) -> tuple[str 
     rows = [(cid, z) for cid, z in rows if len(z) == dim]
     if len(rows) < 3:
         return None, f"only {len(rows)} candidate(s) carry a latent point; a map needs 3"
-    from sklearn.decomposition import PCA
-
     Z = np.array([z for _, z in rows], dtype=float)
-    pca = PCA(n_components=2).fit(Z)
-    P = pca.transform(Z)
+    Zc = Z - Z.mean(axis=0)
+    _, S, Vt = np.linalg.svd(Zc, full_matrices=False)  # PCA; sklearn's import alone costs seconds
+    P = Zc @ Vt[:2].T
+    ev = S[:2] ** 2 / max(float((S**2).sum()), 1e-300)
     vals = {}
     for arm in data.arms:
         for cid, v in _objective_values(data, obj, arm):
@@ -621,7 +626,6 @@ def _plot_latent(data: _Data, obj: ReportObjective, out_dir: Path) -> tuple[str 
         sc = ax.scatter(P[has, 0], P[has, 1], c=y[has], s=34, cmap="viridis_r" if obj.goal == "minimize" else "viridis",
                         edgecolors="k", linewidths=0.4, label="evaluated")
         fig.colorbar(sc, ax=ax, label=obj.property)
-    ev = pca.explained_variance_ratio_
     ax.set_xlabel(f"PC1 ({100 * ev[0]:.0f} % of variance)")
     ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f} % of variance)")
     ax.set_title(f"VAE latent space ({dim}-D, {len(rows)} candidates)", fontsize=10)
@@ -633,16 +637,27 @@ def _plot_latent(data: _Data, obj: ReportObjective, out_dir: Path) -> tuple[str 
 
 
 def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> tuple[list[str], list[list[tuple]], int]:
-    """Header and rows (cells as (text, sort key, href, css class)) of the best ``top_n`` candidates."""
-    found_by: dict[str, set[str]] = {}
-    best: dict[str, float] = {}
-    for arm in data.arms:
-        for cid, v in _objective_values(data, obj, arm):
-            found_by.setdefault(cid, set()).add(arm)
-            if cid not in best or obj.score([v])[0] > obj.score([best[cid]])[0]:
-                best[cid] = v
-    ranked = sorted(best, key=lambda cid: (-obj.score([best[cid]])[0], cid))[:top_n]
+    """Header and rows (cells as (text, sort key, href, css class)) of the best ``top_n`` candidates.
+
+    Ranked by the objective oracle's value; candidates that never reached it follow, ranked by
+    the objective property from the next-highest fidelity that reported it.
+    """
     values = _best_values(data)
+    found_by: dict[str, set[str]] = {}
+    for arm, obs in data.arms.items():
+        for o in obs:
+            found_by.setdefault(o.candidate_id, set()).add(arm)
+    tiers = [obj.oracle] + [o for o in reversed(data.oracles) if o != obj.oracle]
+
+    def rank_key(cid):
+        for t, oracle in enumerate(tiers):
+            v = values.get(cid, {}).get((oracle, obj.property))
+            if isinstance(v, float):
+                return (t, -float(obj.score([v])[0]), cid)
+        return None
+
+    keyed = [(rank_key(cid), cid) for cid in values]
+    ranked = [cid for k, cid in sorted((k, cid) for k, cid in keyed if k is not None)][:top_n]
     # the objective's column first, then every oracle's properties, lowest fidelity first
     columns = [(obj.oracle, obj.property)]
     columns += [(o, p) for o in data.oracles for p in data.properties.get(o, []) if (o, p) != columns[0]]
@@ -652,10 +667,10 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
     for rank, cid in enumerate(ranked, start=1):
         c = data.candidates.get(cid)
         formula = c.formula if c else cid
-        row = [(str(rank), rank, None, "num"), (formula, formula, None, ""), (c.source if c else "", c.source if c else "", None, ""),
-               ("+".join(sorted(found_by[cid])), "+".join(sorted(found_by[cid])), None, "")]
+        source, arms = (c.source if c else ""), "+".join(sorted(found_by[cid]))
+        row = [(str(rank), rank, None, "num"), (formula, formula, None, ""), (source, source, None, ""), (arms, arms, None, "")]
         for key in columns:
-            v = best[cid] if key == columns[0] else values.get(cid, {}).get(key)
+            v = values.get(cid, {}).get(key)
             if isinstance(v, float):
                 row.append((f"{v:.4g}", v, None, "num"))
             elif v == "failed":
@@ -664,7 +679,7 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
                 row.append(("", None, None, "num"))
         row.append((cid, cid, None, "id"))
         structure, how = _structure_for(data, cid)
-        link = ("", "", None, "")
+        link = ("–", "", None, "")
         if structure is not None:
             from pymatgen.io.cif import CifWriter
 
@@ -694,6 +709,7 @@ header p { margin: 2px 0; color: var(--muted); }
 .card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; }
 .card b { display: block; font-size: 18px; }
 .card span { color: var(--muted); font-size: 12px; }
+.card i { display: block; font-style: normal; font-size: 12px; overflow-wrap: anywhere; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 14px 18px; margin: 16px 0; }
 section h2 { font-size: 17px; margin: 0 0 8px; }
 figure { margin: 0; }
@@ -706,6 +722,8 @@ th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: lef
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.failed { color: #c0392b; }
 td.id { font-family: ui-monospace, monospace; font-size: 11px; color: var(--muted); }
+table.sortable th { white-space: normal; vertical-align: bottom; max-width: 190px; }
+th span.o { display: block; font-weight: normal; color: var(--muted); font-size: 11px; }
 table.sortable th { cursor: pointer; user-select: none; background: #eef2f8; position: sticky; top: 0; }
 table.sortable th:hover { background: #e1e8f3; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
@@ -817,9 +835,17 @@ def _table(header: list[str], rows: list[list], num: set[int] = frozenset(), tid
     return f'<div class="scroll"><table{attrs}><thead><tr>{th}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
+def _header_cell(text: str) -> str:
+    """``oracle: long_property_name`` on two lines, breakable after underscores."""
+    if ": " not in text:
+        return _esc(text)
+    oracle, prop = text.split(": ", 1)
+    return f'<span class="o">{_esc(oracle)}: </span>' + "_<wbr>".join(_esc(part) for part in prop.split("_"))
+
+
 def _rich_table(header: list[str], rows: list[list[tuple]], tid: str) -> str:
     num_cols = {i for i, cell in enumerate(rows[0]) if "num" in cell[3]} if rows else set()
-    th = "".join(f"<th{_NUM if i in num_cols else ''}>{_esc(h)}</th>" for i, h in enumerate(header))
+    th = "".join(f"<th{_NUM if i in num_cols else ''}>{_header_cell(h)}</th>" for i, h in enumerate(header))
     out = []
     for r in rows:
         tds = []
@@ -887,7 +913,7 @@ def write_report(
             if vals:
                 cid, v = max(vals, key=lambda t: obj.score([t[1]])[0])
                 f = data.candidates[cid].formula if cid in data.candidates else cid
-                cards.append((label, f"{v:.4g} · {f}"))
+                cards.append((label, f"{v:.4g}", f))
 
         # best so far
         name = _plot_best(data, obj, out)
@@ -925,8 +951,10 @@ def write_report(
         pairs, units, dropped = _parity_pairs(data, obj)
         name, st = _plot_parity(pairs, units, obj, out)
         if name:
-            cap = (f"Surrogate mean ± σ recorded when each candidate was chosen, against the value {_esc(obj.oracle)} "
-                   f"returned. {100 * st['within_1']:.0f} % of errors lie within 1σ (Gaussian: 68 %), "
+            label = ", ".join(dict.fromkeys(p["oracle"] for p in pairs))
+            cap = (f"Surrogate mean ± σ recorded when each candidate was chosen, against the value the oracle whose "
+                   f"labels trained it ({_esc(label)}) returned. "
+                   f"{100 * st['within_1']:.0f} % of errors lie within 1σ (Gaussian: 68 %), "
                    f"{100 * st['within_2']:.0f} % within 2σ (95 %). σ is the surrogate's posterior of the objective, "
                    "so observation noise, if any, widens the errors.")
             if dropped:
@@ -951,11 +979,13 @@ def write_report(
         # sources
         srows = _source_rows(data, obj)
         tbl = _table(["source", "candidates", "evaluated", "successes", f"in top-{TOP_K_SOURCES}", f"best {obj.property}"],
-                     [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"], _fmt(r["best"])] for r in srows],
+                     [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"], _fmt(r["best"])]
+                      for r in srows],
                      num={1, 2, 3, 4, 5})
         cap = (f"Agent arm. Successes: candidates with a {_esc(obj.property)} value from {_esc(obj.oracle)}; "
                f"top-{TOP_K_SOURCES}: the agent's best {TOP_K_SOURCES} by the objective.")
-        sections.append(_section("Candidate sources and yields", "sources", _img(_plot_sources(srows, out), "sources", cap) + tbl))
+        body = _img(_plot_sources(srows, out), "sources", cap) + tbl
+        sections.append(_section("Candidate sources and yields", "sources", body))
 
         # latent map
         name, why = _plot_latent(data, obj, out)
@@ -973,7 +1003,9 @@ def write_report(
             body = _note("no candidate has an objective value yet")
         sections.append(_section(f"Top {len(trows)} candidates", "top", body))
 
-    card_html = "".join(f'<div class="card"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for k, v in cards)
+    card_html = "".join(f'<div class="card"><b>{_esc(c[1])}</b>'
+                        + (f'<i>{_esc(c[2])}</i>' if len(c) > 2 else "")
+                        + f'<span>{_esc(c[0])}</span></div>' for c in cards)
     obj_line = (f"Objective: <b>{_esc(obj.describe())}</b> — {_esc(obj.origin)}" if obj else "Objective: unknown")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     page = f"""<!DOCTYPE html>
@@ -988,7 +1020,6 @@ def write_report(
 <div class="cards">{card_html}</div>
 {chr(10).join(sections)}
 <footer>Generated by <code>matloop report</code> from the store alone; figures are PNG files beside this page.
-<script type="application/json" id="report-data">{_esc(json.dumps({"campaign": data.name, "objective": obj.__dict__ if obj else None}, default=str))}</script>
 </footer>
 </main>
 <script>{_JS}</script>

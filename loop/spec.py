@@ -83,7 +83,7 @@ class PromotionRule(_Model):
     """When a candidate moves up to this oracle from a cheaper one (a funnel rung)."""
 
     after: str = Field(description="name of the cheaper oracle whose result is read")
-    top_k: int | None = Field(None, ge=1, description="promote the k best by that oracle's objective value")
+    top_k: int | None = Field(None, ge=1, description="each iteration, promote those of the current k best (by the objective on that oracle) not yet promoted")
     property: str | None = Field(None, description="property of the cheaper oracle to filter on")
     min: float | None = Field(None, description="promote if property >= min")
     max: float | None = Field(None, description="promote if property <= max")

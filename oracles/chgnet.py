@@ -147,23 +147,39 @@ def compute_threads(threads: int = 1):
 
 
 @lru_cache(maxsize=4)
-def load_calculator(backend: str, model: str, device: str):
+def _chgnet_model(model: str, device: str):
+    from chgnet.model import CHGNet
+
+    return CHGNet.load(model_name=model, use_device=device, verbose=False)
+
+
+@lru_cache(maxsize=8)
+def load_calculator(backend: str, model: str, device: str, stress: bool = True):
     """An ASE calculator for a pretrained model, loaded once per process and device.
 
     Args:
         backend: ``chgnet`` or ``sevennet``.
         model: the pretrained model name of that backend.
         device: ``cpu`` or ``cuda`` (resolve ``auto`` with ``resolve_device`` first).
+        stress: False for fixed-cell work (MD): CHGNet then skips the stress, whose second
+            backward pass doubles the cost of a step; asking for stress still computes it.
     """
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if backend == "chgnet":
-            from chgnet.model import CHGNet
             from chgnet.model.dynamics import CHGNetCalculator
 
-            net = CHGNet.load(model_name=model, use_device=device, verbose=False)
-            return CHGNetCalculator(model=net, use_device=device, on_isolated_atoms="ignore")
+            class _Calculator(CHGNetCalculator):
+                # CHGNet's own calculator always predicts energy, forces, stress and magmoms
+                def calculate(self, atoms=None, properties=None, system_changes=None, task=None):
+                    props = set(properties or ["energy"])
+                    if task is None:
+                        task = "efs" if (stress or "stress" in props) else "ef"
+                        task += "m" if "magmoms" in props else ""
+                    super().calculate(atoms, properties, system_changes, task=task)
+
+            return _Calculator(model=_chgnet_model(model, device), use_device=device, on_isolated_atoms="ignore")
         if backend == "sevennet":
             try:
                 from sevenn.calculator import SevenNetCalculator

@@ -24,6 +24,7 @@ def test_campaign_end_to_end_on_dask(tmp_path, grid_csv):
         sources=[{"kind": "file", "settings": {"path": str(grid_csv), "limit": 40}}],
         oracles=[{"name": "table", "kind": "lookup", "cost": 1,
                   "settings": {"table": str(grid_csv), "columns": {"target": "target"}, "latency_s": 0.2}}],
+        features={"composition": ["stoichiometry"]},
         agent={"acquisition": {"init": 8}},
         budget={"evaluations": 8},
         executor={"kind": "dask", "workers": 2},

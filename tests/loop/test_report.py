@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 
@@ -202,10 +201,12 @@ def test_top_table_sorts_on_header_click(report, campaign_store):
     before = _Dom(report.read_text())
     assert before.header[:5] == ["rank", "formula", "source", "found by", "confirm: target"]
     assert len(before.rows) >= 5
-    objective = [float(r[4]["sort"]) for r in before.rows]
-    assert objective == sorted(objective)  # ranked best (lowest) first
-    # structures of composition-only candidates: none; links only where a CIF was written
-    assert all(r[-1].get("href") is None for r in before.rows)
+    # ranked by confirm's value, then the candidates only screened (blank confirm cell)
+    objective = [r[4]["sort"] for r in before.rows]
+    confirmed = [float(v) for v in objective if v]
+    assert 0 < len(confirmed) < len(objective) and all(objective[: len(confirmed)])
+    assert confirmed == sorted(confirmed)
+    assert all(r[-1].get("href") is None for r in before.rows)  # composition-only: no structure files
 
     by_formula = _Dom(_chromium(report.as_uri() + "#sort=1", "--dump-dom"))
     assert by_formula.table.get("data-sorted") == "1:asc"
@@ -214,8 +215,9 @@ def test_top_table_sorts_on_header_click(report, campaign_store):
 
     worst_first = _Dom(_chromium(report.as_uri() + "#sort=-4", "--dump-dom"))
     assert worst_first.table.get("data-sorted") == "4:desc"
-    assert [float(r[4]["sort"]) for r in worst_first.rows] == sorted(objective, reverse=True)
-    assert len(worst_first.rows) == len(before.rows)
+    worst = [r[4]["sort"] for r in worst_first.rows]
+    assert [float(v) for v in worst if v] == sorted(confirmed, reverse=True)
+    assert all(worst[: len(confirmed)]) and len(worst) == len(objective)  # blanks stay last
 
 
 def test_series_match_the_store(campaign_store, report):
@@ -233,6 +235,9 @@ def test_series_match_the_store(campaign_store, report):
     n, cost, best = _best_curve(data, obj, "agent")
     assert n[-1] == 20 and cost[-1] == pytest.approx(sum(v["cost"] for v in spend.values()))
     assert best[-1] == pytest.approx(min(o.value("target") for o in obs if o.ok))
+    # the random baseline's cost counts its cache hits at the cost of the agent's evaluation they reused
+    _, random_cost, _ = _best_curve(data, obj, "random")
+    assert random_cost[-1] == 5 * len(data.arms["random"])
     _, found = _found_curve(data, obj, "agent", set(good))
     assert found[-1] == len({o.candidate_id for o in obs if o.ok} & set(good))
     rows = {r["oracle"]: r for r in _funnel_rows(data)}
@@ -293,3 +298,42 @@ def test_cli_report_and_bad_input(campaign_store, tmp_path, capsys):
         write_report(junk, tmp_path / "y")
     with pytest.raises(InputError, match="--objective"):
         cmd_report(parser.parse_args([str(store_path), "--out", str(out), "--objective", "{bad"]))
+
+
+def test_structures_written_as_cif(campaign_store, tmp_path):
+    """Top candidates with structures get a CIF: the oracle's relaxed structure when it made one."""
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.oracles.records import Observation, Request, Status
+
+    store_path, _ = campaign_store
+    copy = tmp_path / "store.sqlite"
+    shutil.copy(store_path, copy)
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.69), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    relaxed = nacl.copy()
+    relaxed.scale_lattice(nacl.volume * 1.08)
+    kcl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(6.29), ["K", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    a = Candidate.from_structure(nacl, source="prototypes")
+    b = Candidate.from_structure(kcl, source="prototypes")
+    st = Store(copy)
+    st.add_candidates([a, b])
+    idx = st.next_iteration()
+    reqs = [Request(Request.make_id(c.id, o, idx), c, o, idx) for c, o in ((a, "confirm"), (b, "screen"))]
+    st.start_iteration(idx, {"tiers": {}}, reqs)
+    st.add_observation(Observation(reqs[0].id, a.id, "confirm", "v1", 1, Status.SUCCESS, {"target": -1.0},
+                                   extra={"relaxed_structure": relaxed.as_dict()}, cost=5))
+    st.add_observation(Observation(reqs[1].id, b.id, "screen", "v1", 0, Status.SUCCESS,
+                                   {"target": -0.5, "fe_fraction": 0.0}, cost=1))
+    st.finish_iteration(idx)
+    st.close()
+    out = tmp_path / "rep"
+    index = write_report(copy, out, top_n=12)
+    rows = _Dom(index.read_text()).rows
+    links = {r[1]["text"]: r[-1].get("href") for r in rows}
+    assert links["NaCl"] == f"structures/{a.id}.cif" and links["KCl"] == f"structures/{b.id}.cif"
+    assert sum(v is not None for v in links.values()) == 2
+    got_a = Structure.from_file(str(out / links["NaCl"]))
+    got_b = Structure.from_file(str(out / links["KCl"]))
+    assert got_a.volume == pytest.approx(relaxed.volume, rel=1e-4)  # the relaxed one, not the candidate's
+    assert got_b.volume == pytest.approx(kcl.volume, rel=1e-4)
+    assert got_a.composition.reduced_formula == "NaCl"
