@@ -48,6 +48,22 @@ class AgentConfig:
     constraints: list = field(default_factory=list)  # spec Constraint objects
 
 
+def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candidate:
+    """The candidate as the costlier tier should see it: with the cheaper tier's relaxed structure.
+
+    The id (the material's identity) is unchanged, so every tier's observations stay joined.
+    """
+    if after is None or candidate.structure is None:
+        return candidate
+    relaxed = (after.extra or {}).get("relaxed_structure")
+    if not relaxed:
+        return candidate
+    from dataclasses import replace
+
+    prov = {**candidate.provenance, "structure_from": f"{after.oracle} relaxation ({after.request_id})"}
+    return replace(candidate, structure=relaxed, provenance=prov)
+
+
 def goal_from_objective(objective) -> Goal:
     if objective.goal == "maximize":
         return Goal("max")
@@ -66,11 +82,46 @@ class DefaultAgent:
     def _entry_oracles(self) -> list[OracleInfo]:
         return [o for o in self.config.oracles if not o.promote]
 
-    def _label_oracle(self, entry: OracleInfo) -> str:
-        """Which oracle's values train the surrogate that ranks candidates for ``entry``."""
-        if self.config.objective_property in entry.properties:
+    def _label_oracle(self, entry: OracleInfo, observations: list[Observation]) -> str:
+        """Which oracle's values train the surrogate that ranks candidates for ``entry``.
+
+        The entry oracle itself when it reports the objective; otherwise the objective
+        oracle, falling back to lower-fidelity oracles reporting the same property while the
+        objective oracle has fewer labels than the acquisition's ``init``.
+        """
+        prop = self.config.objective_property
+        if prop in entry.properties:
             return entry.name
+        reporting = sorted((o for o in self.config.oracles if prop in o.properties), key=lambda o: -o.fidelity)
+        for o in reporting:
+            n = sum(1 for ob in observations if ob.oracle == o.name and ob.value(prop) is not None)
+            if n >= max(2, self.config.acquisition.init):
+                return o.name
         return self.config.objective_oracle
+
+    def _labels(self, label_oracle: str, observations: list[Observation], index: dict) -> tuple[np.ndarray, np.ndarray]:
+        done = {}
+        for ob in observations:
+            if ob.oracle != label_oracle:
+                continue
+            v = ob.value(self.config.objective_property) if ob.ok else None
+            done[ob.candidate_id] = v if v is not None else float("nan")
+        ids = [cid for cid in done if cid in index]
+        return np.array([index[c] for c in ids], dtype=int), np.array([done[c] for c in ids], dtype=float)
+
+    def _rank_by_acquisition(self, passed, k, index, X, observations, rng):
+        label_oracle = self._label_oracle(OracleInfo("", (), 0, 0.0), observations)
+        train_idx, y = self._labels(label_oracle, observations, index)
+        if np.isfinite(y).sum() < 2:
+            order = rng.permutation(len(passed))[:k]
+            return [passed[i] for i in order]
+        allowed = np.array([index[ob.candidate_id] for ob in passed], dtype=int)
+        exclude = np.setdiff1d(np.arange(X.shape[0]), allowed)
+        acq = self.config.acquisition.model_copy(update={"init": 0})
+        sel = select_batch(X, train_idx, y, k, self.config.goal, exclude=exclude, surrogate=self.config.surrogate,
+                           acquisition=acq, rng=rng)
+        chosen = set(int(i) for i in sel.indices)
+        return [ob for ob in passed if index[ob.candidate_id] in chosen]
 
     def propose(
         self,
@@ -120,13 +171,25 @@ class DefaultAgent:
                     if rule.get("max") is not None and v > rule["max"]:
                         continue
                 passed.append(ob)
+            ranked_by = "rule filter only"
             if rule.get("top_k"):
-                # the current top k by the cheaper tier's objective value; those not yet promoted go up
                 key_prop = cfg.objective_property
-                scored = [(cfg.goal.score(np.array([ob.value(key_prop)]))[0], ob) for ob in passed
-                          if ob.value(key_prop) is not None]
-                passed = [ob for _, ob in sorted(scored, key=lambda t: -t[0])[: rule["top_k"]]]
-            passed = [ob for ob in passed if (ob.candidate_id, o.name) not in requested]
+                after_reports = any(ob.value(key_prop) is not None for ob in passed)
+                if after_reports:
+                    # the current top k by the cheaper tier's objective value; those not yet promoted go up
+                    scored = [(cfg.goal.score(np.array([ob.value(key_prop)]))[0], ob) for ob in passed
+                              if ob.value(key_prop) is not None]
+                    passed = [ob for _, ob in sorted(scored, key=lambda t: -t[0])[: rule["top_k"]]]
+                    passed = [ob for ob in passed if (ob.candidate_id, o.name) not in requested]
+                    ranked_by = f"top {rule['top_k']} by {key_prop} on {rule['after']}"
+                else:
+                    # the cheaper tier does not measure the objective: rank by acquisition
+                    passed = [ob for ob in passed if (ob.candidate_id, o.name) not in requested and ob.candidate_id in index]
+                    if len(passed) > rule["top_k"]:
+                        passed = self._rank_by_acquisition(passed, rule["top_k"], index, X, observations, rng)
+                        ranked_by = f"top {rule['top_k']} by acquisition on {key_prop}"
+            else:
+                passed = [ob for ob in passed if (ob.candidate_id, o.name) not in requested]
             chosen = []
             for ob in passed:
                 if expected_cost + o.cost > left:
@@ -134,11 +197,13 @@ class DefaultAgent:
                 cand = candidates[index[ob.candidate_id]] if ob.candidate_id in index else None
                 if cand is None:
                     continue
+                cand = promoted_candidate(cand, ob)
                 r = Request(Request.make_id(cand.id, o.name, iteration), cand, o.name, iteration)
                 requests.append(r)
                 expected_cost += o.cost
                 chosen.append(cand.formula)
             rationale["tiers"][o.name] = {
+                "ranked_by": ranked_by,
                 "rule": rule,
                 "passed": len(passed),
                 "promoted": chosen,
@@ -146,16 +211,8 @@ class DefaultAgent:
 
         # 2. surrogate-ranked batch for each entry tier
         for o in self._entry_oracles():
-            label_oracle = self._label_oracle(o)
-            done = {}
-            for ob in observations:
-                if ob.oracle != label_oracle:
-                    continue
-                v = ob.value(cfg.objective_property) if ob.ok else None
-                done[ob.candidate_id] = v if v is not None else float("nan")
-            train_ids = [cid for cid in done if cid in index]
-            train_idx = np.array([index[c] for c in train_ids], dtype=int)
-            y = np.array([done[c] for c in train_ids], dtype=float)
+            label_oracle = self._label_oracle(o, observations)
+            train_idx, y = self._labels(label_oracle, observations, index)
             exclude = np.array([index[c] for (c, name) in requested if name == o.name and c in index], dtype=int)
             pend = np.array([index[c] for (c, name) in pending if name == o.name and c in index], dtype=int)
             n_afford = q if (o.cost <= 0 or math.isinf(left)) else int(min(q, max(0, (left - expected_cost) // o.cost)))

@@ -33,7 +33,7 @@ job whose worker died several times by itself before matloop sees the loss::
     import dask
     from dask_jobqueue import SLURMCluster      # or PBSCluster, SGECluster, LSFCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 3}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         cluster = SLURMCluster(cores=8, processes=1, memory="32GB", walltime="04:00:00",
                                job_extra_directives=["--account=myproject"])
     cluster.scale(jobs=10)                     # or cluster.adapt(minimum_jobs=1, maximum_jobs=20)
@@ -188,7 +188,7 @@ class DaskExecutor:
             thread_env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
             config = {
                 # a dead worker fails its task at once; DaskHandle resubmits it exactly once
-                "distributed.scheduler.allowed-failures": 3,
+                "distributed.scheduler.allowed-failures": 0,
                 "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 65536, **thread_env},
             }
             with dask.config.set(config):

@@ -80,6 +80,15 @@ def _worker_init(threads: int) -> None:
         pass
 
 
+def _ping() -> int:
+    import time as _t
+
+    import matloop.oracles.base  # noqa: F401  (the import cost is paid here, once per worker)
+
+    _t.sleep(0.2)  # keep this worker busy so that the next ping goes to another one
+    return os.getpid()
+
+
 def _run(oracle, request: Request) -> Observation:
     return oracle.run(request)
 
@@ -104,6 +113,12 @@ class LocalExecutor:
                 self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
             )
         return self._pool
+
+    def warm_up(self) -> None:
+        """Start every worker process now (imports included), not on the first job."""
+        pool = self._ensure()
+        for f in [pool.submit(_ping) for _ in range(self.workers)]:
+            f.result()
 
     def submit(self, oracle, request: Request) -> Handle:
         if getattr(oracle, "inline", False):

@@ -259,7 +259,7 @@ def _parity_pairs(data: _Data, obj: ReportObjective) -> tuple[list[dict], str, i
     for o in data.arms.get("agent", []):
         if o.ok:
             first_ok.setdefault((o.candidate_id, o.oracle), o)
-    pairs, units, dropped = [], None, 0
+    pairs, units, dropped, seen = [], None, 0, set()
     for it in data.iterations:
         for tier, info in (it["rationale"].get("tiers") or {}).items():
             if "chosen" not in info:
@@ -271,8 +271,9 @@ def _parity_pairs(data: _Data, obj: ReportObjective) -> tuple[list[dict], str, i
                 if mu is None or sd is None:
                     continue  # random picks carry no prediction
                 o = first_ok.get((c["candidate"], label))
-                if o is None or o.value(obj.property) is None:
-                    continue
+                if o is None or o.value(obj.property) is None or (c["candidate"], label) in seen:
+                    continue  # async mode repeats one plan's rationale in each request's iteration
+                seen.add((c["candidate"], label))
                 units = units or u
                 if u != units:
                     dropped += 1
@@ -501,6 +502,8 @@ def _objectives_meta(data: _Data, obj: ReportObjective) -> list[dict] | None:
         if isinstance(entry, str):
             entry = {"property": entry, "goal": obj.goal if entry == obj.property else "minimize",
                      **({"window": obj.window} if entry == obj.property and obj.window else {})}
+        if not isinstance(entry, dict) or "property" not in entry:
+            raise InputError("each objective needs a property", where=f"meta.objectives[{k}]")
         goal, window = _parse_goal(entry, f"meta.objectives[{k}]")
         out.append({"property": entry["property"], "goal": goal, "window": window, "oracle": entry.get("oracle")})
     return out
@@ -880,7 +883,7 @@ def write_report(
         The path of ``index.html``.
 
     Raises:
-        InputError: the store is missing or not a matloop store, or an objective is malformed.
+        InputError: the store is missing or unreadable, or an objective is malformed.
     """
     store_path = Path(store_path)
     if not store_path.is_file():
@@ -892,7 +895,7 @@ def write_report(
         finally:
             store.close()
     except sqlite3.DatabaseError as exc:
-        raise InputError(f"not a matloop store: {exc}", file=str(store_path)) from None
+        raise InputError(f"cannot read the store ({exc}); is it a matloop SQLite store?", file=str(store_path)) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     obj = resolve_objective(data, objective)

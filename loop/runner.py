@@ -283,6 +283,107 @@ class Campaign:
         self.pending_left = [h for hs in handles.values() for h in hs]
         return results
 
+    def _run_async(self, store: Store, executor, oracles: dict, agent, candidates: list[Candidate], X) -> str:
+        """Keep every worker busy: submit the next planned pick the moment a worker frees up.
+
+        Planning runs in a background thread on a snapshot of the labels, with the running
+        requests as pending points (fantasised), and refills a queue of ``2 x workers`` picks;
+        the main thread only polls, stores and submits, so evaluation never waits on a refit.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, getattr(executor, "workers", 1))
+        in_flight: dict[str, list] = {}
+        queue: list[tuple[Request, dict, float | None]] = []
+        planner = ThreadPoolExecutor(1, thread_name_prefix="matloop-planner")
+        future = None
+        self.async_stats = {"busy_s": 0.0, "started": time.time(), "evaluations": 0}
+        last_say = time.time()
+
+        def n_in_flight():
+            return sum(len(v) for v in in_flight.values())
+
+        def plan(snapshot_obs, requested, pending, q):
+            t0 = time.perf_counter()
+            p = agent.propose(-1, candidates, X, snapshot_obs, requested, pending, q, self.rng, None)
+            p.rationale["planning_seconds"] = time.perf_counter() - t0
+            return p
+
+        try:
+            while True:
+                # 1. store what finished
+                for name, hs in in_flight.items():
+                    if not hs:
+                        continue
+                    ready = oracles[name].poll(hs)
+                    for h, obs in zip(ready, oracles[name].collect(ready) if ready else []):
+                        hs.remove(h)
+                        store.add_observation(obs)
+                        store.finish_iteration(h.request.iteration)
+                        self.async_stats["busy_s"] += obs.wall_time_s
+                        self.async_stats["evaluations"] += 1
+                exhausted = self._exhausted_with(store, n_in_flight())
+                if exhausted and n_in_flight() == 0:
+                    return exhausted
+                # 2. a finished plan refills the queue; start the next plan at once
+                if future is not None and future.done():
+                    p = future.result()
+                    requested = store.requested_pairs()
+                    queue = [(r, p.rationale, p.acquisition.get(r.id)) for r in p.requests
+                             if (r.candidate.id, r.oracle) not in requested]
+                    future = None
+                if future is None and not exhausted:
+                    pending = {(h.request.candidate.id, h.request.oracle) for hs in in_flight.values() for h in hs}
+                    future = planner.submit(plan, store.observations(arm="agent"), store.requested_pairs(), pending,
+                                            2 * workers)
+                # 3. fill free workers from the queue
+                while queue and n_in_flight() < workers and not self._exhausted_with(store, n_in_flight()):
+                    r, rationale, acq = queue.pop(0)
+                    if (r.candidate.id, r.oracle) in store.requested_pairs():
+                        continue
+                    idx = store.next_iteration()
+                    req = Request(Request.make_id(r.candidate.id, r.oracle, idx), r.candidate, r.oracle, idx)
+                    why = {**rationale, "mode": "async", "picked": r.candidate.formula, "in_flight": n_in_flight()}
+                    store.start_iteration(idx, why, [req], {req.id: acq})
+                    in_flight.setdefault(r.oracle, []).extend(oracles[r.oracle].submit([req], executor))
+                if future is not None and future.done() is False and not queue and n_in_flight() == 0 and exhausted:
+                    return exhausted
+                if time.time() - last_say > 10:
+                    last_say = time.time()
+                    res = self.arm_result(store, "agent")
+                    self._say(f"async | {self.async_stats['evaluations']} evals | in flight {n_in_flight()} | "
+                              f"best {res.best_value} ({res.best_formula})")
+                if not queue and future is not None and not future.done() and n_in_flight() == 0:
+                    future.result()  # nothing else to do: wait for the plan
+                time.sleep(0.01)
+        finally:
+            planner.shutdown(wait=True)
+            self.async_stats["wall_s"] = time.time() - self.async_stats["started"]
+
+    def _exhausted_with(self, store: Store, in_flight: int) -> str | None:
+        """Budget check counting running requests as already spent."""
+        b = self.spec.budget
+        cost, n_eval = self._spent(store)
+        if b.evaluations is not None and n_eval + in_flight >= b.evaluations:
+            return f"evaluation budget reached ({b.evaluations})"
+        if b.cost is not None:
+            unit = max((o.cost for o in self.spec.oracles), default=0)
+            if cost + in_flight * unit >= b.cost - 1e-12:
+                return f"cost budget spent ({b.cost:g})"
+        if b.iterations is not None and len(store.iterations("agent")) >= b.iterations:
+            return f"iteration budget reached ({b.iterations})"
+        return None
+
+    def _as_promoted(self, store: Store, cand: Candidate, oracle: str) -> Candidate:
+        """A resumed funnel request sees the same (relaxed) structure as when it was planned."""
+        from matloop.agents.agent import promoted_candidate
+
+        spec = next((o for o in self.spec.oracles if o.name == oracle), None)
+        if spec is None or spec.promote is None:
+            return cand
+        after = [o for o in store.observations(oracle=spec.promote.after) if o.candidate_id == cand.id and o.ok]
+        return promoted_candidate(cand, after[0] if after else None)
+
     def _waiting_reason(self) -> str | None:
         pend = getattr(self, "pending_left", [])
         if not pend:
@@ -399,13 +500,16 @@ class Campaign:
             store.set_meta("oracles", {n: {"kind": o.kind, "version": o.version, "fidelity": o.fidelity, "cost": o.cost,
                                            "properties": list(_oracle_properties(o))} for n, o in oracles.items()})
             executor = make_executor(self.spec.executor)
+            if hasattr(executor, "warm_up"):
+                executor.warm_up()
             cand_by_id = {c.id: c for c in candidates}
 
             # resume: requests recorded but never answered
             open_reqs = store.open_requests()
             if open_reqs:
                 self._say(f"resubmitting {len(open_reqs)} unanswered request(s) from an interrupted run")
-                reqs = [Request(rid, cand_by_id[cid], oracle, it) for rid, it, arm, cid, oracle in open_reqs]
+                reqs = [Request(rid, self._as_promoted(store, cand_by_id[cid], oracle), oracle, it)
+                        for rid, it, arm, cid, oracle in open_reqs]
                 self._execute(store, executor, oracles, reqs)
             waiting = self._waiting_reason()
             if not waiting:
@@ -416,7 +520,9 @@ class Campaign:
             history: list[float | None] = []
             stop_reason = None
             t_start = time.perf_counter()
-            while not waiting:
+            if self.spec.executor.mode == "async" and not waiting:
+                stop_reason = self._run_async(store, executor, oracles, agent, candidates, X)
+            while not waiting and self.spec.executor.mode == "batch":
                 stop_reason = self._exhausted(store)
                 if stop_reason:
                     break
@@ -468,6 +574,8 @@ class Campaign:
                 "spend": store.spend("agent"),
                 "seconds": time.perf_counter() - t_start,
             }
+            if getattr(self, "async_stats", None):
+                summary["async"] = dict(self.async_stats)
             if self.spec.report.compare_random and not waiting:
                 summary["random"] = self._random_arm(store, executor, oracles, candidates).__dict__
                 self._print_comparison(summary)

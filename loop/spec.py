@@ -139,6 +139,11 @@ class ExecutorSpec(_Model):
         "local", description="local worker processes, inline (same process), or dask distributed"
     )
     workers: int = Field(2, ge=1, description="parallel jobs")
+    mode: Literal["batch", "async"] = Field(
+        "batch",
+        description="batch: plan batch_size requests, wait for all; async: keep every worker busy, proposing the "
+        "next request (pending-aware) as soon as one finishes while the agent replans in the background",
+    )
     address: str | None = Field(None, description="dask scheduler address (tcp://host:8786); none = LocalCluster")
     max_wait_s: float | None = Field(
         None, gt=0, description="stop waiting for slow (lab) results after this long; run again to keep polling"

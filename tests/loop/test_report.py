@@ -233,7 +233,8 @@ def test_series_match_the_store(campaign_store, report):
     obj = resolve_objective(data, None)
     assert (obj.property, obj.goal, obj.oracle) == ("target", "minimize", "confirm")
     n, cost, best = _best_curve(data, obj, "agent")
-    assert n[-1] == 20 and cost[-1] == pytest.approx(sum(v["cost"] for v in spend.values()))
+    assert n[-1] == sum(v["evaluations"] for v in spend.values()) >= 20
+    assert cost[-1] == pytest.approx(sum(v["cost"] for v in spend.values()))
     assert best[-1] == pytest.approx(min(o.value("target") for o in obs if o.ok))
     # the random baseline's cost counts its cache hits at the cost of the agent's evaluation they reused
     _, random_cost, _ = _best_curve(data, obj, "random")
@@ -294,7 +295,7 @@ def test_cli_report_and_bad_input(campaign_store, tmp_path, capsys):
         write_report(tmp_path / "nope.sqlite", tmp_path / "x")
     junk = tmp_path / "junk.sqlite"
     junk.write_text("not a database, just text " * 100)
-    with pytest.raises(InputError, match="not a matloop store"):
+    with pytest.raises(InputError, match="cannot read the store"):
         write_report(junk, tmp_path / "y")
     with pytest.raises(InputError, match="--objective"):
         cmd_report(parser.parse_args([str(store_path), "--out", str(out), "--objective", "{bad"]))
@@ -327,7 +328,7 @@ def test_structures_written_as_cif(campaign_store, tmp_path):
     st.finish_iteration(idx)
     st.close()
     out = tmp_path / "rep"
-    index = write_report(copy, out, top_n=12)
+    index = write_report(copy, out, top_n=60)
     rows = _Dom(index.read_text()).rows
     links = {r[1]["text"]: r[-1].get("href") for r in rows}
     assert links["NaCl"] == f"structures/{a.id}.cif" and links["KCl"] == f"structures/{b.id}.cif"
