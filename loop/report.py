@@ -972,7 +972,9 @@ def write_report(
         objs = _objectives_meta(data, obj)
         if objs:
             name, n_pts, front = _plot_pareto(data, objs, _best_values(data), out)
-            body = (_img(name, "Pareto front", f"{n_pts} candidates with both properties; front: {_esc(', '.join(front))}.")
+            cap = (f"{n_pts} candidates with both properties, each value from the highest-fidelity oracle that "
+                   f"reported it; front: {_esc(', '.join(front))}.")
+            body = (_img(name, "Pareto front", cap)
                     if name else _note(f"only {n_pts} candidate(s) have both {objs[0]['property']} and "
                                        f"{objs[1]['property']}: no front yet"))
         else:

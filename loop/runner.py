@@ -374,6 +374,16 @@ class Campaign:
             return f"iteration budget reached ({b.iterations})"
         return None
 
+    def _setup_oracles(self, oracles: dict, candidates: list[Candidate]) -> None:
+        """Oracle set-up hooks (e.g. elemental references); a failure is logged, not fatal:
+        the oracle's evaluations then fail one by one with their own reasons."""
+        for name, o in oracles.items():
+            try:
+                o.setup(candidates)
+            except Exception as exc:
+                log.warning("set-up of oracle %s failed: %s", name, exc)
+                self._say(f"warning: set-up of oracle {name!r} failed ({type(exc).__name__}: {exc}); continuing")
+
     def _as_promoted(self, store: Store, cand: Candidate, oracle: str) -> Candidate:
         """A resumed funnel request sees the same (relaxed) structure as when it was planned."""
         from matloop.agents.agent import promoted_candidate
@@ -493,8 +503,7 @@ class Campaign:
             if not candidates:
                 raise InputError("the candidate pool is empty", file=str(self.spec.base_dir))
             oracles = build_oracles(self.spec)
-            for o in oracles.values():
-                o.setup(candidates)
+            self._setup_oracles(oracles, candidates)
             X = self._features(store, candidates)
             agent = self._agent(oracles)
             store.set_meta("oracles", {n: {"kind": o.kind, "version": o.version, "fidelity": o.fidelity, "cost": o.cost,
@@ -530,8 +539,7 @@ class Campaign:
                 if generators and self._generate(store, generators, candidates, idx, initial=False):
                     candidates = store.candidates()
                     cand_by_id = {c.id: c for c in candidates}
-                    for o in oracles.values():
-                        o.setup(candidates)
+                    self._setup_oracles(oracles, candidates)
                     X = self._features(store, candidates)
                 obs = store.observations(arm="agent")
                 requested = {(c, o) for c, o in store.requested_pairs()}

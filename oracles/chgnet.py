@@ -8,7 +8,7 @@ same oracle with SevenNet-0 as the calculator: only the calculator differs, so o
 parameter differs.
 
 Elemental references (the chemical potentials of the formation energy) follow one rule,
-applied by ``elemental_reference``:
+applied by ``elemental_references`` (trial structures from ``elemental_trial_structures``):
 
 * diatomic gases in ASE's ``reference_states`` (H, N, O, F) and the halogens Cl, Br, I:
   an isolated dimer in a 12 A box (atoms relaxed, cell fixed) and a simple-cubic crystal of
@@ -215,9 +215,7 @@ class RelaxOutcome:
 def min_distance_a(atoms) -> float:
     """Shortest interatomic distance (A) under periodic boundary conditions."""
     if len(atoms) < 2:
-        from ase.geometry import cell_to_cellpar
-
-        return float(min(cell_to_cellpar(atoms.cell)[:3]))  # one atom: distance to its image
+        atoms = atoms.repeat(2)  # one atom: the shortest distance is to one of its images
     d = atoms.get_all_distances(mic=True)
     d[np.diag_indices_from(d)] = np.inf
     return float(d.min())
@@ -302,7 +300,10 @@ def elemental_trial_structures(symbol: str) -> list[tuple[str, Any, bool]]:
         crystal = Atoms(symbol * 2, positions=[[0, 0, 0], [d / 3**0.5] * 3], cell=[a, a, a], pbc=True)
         return [("dimer-in-box", gas, False), ("dimer-crystal", crystal, True)]
     if sym in _SIMPLE_LATTICES:
-        return [(f"{sym} (ASE reference state)", bulk(symbol), True)]
+        try:
+            return [(f"{sym} (ASE reference state)", bulk(symbol), True)]
+        except ValueError:  # e.g. Se, Te: ASE tabulates 'hcp' but needs an atomic basis
+            pass
     d0 = 2.0 * float(covalent_radii[z])
     trials = [
         ("fcc", bulk(symbol, "fcc", a=d0 * 2**0.5), True),
