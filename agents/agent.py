@@ -134,6 +134,7 @@ class DefaultAgent:
         q: int,
         rng: np.random.Generator,
         budget_left: float | None = None,
+        max_requests: int | None = None,
     ) -> Plan:
         """Plan the next iteration.
 
@@ -144,6 +145,7 @@ class DefaultAgent:
             pending: pairs still running (fantasised).
             q: batch size for the entry tier.
             budget_left: remaining cost; the batch is cut to fit.
+            max_requests: remaining evaluations (all tiers); promotions count too.
         """
         cfg = self.config
         index = {c.id: i for i, c in enumerate(candidates)}
@@ -194,6 +196,8 @@ class DefaultAgent:
             for ob in passed:
                 if expected_cost + o.cost > left:
                     break
+                if max_requests is not None and len(requests) >= max_requests:
+                    break
                 cand = candidates[index[ob.candidate_id]] if ob.candidate_id in index else None
                 if cand is None:
                     continue
@@ -216,6 +220,8 @@ class DefaultAgent:
             exclude = np.array([index[c] for (c, name) in requested if name == o.name and c in index], dtype=int)
             pend = np.array([index[c] for (c, name) in pending if name == o.name and c in index], dtype=int)
             n_afford = q if (o.cost <= 0 or math.isinf(left)) else int(min(q, max(0, (left - expected_cost) // o.cost)))
+            if max_requests is not None:
+                n_afford = min(n_afford, max(0, max_requests - len(requests)))
             if n_afford <= 0:
                 rationale["tiers"][o.name] = {"reason": "budget exhausted"}
                 continue

@@ -418,6 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--full", action="store_true", help="include the relaxed structure")
     ev.set_defaults(func=cmd_evaluate)
 
+    from . import report as _report
+
+    rp = sub.add_parser("report", help="HTML report: curves, funnel, parity, sources, top candidates with CIFs")
+    _report.add_arguments(rp)
+    rp.set_defaults(func=_report.cmd_report)
+
     b = sub.add_parser("benchmark", help="retrospective benchmark: replay a labelled dataset with labels hidden")
     b.add_argument("file", nargs="?", help="benchmark campaign YAML (lookup oracle)")
     b.add_argument("--dataset")

@@ -545,9 +545,12 @@ class Campaign:
                 requested = {(c, o) for c, o in store.requested_pairs()}
                 t_plan = time.perf_counter()
                 q = self.spec.batch_size
+                left_evals = None
                 if self.spec.budget.evaluations is not None:
-                    q = min(q, self.spec.budget.evaluations - self._spent(store)[1])
-                plan = agent.propose(idx, candidates, X, obs, requested, set(), q, self.rng, self._budget_left(store))
+                    left_evals = self.spec.budget.evaluations - self._spent(store)[1]
+                    q = min(q, left_evals)
+                plan = agent.propose(idx, candidates, X, obs, requested, set(), q, self.rng, self._budget_left(store),
+                                     max_requests=left_evals)
                 plan.rationale["planning_seconds"] = time.perf_counter() - t_plan
                 if not plan.requests:
                     stop_reason = "no candidates left to request"

@@ -15,7 +15,7 @@ fi
 
 # System libraries for GPAW (C++ compiler, libxc, BLAS, FFTW). Only when missing; needs root (CI runs as root).
 need_apt=()
-for pkg in g++ libxc-dev libopenblas-dev libfftw3-dev; do
+for pkg in g++ libxc-dev libopenblas-dev libfftw3-dev chromium; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then
