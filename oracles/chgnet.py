@@ -108,6 +108,8 @@ class MlipSettings(OracleSettings):
 
 
 class SevennetSettings(MlipSettings):
+    """The same settings; only the default model differs."""
+
     model: str = Field("7net-0", description="SevenNet pretrained model name")
 
 

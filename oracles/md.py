@@ -389,19 +389,23 @@ def run_nvt(atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random
         dyn.run(s.equilibration_steps)
 
     masses = atoms.get_masses()[:, None]
-    frames, temps, times = [], [], []
+    frames, temps, steps = [], [], []
+    start = dyn.nsteps  # ASE keeps counting steps across runs
 
     def record():
+        step = dyn.nsteps - start
+        if step % s.sample_every_steps or (steps and steps[-1] == step):
+            return
         pos = atoms.get_positions()
         com = (masses * pos).sum(0) / masses.sum()
         frames.append(pos - com)
         temps.append(atoms.get_temperature())
-        times.append(len(frames) - 1)
+        steps.append(step)
 
     record()
-    dyn.attach(record, interval=s.sample_every_steps)
+    dyn.attach(record, interval=1)
     dyn.run(s.production_steps)
-    times_fs = np.asarray(times, dtype=float) * s.sample_every_steps * s.timestep_fs
+    times_fs = np.asarray(steps, dtype=float) * s.timestep_fs
     # judged on the second half: the first may still relax towards T after a short equilibration
     mean_t = float(np.mean(temps[len(temps) // 2 :]))
     if abs(mean_t - temperature_k) > s.max_temperature_drift * temperature_k:

@@ -1,0 +1,543 @@
+"""Cost-normalised retrospective benchmark of multi-fidelity agents (experimental vs PBE gaps).
+
+The pool is every formula with both an experimental band gap (the top fidelity, the one
+that counts) and a PBE gap (the cheap fidelity) in ``bandgap_expt_vs_pbe.csv``. Labels
+are hidden and revealed, at a fidelity, when an agent pays for them.
+
+Definitions (``summary.json``), following ``matloop.loop.benchmark`` where they overlap:
+
+* **Pool.** Rows are deduplicated with ``matloop.loop.benchmark.deduplicate`` on the
+  experimental gap (the PBE gap comes from the same row); features are the default
+  matminer composition features (``pool_features``) projected onto their first
+  ``n_components`` principal components over the pool (unlabelled, so nothing leaks).
+* **Good set G** (``good_mask``): experimental gap in the goal window (default
+  ``window:1.1:1.7`` eV, single-junction solar absorbers) or the top fraction.
+* **Found.** A candidate counts once its *top-fidelity* measurement has been paid for and
+  it is in G; cheap measurements find nothing by themselves.
+* **Cost.** Each measurement costs ``costs[fidelity]`` (default PBE 1, experiment 10).
+  ``recall(C)`` = |found within cumulative cost C| / |G|; ``cost_to_half`` = the
+  cumulative cost at which recall first reaches 0.5 (null if the budget runs out first);
+  ``recall_at_cost`` = recall at the fixed cost ``eval_cost`` (default: the budget).
+* **Aggregates** over seeds: mean and 95 % Student-t interval (``mean_ci``);
+  ``cost_to_half`` over the seeds that reached half recall (``n_reached``). The paired
+  ratio ``cost_to_half(agent) / cost_to_half(multi_fidelity)`` is per seed, over the
+  seeds where both reached half.
+
+Agents (same ``n_init`` random candidates per seed; rounds until the budget is spent):
+
+* ``single_fidelity``: top fidelity only. Init at the top, then ``select_batch`` (GP,
+  window probability) on experimental labels, ``round_cost / c_top`` per round.
+* ``funnel``: the rule a practitioner writes. Each round ``select_batch`` (GP on the PBE
+  labels, goal = the widened PBE window) picks ``funnel_batch`` candidates for PBE; every
+  PBE-measured candidate whose PBE gap lies in the widened window
+  (default ``[lo - 0.7, hi + 0.2]`` eV, because PBE underestimates gaps) is promoted to
+  the top fidelity. The init candidates get PBE and the same rule.
+* ``multi_fidelity``: ``MultiFidelityGP`` on every label of both fidelities and
+  ``choose_requests`` (screen-or-confirm, expected hits per unit cost) up to
+  ``round_cost`` per round. The init candidates are measured at both fidelities.
+  Hyperparameters are refitted every ``refit_every`` rounds and reused (conditioning on
+  the new labels only) in between.
+* ``mf_variance``: the same model with ``choose_requests(criterion='variance_per_cost')``.
+
+Model comparison (``compare_models``): held-out RMSE and Gaussian NLL of the experimental
+gap, given every pool candidate's PBE gap plus a fraction of the training candidates'
+experimental gaps; ``splits`` random 80/20 splits (fractions nested within a split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matloop.agents.acquisition import Goal, select_batch
+from matloop.agents.features import FeatureSettings
+from matloop.agents.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings, choose_requests
+from matloop.agents.surrogates import GPSurrogate, SurrogateSettings, fit_pca
+from matloop.loop.benchmark import deduplicate, good_mask, mean_ci, pool_features
+from matloop.oracles.records import Candidate, InputError
+
+AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
+MODELS = ("mtgp", "mtgp_lcm2", "smfgp", "single", "single_pbe_feature")
+PBE_COLUMNS = {"mp": "pbe_gap_mp_eV", "aflow": "pbe_gap_aflow_eV"}
+CHEAP, TOP = 0, 1
+
+
+@dataclass
+class MFPool:
+    """A deduplicated two-fidelity pool.
+
+    Attributes:
+        candidates: ``N`` candidates.
+        X: ``N x k`` features (principal components of the standardised features).
+        y: ``N x 2`` labels: column 0 the cheap fidelity (PBE), column 1 the top (experiment).
+        good: ``N`` boolean mask of the good set (top fidelity).
+        goal: the goal at the top fidelity.
+        info: provenance: file, PBE source, sizes, merged duplicates, subsampling.
+    """
+
+    candidates: list[Candidate]
+    X: np.ndarray
+    y: np.ndarray
+    good: np.ndarray
+    goal: Goal
+    info: dict
+
+
+def load_bandgap_pool(
+    path: str | Path,
+    goal: Goal | str = "window:1.1:1.7",
+    *,
+    pbe_source: str = "mp",
+    top_fraction: float = 0.01,
+    n_components: int = 30,
+    max_pool: int | None = None,
+    seed: int = 0,
+    features: FeatureSettings | None = None,
+) -> MFPool:
+    """Read ``bandgap_expt_vs_pbe.csv`` into a two-fidelity pool.
+
+    Args:
+        path: the CSV (columns ``reduced_formula``, ``expt_gap_eV`` and the PBE columns).
+        goal: goal on the experimental gap.
+        pbe_source: ``mp`` (Materials Project), ``aflow``, or ``either`` (MP where present,
+            else AFLOW).
+        top_fraction: size of the good set for max/min goals.
+        n_components: principal components kept (None or 0: all standardised features).
+        max_pool: subsample the pool to this many candidates (seeded) to save time.
+        seed: seed of the subsample.
+        features: featurizer settings (default: the campaign default).
+
+    Raises:
+        InputError: missing file or column, unknown PBE source.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    goal = Goal.parse(goal) if isinstance(goal, str) else goal
+    if not path.is_file():
+        raise InputError("file not found", file=str(path))
+    df = pd.read_csv(path)
+    need = ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values())
+    for col in need:
+        if col not in df.columns:
+            raise InputError(f"no column {col!r}", file=str(path), where=f"column {col!r}")
+    if pbe_source in PBE_COLUMNS:
+        pbe = df[PBE_COLUMNS[pbe_source]].to_numpy(dtype=float)
+    elif pbe_source == "either":
+        pbe = df["pbe_gap_mp_eV"].fillna(df["pbe_gap_aflow_eV"]).to_numpy(dtype=float)
+    else:
+        raise InputError(f"unknown PBE source {pbe_source!r}; known: mp, aflow, either", where="pbe_source")
+    expt = df["expt_gap_eV"].to_numpy(dtype=float)
+    keep = np.flatnonzero(np.isfinite(pbe) & np.isfinite(expt))
+    pool = deduplicate(df["reduced_formula"].astype(str).to_numpy()[keep].tolist(), expt[keep], goal, file=str(path))
+    rows = keep[pool.source_rows]
+    cands = pool.candidates
+    info = {"file": str(path), "pbe_source": pbe_source, "n_rows_with_both": int(len(keep)),
+            "n_merged_duplicates": int(pool.n_merged_duplicates)}
+    if max_pool is not None and max_pool < len(rows):
+        sub = np.sort(np.random.default_rng(seed).choice(len(rows), max_pool, replace=False))
+        rows, cands = rows[sub], [cands[i] for i in sub]
+        info["subsampled_from"] = int(len(pool.source_rows))
+    y = np.column_stack([pbe[rows], expt[rows]])
+    X = pool_features(cands, features)
+    if n_components:
+        view = fit_pca(X, 1.0)
+        k = int(min(n_components, view.shape[1]))
+        X = np.asarray((np.asarray(X, dtype=float) - view.mean) @ view.components[:, :k])
+        info["pca_components"] = k
+    info.update(n_pool=len(cands), n_features=int(X.shape[1]))
+    good = good_mask(y[:, TOP], goal, top_fraction)
+    info["n_good"] = int(good.sum())
+    return MFPool(cands, np.asarray(X, dtype=float), y, good, goal, info)
+
+
+def _bounds(X: np.ndarray) -> np.ndarray:
+    return np.stack([X.min(axis=0), X.max(axis=0)])
+
+
+# -- which multi-fidelity model ----------------------------------------------------------------
+
+
+def _gauss_nll(y, mean, var) -> float:
+    var = np.maximum(var, 1e-12)
+    return float(np.mean(0.5 * np.log(2 * math.pi * var) + 0.5 * (y - mean) ** 2 / var))
+
+
+def _predict_model(name: str, pool: MFPool, top_idx: np.ndarray, test: np.ndarray, seed: int, max_fit_points: int):
+    """Mean and predictive variance of the experimental gap at ``test`` for model ``name``."""
+    X, y = pool.X, pool.y
+    N = len(X)
+    if name in ("single", "single_pbe_feature"):
+        Xf = X if name == "single" else np.column_stack([X, y[:, CHEAP]])
+        g = GPSurrogate(SurrogateSettings(max_fit_points=max_fit_points), bounds=_bounds(Xf), seed=seed)
+        g.fit(Xf[top_idx], y[top_idx, TOP])
+        mu, sd = g.predict(Xf[test])
+        return mu, sd**2 + g.noise_variance()
+    settings = {
+        "mtgp": MultiFidelitySettings(kind="mtgp", max_fit_points=max_fit_points),
+        "mtgp_lcm2": MultiFidelitySettings(kind="mtgp", components=2, max_fit_points=max_fit_points),
+        "smfgp": MultiFidelitySettings(kind="smfgp", max_fit_points=max_fit_points),
+        "smfgp_botorch_prior": MultiFidelitySettings(kind="smfgp", smfgp_prior="botorch", max_fit_points=max_fit_points),
+    }[name]
+    Xtr = np.vstack([X, X[top_idx]])
+    fid = np.r_[np.full(N, CHEAP), np.full(len(top_idx), TOP)]
+    ytr = np.r_[y[:, CHEAP], y[top_idx, TOP]]
+    m = MultiFidelityGP(settings, bounds=_bounds(X), seed=seed).fit(Xtr, fid, ytr)
+    mu, sd = m.predict(X[test], TOP, observation_noise=True)
+    return mu, sd**2, m
+
+
+def compare_models(
+    pool: MFPool,
+    *,
+    fractions: Sequence[float] = (0.1, 0.25, 0.5),
+    splits: int = 5,
+    test_fraction: float = 0.2,
+    models: Sequence[str] = MODELS,
+    max_fit_points: int = 400,
+    log=None,
+) -> dict:
+    """Held-out RMSE / NLL of the top fidelity for each model (see the module docstring).
+
+    Returns:
+        ``{"fractions": ..., "models": {name: {fraction: {"rmse": mean_ci, "nll": mean_ci,
+        "seconds": mean, "task_correlation": mean_ci (multi-fidelity models)}}}, ...}``.
+    """
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    N = len(pool.X)
+    res = {m: {f: {"rmse": [], "nll": [], "seconds": [], "corr": []} for f in fractions} for m in models}
+    for s in range(splits):
+        perm = np.random.default_rng(1000 + s).permutation(N)
+        n_test = int(round(test_fraction * N))
+        test, train = perm[:n_test], perm[n_test:]
+        for f in fractions:
+            top_idx = train[: max(2, int(round(f * len(train))))]  # nested across fractions
+            for name in models:
+                t0 = time.perf_counter()
+                out = _predict_model(name, pool, top_idx, test, s, max_fit_points)
+                mu, var = out[0], out[1]
+                r = res[name][f]
+                r["rmse"].append(float(np.sqrt(np.mean((mu - pool.y[test, TOP]) ** 2))))
+                r["nll"].append(_gauss_nll(pool.y[test, TOP], mu, var))
+                r["seconds"].append(time.perf_counter() - t0)
+                if len(out) > 2:
+                    r["corr"].append(float(out[2].task_correlation()[CHEAP, TOP]))
+                log(f"[models] split {s} fraction {f:g} {name}: RMSE {r['rmse'][-1]:.3f} NLL {r['nll'][-1]:.3f} "
+                    f"{r['seconds'][-1]:.1f} s" + (f" corr {r['corr'][-1]:.2f}" if len(out) > 2 else ""))
+    summary = {
+        "n_pool": N,
+        "n_test": int(round(test_fraction * N)),
+        "fractions": list(fractions),
+        "splits": splits,
+        "pool": pool.info,
+        "pbe_as_prediction_rmse": float(np.sqrt(np.mean((pool.y[:, CHEAP] - pool.y[:, TOP]) ** 2))),
+        "models": {},
+    }
+    for name in models:
+        summary["models"][name] = {}
+        for f in fractions:
+            r = res[name][f]
+            entry = {"rmse": mean_ci(r["rmse"]), "nll": mean_ci(r["nll"]), "seconds": float(np.mean(r["seconds"]))}
+            if r["corr"]:
+                entry["task_correlation"] = mean_ci(r["corr"])
+            summary["models"][name][str(f)] = entry
+    return summary
+
+
+# -- agents ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Requests in the order paid for: pool index and fidelity each."""
+
+    index: list
+    fidelity: list
+
+    def add(self, i: int, f: int) -> None:
+        self.index.append(int(i))
+        self.fidelity.append(int(f))
+
+    def done(self, f: int) -> np.ndarray:
+        return np.array([i for i, g in zip(self.index, self.fidelity) if g == f], dtype=int)
+
+    def cost(self, costs: dict) -> float:
+        return float(sum(costs[f] for f in self.fidelity))
+
+
+def _funnel_window(goal: Goal, widen: tuple[float, float]) -> Goal:
+    if goal.kind != "window":
+        raise InputError("the funnel agent needs a window goal", where="goal")
+    return Goal("window", goal.lo - widen[0], goal.hi + widen[1])
+
+
+def _run_single_fidelity(pool, costs, budget, round_cost, init_idx, rng, **_):
+    run = _Run([], [])
+    for i in init_idx:
+        run.add(i, TOP)
+    q = max(1, int(round_cost // costs[TOP]))
+    while run.cost(costs) + costs[TOP] <= budget + 1e-9:
+        acq = run.done(TOP)
+        qq = int(min(q, (budget - run.cost(costs)) // costs[TOP]))
+        sel = select_batch(pool.X, acq, pool.y[acq, TOP], qq, pool.goal, exclude=acq, rng=rng)
+        if len(sel.indices) == 0:
+            break
+        for i in sel.indices:
+            run.add(i, TOP)
+    return run, {}
+
+
+def _run_funnel(pool, costs, budget, round_cost, init_idx, rng, funnel_widen, funnel_batch, **_):
+    run = _Run([], [])
+    window = _funnel_window(pool.goal, funnel_widen)
+    promoted: set[int] = set()
+
+    def screen_and_promote(batch):
+        for i in batch:
+            if run.cost(costs) + costs[CHEAP] > budget + 1e-9:
+                return False
+            run.add(i, CHEAP)
+        for i in batch:
+            if i not in promoted and window.contains(pool.y[i, CHEAP]):
+                if run.cost(costs) + costs[TOP] > budget + 1e-9:
+                    return False
+                run.add(i, TOP)
+                promoted.add(int(i))
+        return True
+
+    going = screen_and_promote([int(i) for i in init_idx])
+    n_rounds = 0
+    while going:
+        acq = run.done(CHEAP)
+        sel = select_batch(pool.X, acq, pool.y[acq, CHEAP], funnel_batch, window, exclude=acq, rng=rng)
+        if len(sel.indices) == 0:
+            break
+        going = screen_and_promote([int(i) for i in sel.indices])
+        n_rounds += 1
+    return run, {"funnel_window": [window.lo, window.hi], "rounds": n_rounds}
+
+
+def _run_multi_fidelity(pool, costs, budget, round_cost, init_idx, rng, model_settings, choice_settings, refit_every, **_):
+    run = _Run([], [])
+    for i in init_idx:
+        run.add(i, CHEAP)
+        run.add(i, TOP)
+    bounds = _bounds(pool.X)
+    prev = None
+    rounds, fit_s, choose_s, reasons = 0, 0.0, 0.0, []
+    while run.cost(costs) + min(costs.values()) <= budget + 1e-9:
+        idx = np.asarray(run.index, dtype=int)
+        fid = np.asarray(run.fidelity, dtype=int)
+        t0 = time.perf_counter()
+        model = MultiFidelityGP(model_settings, bounds=bounds, seed=int(rng.integers(2**31 - 1)))
+        reuse = prev if (prev is not None and rounds % refit_every != 0) else None
+        model.fit(pool.X[idx], fid, pool.y[idx, fid], n_fidelities=2, hyperparameters_from=reuse)
+        if reuse is None:
+            prev = model
+        t1 = time.perf_counter()
+        left = budget - run.cost(costs)
+        reqs = choose_requests(
+            model, pool.X, costs, TOP, pool.goal, int(round_cost // min(costs.values())),
+            {CHEAP: run.done(CHEAP), TOP: run.done(TOP)}, rng,
+            settings=choice_settings, max_cost=min(round_cost, left),
+        )
+        choose_s += time.perf_counter() - t1
+        fit_s += t1 - t0
+        if not reqs:
+            break
+        if rounds < 3:
+            reasons.append(reqs[0].rationale)
+        for r in reqs:
+            run.add(r.index, r.fidelity)
+        rounds += 1
+    return run, {"rounds": rounds, "seconds_fit": fit_s, "seconds_choose": choose_s, "first_rationales": reasons}
+
+
+_RUNNERS = {
+    "single_fidelity": _run_single_fidelity,
+    "funnel": _run_funnel,
+    "multi_fidelity": _run_multi_fidelity,
+    "mf_variance": _run_multi_fidelity,
+}
+
+
+def cost_metrics(run_index: Sequence[int], run_fidelity: Sequence[int], good: np.ndarray, costs: dict,
+                 grid: np.ndarray, eval_cost: float) -> dict:
+    """Recall against cumulative cost for one run.
+
+    Args:
+        run_index, run_fidelity: requests in the order paid for.
+        good: ``N`` mask of the good set.
+        costs: cost per fidelity.
+        grid: costs at which to report the recall curve.
+        eval_cost: the fixed cost for ``recall_at_cost``.
+
+    Returns:
+        ``recall_curve`` (on ``grid``), ``cost_to_half`` (or None), ``recall_at_cost``,
+        ``total_cost``, ``n_by_fidelity``.
+    """
+    idx = np.asarray(run_index, dtype=int)
+    fid = np.asarray(run_fidelity, dtype=int)
+    n_good = int(good.sum())
+    cum = np.cumsum([costs[int(f)] for f in fid]) if len(fid) else np.zeros(0)
+    seen: set[int] = set()
+    hits = np.zeros(len(idx))
+    for t, (i, f) in enumerate(zip(idx, fid)):
+        if f == TOP and good[i] and i not in seen:
+            seen.add(int(i))
+            hits[t] = 1
+    recall = np.cumsum(hits) / n_good
+
+    def at(c):
+        k = np.searchsorted(cum, c + 1e-9, side="right")
+        return float(recall[k - 1]) if k > 0 else 0.0
+
+    reached = np.flatnonzero(recall >= 0.5)
+    return {
+        "recall_curve": [at(c) for c in grid],
+        "cost_to_half": float(cum[reached[0]]) if len(reached) else None,
+        "recall_at_cost": at(eval_cost),
+        "total_cost": float(cum[-1]) if len(cum) else 0.0,
+        "n_by_fidelity": {str(f): int(np.sum(fid == f)) for f in sorted(costs)},
+    }
+
+
+def run_mf_benchmark(
+    pool: MFPool,
+    *,
+    costs: dict[int, float] | None = None,
+    budget: float = 3000.0,
+    round_cost: float = 100.0,
+    n_init: int = 10,
+    seeds: int = 5,
+    agents: Sequence[str] = ("single_fidelity", "funnel", "multi_fidelity"),
+    eval_cost: float | None = None,
+    funnel_widen: tuple[float, float] = (0.7, 0.2),
+    funnel_batch: int = 10,
+    model_settings: MultiFidelitySettings | None = None,
+    refit_every: int = 3,
+    out_dir: str | Path | None = None,
+    log=None,
+) -> dict:
+    """Run every agent for ``seeds`` seeds; write ``summary.json``, ``runs.json`` and ``recall_vs_cost.png``.
+
+    Args:
+        pool: the two-fidelity pool.
+        costs: cost per fidelity (default ``{0: 1, 1: 10}``).
+        budget: total cost per run.
+        round_cost: cost planned per round (single-fidelity: ``round_cost / c_top``
+            candidates; multi-fidelity: ``choose_requests(max_cost=round_cost)``).
+        n_init: random initial candidates (the same per seed for every agent).
+        seeds: runs per agent.
+        agents: names from ``AGENTS``.
+        eval_cost: fixed cost for ``recall_at_cost`` (default: the budget).
+        funnel_widen: the funnel promotes PBE gaps in ``[lo - widen[0], hi + widen[1]]``.
+        funnel_batch: PBE candidates per funnel round.
+        model_settings: the multi-fidelity GP settings (default ``MultiFidelitySettings()``).
+        refit_every: multi-fidelity hyperparameter refit period in rounds.
+        out_dir: output folder (None: nothing written).
+        log: progress callable (default: stderr).
+    """
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    costs = {int(k): float(v) for k, v in (costs or {CHEAP: 1.0, TOP: 10.0}).items()}
+    if set(costs) != {CHEAP, TOP} or min(costs.values()) <= 0:
+        raise InputError(f"costs must give positive costs for fidelities 0 and 1, got {costs}", where="costs")
+    bad = [a for a in agents if a not in AGENTS]
+    if bad:
+        raise InputError(f"unknown agents {bad}; known: {', '.join(AGENTS)}", where="agents")
+    eval_cost = float(eval_cost or budget)
+    model_settings = model_settings or MultiFidelitySettings()
+    grid = np.linspace(0.0, budget, 121)
+    runs: dict[str, list] = {a: [] for a in agents}
+    N = len(pool.X)
+    for seed in range(seeds):
+        init_idx = np.random.default_rng(seed).choice(N, n_init, replace=False)
+        for name in agents:
+            rng = np.random.default_rng([seed, AGENTS.index(name)])
+            t0 = time.perf_counter()
+            choice = ChoiceSettings(criterion="variance_per_cost" if name == "mf_variance" else "hits_per_cost")
+            run, extra = _RUNNERS[name](
+                pool, costs, budget, round_cost, init_idx, rng, funnel_widen=funnel_widen, funnel_batch=funnel_batch,
+                model_settings=model_settings, choice_settings=choice, refit_every=refit_every,
+            )
+            m = cost_metrics(run.index, run.fidelity, pool.good, costs, grid, eval_cost)
+            m.update(extra, seconds=time.perf_counter() - t0, index=run.index, fidelity=run.fidelity)
+            runs[name].append(m)
+            c2h = m["cost_to_half"]
+            log(f"[mf] seed {seed} {name}: cost_to_half {c2h if c2h is None else round(c2h)}, recall@{eval_cost:g} "
+                f"{m['recall_at_cost']:.3f}, evaluations {m['n_by_fidelity']}, {m['seconds']:.0f} s")
+
+    summary = {
+        "pool": pool.info,
+        "goal": str(pool.goal),
+        "n_good": int(pool.good.sum()),
+        "costs": {str(k): v for k, v in costs.items()},
+        "budget": budget,
+        "round_cost": round_cost,
+        "eval_cost": eval_cost,
+        "n_init": n_init,
+        "seeds": seeds,
+        "funnel_widen": list(funnel_widen),
+        "model": model_settings.model_dump(),
+        "refit_every": refit_every,
+        "agents": {},
+    }
+    for name, rs in runs.items():
+        c2h = [r["cost_to_half"] for r in rs]
+        summary["agents"][name] = {
+            "cost_to_half": {**mean_ci(c2h), "n_reached": sum(c is not None for c in c2h), "per_seed": c2h},
+            "recall_at_cost": {**mean_ci([r["recall_at_cost"] for r in rs]), "per_seed": [r["recall_at_cost"] for r in rs]},
+            "evaluations": {f: float(np.mean([r["n_by_fidelity"][f] for r in rs])) for f in rs[0]["n_by_fidelity"]},
+            "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
+            "curve": [[float(c), float(v)] for c, v in zip(grid, np.mean([r["recall_curve"] for r in rs], axis=0))],
+        }
+    ref = "multi_fidelity" if "multi_fidelity" in runs else None
+    if ref:
+        for name, rs in runs.items():
+            if name == ref:
+                continue
+            ratios = [a["cost_to_half"] / b["cost_to_half"] for a, b in zip(rs, runs[ref])
+                      if a["cost_to_half"] is not None and b["cost_to_half"] is not None]
+            summary["agents"][name]["cost_ratio_vs_multi_fidelity"] = {**mean_ci(ratios), "n_pairs": len(ratios)}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "runs.json").write_text(json.dumps({"definitions": __doc__, "runs": runs}, default=float))
+        plot_recall_vs_cost(runs, grid, summary, out / "recall_vs_cost.png")
+    return summary
+
+
+def plot_recall_vs_cost(runs: dict, grid: np.ndarray, summary: dict, path: Path) -> None:
+    """Mean recall against cumulative cost per agent with 95 % Student-t bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import t as student_t
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, rs in runs.items():
+        R = np.array([r["recall_curve"] for r in rs])
+        m = R.mean(axis=0)
+        ax.plot(grid, m, label=name)
+        if len(rs) > 1:
+            h = student_t.ppf(0.975, len(rs) - 1) * R.std(axis=0, ddof=1) / math.sqrt(len(rs))
+            ax.fill_between(grid, np.clip(m - h, 0, 1), np.clip(m + h, 0, 1), alpha=0.2)
+    ax.axhline(0.5, color="k", lw=0.7, ls=":")
+    c = summary["costs"]
+    ax.set_xlabel(f"cumulative cost (PBE {c['0']:g}, experiment {c['1']:g} per candidate)")
+    ax.set_ylabel(f"recall of experimental good set (|G| = {summary['n_good']})")
+    ax.set_title(f"{summary['goal']} eV, N = {summary['pool']['n_pool']}, {summary['seeds']} seeds, 95 % t-bands")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
