@@ -38,7 +38,7 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 
 echo "[setup] installing matloop and its dependencies"
-"$PY" -m pip install -q -e ".[test,optimade]"
+"$PY" -m pip install -q -e ".[test,optimade,sevennet]"
 
 # GPAW (the `dft` extra): built from the sdist against Debian's libxc, OpenBLAS and FFTW.
 # gpaw's setup.py reads its build configuration from the file named by GPAW_CONFIG (else
