@@ -465,11 +465,14 @@ def _load_hyperparameters(model, source, skip_likelihood: bool) -> None:
 
     A fixed-noise likelihood holds one noise per training point, so it is skipped.
     """
-    state = {k: v for k, v in source.state_dict().items() if not (skip_likelihood and k.startswith("likelihood"))}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    bad = [k for k in missing if not (skip_likelihood and k.startswith("likelihood"))] + list(unexpected)
-    if bad:
-        raise RuntimeError(f"hyperparameters do not match the model: {bad[:5]}")
+    def keep(k):
+        return not (skip_likelihood and k.startswith("likelihood"))
+
+    state = {k: v for k, v in source.state_dict().items() if keep(k)}
+    target = {k for k in model.state_dict() if keep(k)}
+    if set(state) != target:
+        raise RuntimeError(f"hyperparameters do not match the model: {sorted(set(state) ^ target)[:5]}")
+    model.load_state_dict(state, strict=False)
 
 
 def _lcm_kernel(d: int, M: int, rank: int, components: int):
@@ -629,11 +632,15 @@ def choose_requests(
     candidate is already likely good or the cheap fidelity says little (``s_m ~ 0`` makes
     ``rate_m < rate_T``). Pairs are ranked by these rates over the whole pool (streamed),
     the best ``settings.shortlist`` candidates are kept, and the batch is built greedily:
-    each pick is conditioned into the joint posterior of the shortlist across all
-    fidelities as a kriging-believer fantasy (its noisy value at its fidelity equals the
-    posterior mean: means stay, covariances shrink), so a batch does not ask the same
-    thing twice, directly or through a strongly correlated neighbour. At most one request
-    per candidate per batch (a screen's outcome decides the confirmation later).
+    each pick (and first every pending request) is conditioned into the joint posterior of
+    the shortlist across all fidelities as a kriging-believer fantasy (its noisy value at
+    its fidelity equals the posterior mean: means stay, covariances shrink), and ``s_m`` is
+    recomputed from the conditioned covariance, so that a later pick is valued only for
+    the information the batch has not already bought: a batch does not ask the same thing
+    twice, directly or through a strongly correlated neighbour. ``mu`` and ``sigma_y``
+    stay the unconditioned ones, because expected hits add up over a batch (a believer
+    fantasy would otherwise make a confirmed point's neighbours look certain). At most one
+    request per candidate per batch (a screen's outcome decides the confirmation later).
 
     ``variance_per_cost`` (ablation): shortlist by top-fidelity acquisition ``u`` and rank
     pairs by ``s_m^2 / c_m`` (``s_T^2 = sigma^4 / (sigma^2 + noise_T)`` for the top),
@@ -705,12 +712,18 @@ def choose_requests(
     nodes, weights = np.polynomial.hermite_e.hermegauss(settings.quadrature)
     log_w = np.log(weights / weights.sum())
 
-    def pair_scores(mu_top, var_top, cov_top_m, var_m):
-        """``K x F`` scores of every (candidate, fidelity) pair and details for rationales."""
+    def pair_scores(mu_top, var_top, cov_top_m, var_m, var_top_now=None):
+        """``K x F`` scores of every (candidate, fidelity) pair and details for rationales.
+
+        ``mu_top``/``var_top`` are the top fidelity's marginal posterior (what a
+        confirmation is worth); ``cov_top_m``, ``var_m`` and ``var_top_now`` come from the
+        posterior conditioned on the batch so far (what a measurement still teaches).
+        """
+        var_top_now = var_top if var_top_now is None else np.minimum(var_top_now, var_top)
         var_y = var_top + noise[T]
         s2 = np.zeros((len(mu_top), F))
         for k in range(F):
-            s2[:, k] = np.clip(cov_top_m[:, k] ** 2 / (var_m[:, k] + noise[k]), 0.0, var_top)
+            s2[:, k] = np.clip(cov_top_m[:, k] ** 2 / (var_m[:, k] + noise[k]), 0.0, var_top_now)
         lu = _log_utility(goal, mu_top, np.sqrt(var_y), best)
         detail = {"log_u": lu, "s2": s2, "var_top": var_top, "t": np.zeros((len(mu_top), F)), "p": np.ones((len(mu_top), F))}
         S = np.empty((len(mu_top), F))
@@ -759,19 +772,19 @@ def choose_requests(
         col = Sig[:, j].copy()
         return Sig - np.outer(col, col) / (col[j] + nv)
 
+    pos = P + np.arange(F)[None, :] * K + np.arange(K)[:, None]  # K x F positions in the joint
+    mu_top = mu_j[pos[:, T]]
+    var_top = np.clip(np.diag(Sig)[pos[:, T]], 1e-12, None)  # marginal: expected hits add over a batch
     for p, (_, f) in enumerate(pending):
         Sig = condition(Sig, p, noise_of.get(f, model.noise_variance(f)))
-    pos = P + np.arange(F)[None, :] * K + np.arange(K)[:, None]  # K x F positions in the joint
     ok = allowed[short].copy()
     out: list[FidelityRequest] = []
     spent = 0.0
-    mu_top = mu_j[pos[:, T]]
     while len(out) < q and ok.any():
         dg = np.diag(Sig)
-        var_top = np.clip(dg[pos[:, T]], 1e-12, None)
         cov_top_m = Sig[pos[:, T][:, None], pos]
         var_m = np.clip(dg[pos], 1e-12, None)
-        S, detail = pair_scores(mu_top, var_top, cov_top_m, var_m)
+        S, detail = pair_scores(mu_top, var_top, cov_top_m, var_m, np.clip(dg[pos[:, T]], 1e-12, None))
         fits = ok & (c[None, :] <= (math.inf if max_cost is None else max_cost - spent) + 1e-12)
         if not fits.any():
             break

@@ -29,8 +29,8 @@ class SurrogateSettings(BaseModel):
     prior: Literal["dim_scaled", "gamma"] = Field(
         "dim_scaled",
         description="GP hyperparameter priors: 'dim_scaled' = botorch's LogNormal lengthscale prior "
-        "scaled by sqrt(d) (Hvarfner et al. 2024); 'gamma' = BayBE/EDBO-style Gamma priors on "
-        "lengthscale, outputscale and noise",
+        "scaled by sqrt(d) (Hvarfner et al. 2024); 'gamma' = BayBE's smoothed-EDBO Gamma priors on "
+        "lengthscale, outputscale and noise, interpolated by input dimension",
     )
     n_trees: int = Field(200, ge=2, description="trees in the random forest (kind='rf')")
     min_samples_leaf: int = Field(1, ge=1, description="random forest minimum samples per leaf")
@@ -49,6 +49,27 @@ class SurrogateSettings(BaseModel):
         description="GP only: rotate the pool's features onto their principal components (fitted on "
         "the whole unlabelled pool) and keep the fewest that explain this fraction of the variance; "
         "None uses the features as given",
+    )
+
+
+def _gamma_prior_moments(d: int) -> tuple[float, ...]:
+    """BayBE's "smoothed EDBO" Gamma priors (Shields et al. 2021), interpolated by dimension.
+
+    Between 8 and 75 input dimensions the concentration/rate of each prior moves linearly
+    from EDBO's low-dimensional values to the mean of its one-hot and Mordred values.
+
+    Returns:
+        lengthscale (concentration, rate, initial), outputscale (...), noise (...).
+    """
+    lim = (8, 75)
+
+    def lerp(a, b):
+        return float(np.interp(d, lim, [a, b]))
+
+    return (
+        lerp(1.2, 2.5), lerp(1.1, 0.55), lerp(0.2, 6.0),
+        lerp(5.0, 3.5), lerp(0.5, 0.15), lerp(8.0, 15.0),
+        lerp(1.05, 1.5), lerp(0.5, 0.1), lerp(0.1, 5.0),
     )
 
 
@@ -119,27 +140,27 @@ class GPSurrogate:
         rbf = self.settings.kernel == "rbf"
         if self.settings.prior == "dim_scaled":
             return get_covar_module_with_dim_scaled_prior(ard_num_dims=d, use_rbf_kernel=rbf)
-        # EDBO/BayBE-style: long lengthscales on [0, 1] inputs, moderate signal, small noise
-        ls_prior = GammaPrior(2.0, 0.2)
+        ls_a, ls_b, ls_0, os_a, os_b, os_0, _, _, _ = _gamma_prior_moments(d)
+        ls_prior = GammaPrior(ls_a, ls_b)
         base = (
             RBFKernel(ard_num_dims=d, lengthscale_prior=ls_prior)
             if rbf
             else MaternKernel(nu=2.5, ard_num_dims=d, lengthscale_prior=ls_prior)
         )
-        base.lengthscale = ls_prior.mean
-        kern = ScaleKernel(base, outputscale_prior=GammaPrior(2.0, 0.15))
-        kern.outputscale = 2.0 / 0.15 / 10.0
+        base.lengthscale = ls_0
+        kern = ScaleKernel(base, outputscale_prior=GammaPrior(os_a, os_b))
+        kern.outputscale = os_0
         return kern
 
-    def _likelihood(self):
+    def _likelihood(self, d: int):
         if self.settings.prior == "dim_scaled":
             return None  # botorch's default LogNormal noise prior
-        from gpytorch.constraints import GreaterThan
         from gpytorch.likelihoods import GaussianLikelihood
         from gpytorch.priors import GammaPrior
 
-        lik = GaussianLikelihood(noise_prior=GammaPrior(1.1, 10.0), noise_constraint=GreaterThan(1e-5))
-        lik.noise = 0.05
+        *_, n_a, n_b, n_0 = _gamma_prior_moments(d)
+        lik = GaussianLikelihood(noise_prior=GammaPrior(n_a, n_b))
+        lik.noise = n_0
         return lik
 
     def _build(self, train_X, train_Y, train_Yvar, bounds):
@@ -148,7 +169,7 @@ class GPSurrogate:
 
         d = train_X.shape[-1]
         kwargs = {}
-        lik = self._likelihood()
+        lik = self._likelihood(d)
         if lik is not None and train_Yvar is None:
             kwargs["likelihood"] = lik
         return SingleTaskGP(

@@ -117,3 +117,25 @@ def test_window_goal_campaign(tmp_path, grid_csv):
     path = write_campaign(tmp_path, grid_csv, objective={"property": "target", "goal": "window", "window": [0.0, 0.02]})
     summary = Campaign(load_campaign(path), quiet=True).run()
     assert summary["agent"]["n_hits"] >= 1
+
+
+def test_async_mode_keeps_workers_busy_without_duplicates(tmp_path, grid_csv):
+    path = write_campaign(
+        tmp_path, grid_csv,
+        oracles=[{"name": "table", "kind": "lookup", "cost": 1,
+                  "settings": {"table": str(grid_csv), "columns": {"target": "target"}, "latency_s": 0.3}}],
+        executor={"kind": "local", "workers": 2, "mode": "async"},
+        agent={"surrogate": {"kind": "rf", "n_trees": 30}, "acquisition": {"kind": "ucb", "init": 4}},
+        budget={"evaluations": 12},
+    )
+    spec = load_campaign(path)
+    summary = Campaign(spec, quiet=True).run()
+    pairs = _agent_pairs(spec.resolve(spec.store))
+    assert len(pairs) == len(set(pairs)) == 12
+    st = Store(spec.resolve(spec.store))
+    its = st.iterations("agent")
+    assert len(its) == 12 and all(it["rationale"]["mode"] == "async" for it in its)
+    assert all(it["status"] == "done" for it in its)
+    assert summary["async"]["evaluations"] == 12
+    # pending-aware: while requests ran, later picks were planned with them as pending points
+    assert any(it["rationale"]["in_flight"] > 0 for it in its)

@@ -1,0 +1,341 @@
+"""Several objectives at once: Pareto fronts, hypervolumes and qLogNEHVI batches over a pool.
+
+``select_pareto`` follows ``select_batch``'s three steps:
+
+1. **Fit** one GP per objective (``GPSurrogate``: botorch ``SingleTaskGP`` with
+   ``Normalize``/``Standardize``) on the maximisation score of that objective (the value,
+   its negative, or ``-distance to the window``) and join them in a ``ModelListGP``.
+2. **Score the pool** in chunks with the closed-form expected hypervolume improvement of a
+   single point under independent Gaussian posteriors: over the cells ``[l, u]`` of the
+   box decomposition of the non-dominated region, ``EHVI = sum_cells prod_j (psi_j(l_j) -
+   psi_j(u_j))`` with ``psi(a) = E[(f - a)_+]`` the expected improvement over ``a`` (as in
+   botorch's analytic ``ExpectedHypervolumeImprovement``), evaluated in log space.
+3. **Batch** on the top ``shortlist`` candidates: botorch's
+   ``qLogNoisyExpectedHypervolumeImprovement`` by sequential greedy conditioning
+   (``optimize_acqf_discrete``), pending requests as ``X_pending``.
+
+All hypervolumes here are in score space (every objective maximised).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy.special import logsumexp
+
+from matloop.agents.acquisition import Goal, Selection, log_expected_improvement, pool_bounds
+from matloop.agents.surrogates import GPSurrogate, SurrogateSettings
+
+__all__ = ["pareto_front", "hypervolume", "default_ref_point", "log_ehvi", "select_pareto"]
+
+_DTYPE = torch.float64
+
+
+def _max_sense(Y: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    Y = np.asarray(Y, dtype=float)
+    if Y.ndim != 2:
+        raise ValueError(f"Y must be n x k, got shape {Y.shape}")
+    flags = np.asarray(list(maximize), dtype=bool)
+    if flags.shape != (Y.shape[1],):
+        raise ValueError(f"maximize has {flags.size} entries for {Y.shape[1]} objectives")
+    return np.where(flags, Y, -Y)
+
+
+def pareto_front(Y: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Mask of the non-dominated rows of ``Y`` (``n x k``); ``n`` bools.
+
+    A row is dominated when another row is at least as good in every objective and
+    strictly better in one. Identical non-dominated rows are all kept; rows with a NaN are
+    never on the front.
+    """
+    from botorch.utils.multi_objective.pareto import is_non_dominated
+
+    S = _max_sense(Y, maximize)
+    if len(S) == 0:
+        return np.zeros(0, dtype=bool)
+    return is_non_dominated(torch.as_tensor(S, dtype=_DTYPE), deduplicate=False).numpy()
+
+
+def hypervolume(Y: np.ndarray, ref_point: Sequence[float], maximize: Sequence[bool]) -> float:
+    """Volume dominated by the rows of ``Y`` (``n x k``) and bounded by ``ref_point`` (``k``).
+
+    Rows that do not strictly beat ``ref_point`` in every objective add nothing; rows with
+    a NaN are ignored. ``ref_point`` is in the same units and senses as ``Y``.
+    """
+    from botorch.utils.multi_objective.box_decompositions.dominated import DominatedPartitioning
+
+    S = _max_sense(Y, maximize)
+    ref = _max_sense(np.asarray(ref_point, dtype=float).reshape(1, -1), maximize)[0]
+    S = S[np.isfinite(S).all(axis=1) & (S > ref).all(axis=1)]
+    if len(S) == 0:
+        return 0.0
+    part = DominatedPartitioning(ref_point=torch.as_tensor(ref, dtype=_DTYPE), Y=torch.as_tensor(S, dtype=_DTYPE))
+    return float(part.compute_hypervolume())
+
+
+def default_ref_point(Y: np.ndarray, maximize: Sequence[bool], scale: float = 0.1) -> np.ndarray:
+    """Reference point ``nadir - scale * range`` of the Pareto front of ``Y`` (``n x k``).
+
+    botorch's ``infer_reference_point`` (Ishibuchi et al. 2011), in ``Y``'s own units and
+    senses: for a minimised objective it lies above the worst front value. A front of one
+    point is moved back by ``scale * max(|value|, 1)`` per objective.
+    """
+    from botorch.utils.multi_objective.hypervolume import infer_reference_point
+
+    S = _max_sense(Y, maximize)
+    S = S[np.isfinite(S).all(axis=1)]
+    if len(S) == 0:
+        raise ValueError("default_ref_point needs at least one row without NaN")
+    front = S[pareto_front(S, [True] * S.shape[1])]
+    ref = infer_reference_point(torch.as_tensor(front, dtype=_DTYPE), scale=scale).numpy()
+    return np.where(np.asarray(list(maximize), dtype=bool), ref, -ref)
+
+
+def _log_diff_ei(log_ei_lo: np.ndarray, log_ei_hi: np.ndarray) -> np.ndarray:
+    """log(exp(a) - exp(b)) for a >= b elementwise (b may be -inf)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.minimum(log_ei_hi - log_ei_lo, 0.0)
+        return log_ei_lo + np.log1p(-np.exp(d))
+
+
+def log_ehvi(
+    mean: np.ndarray, std: np.ndarray, pareto_scores: np.ndarray, ref_point: np.ndarray
+) -> np.ndarray:
+    """log of the closed-form expected hypervolume improvement of single points.
+
+    Independent Gaussian objectives (all maximised), exact for one point:
+    ``EHVI = sum_cells prod_j (psi_j(l_j) - psi_j(u_j))`` over the cells ``[l, u]`` of
+    botorch's ``FastNondominatedPartitioning`` of the region the front does not dominate.
+
+    Args:
+        mean: ``m x k`` posterior means of the scores.
+        std: ``m x k`` posterior standard deviations.
+        pareto_scores: ``p x k`` current front (scores; ``p`` may be 0).
+        ref_point: ``k`` reference point (scores).
+
+    Returns:
+        ``m`` values; ``-inf`` where the improvement underflows.
+    """
+    from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
+
+    ref = torch.as_tensor(np.asarray(ref_point, dtype=float), dtype=_DTYPE)
+    Yp = torch.as_tensor(np.asarray(pareto_scores, dtype=float).reshape(-1, len(ref)), dtype=_DTYPE)
+    Yp = Yp[(Yp > ref).all(dim=-1)]
+    cells = FastNondominatedPartitioning(ref_point=ref, Y=Yp).get_hypercell_bounds().numpy()  # 2 x C x k
+    lower, upper = cells[0], cells[1]
+    m, k = mean.shape
+    terms = np.zeros((lower.shape[0], m))
+    for c in range(lower.shape[0]):
+        for j in range(k):
+            lo = log_expected_improvement(mean[:, j], std[:, j], float(lower[c, j]))
+            if math.isinf(upper[c, j]):
+                terms[c] += lo
+            else:
+                terms[c] += _log_diff_ei(lo, log_expected_improvement(mean[:, j], std[:, j], float(upper[c, j])))
+    return logsumexp(terms, axis=0)
+
+
+def _as_goal(g) -> Goal:
+    return g if isinstance(g, Goal) else Goal.parse(str(g))
+
+
+def select_pareto(
+    X_pool: np.ndarray,
+    train_idx: np.ndarray,
+    Y_train: np.ndarray,
+    q: int,
+    objectives: Sequence[Goal | str],
+    *,
+    exclude: np.ndarray | None = None,
+    rng: np.random.Generator,
+    pending_idx: np.ndarray | None = None,
+    shortlist: int = 500,
+    ref_point: Sequence[float] | None = None,
+    surrogate: SurrogateSettings | None = None,
+    mc_samples: int = 128,
+    init: int = 2,
+    chunk_size: int = 16384,
+) -> Selection:
+    """Choose ``q`` pool candidates that are expected to grow the hypervolume the most.
+
+    Args:
+        X_pool: ``N x d`` preprocessed features of the pool (streamed in chunks).
+        train_idx: ``n`` pool indices with labels.
+        Y_train: ``n x k`` raw labels in each property's units; a non-finite entry leaves
+            that candidate out of that objective's GP and out of the front.
+        q: batch size.
+        objectives: ``k`` goals (``Goal`` or ``'max'``, ``'min'``, ``'window:LO:HI'``).
+        exclude: indices never to choose; ``train_idx`` and ``pending_idx`` are excluded too.
+        rng: the only source of randomness (random picks, GP fit subsets, MC seeds).
+        pending_idx: indices with requests still running, passed as ``X_pending``.
+        shortlist: candidates (top by closed-form log EHVI) handed to qLogNEHVI.
+        ref_point: ``k`` reference point in score units (``Goal.score``: the value for max,
+            minus the value for min, minus the distance to a window); default
+            ``default_ref_point`` of the labelled scores.
+        surrogate: settings of each objective's GP (``kind`` must be 'gp').
+        mc_samples: quasi-Monte-Carlo samples of qLogNEHVI.
+        init: random picks while fewer candidates than this have all objectives labelled.
+        chunk_size: candidates per chunk when scoring the pool.
+
+    Returns:
+        The ``Selection``: ``acquisition`` holds the closed-form log EHVI of each pick,
+        ``mean``/``std`` are ``q x k`` in each property's units, and ``info`` holds the
+        current front (``pareto_indices`` into the pool, ``pareto_values`` in property
+        units), the ``hypervolume`` of the labelled scores w.r.t. ``ref_point_scores``, the
+        greedy qLogNEHVI values and timings.
+    """
+    t0 = time.perf_counter()
+    goals = [_as_goal(g) for g in objectives]
+    k = len(goals)
+    surrogate = surrogate or SurrogateSettings()
+    if surrogate.kind != "gp":
+        raise ValueError("select_pareto needs GP surrogates (qLogNEHVI samples a joint posterior)")
+    if surrogate.pca_variance is not None:
+        raise ValueError("select_pareto does not support pca_variance; project the features beforehand")
+    N = X_pool.shape[0]
+    train_idx = np.asarray(train_idx, dtype=int).reshape(-1)
+    Y_train = np.asarray(Y_train, dtype=float).reshape(len(train_idx), -1)
+    if Y_train.shape[1] != k:
+        raise ValueError(f"Y_train has {Y_train.shape[1]} columns for {k} objectives")
+    pending_idx = np.zeros(0, dtype=int) if pending_idx is None else np.asarray(pending_idx, dtype=int).reshape(-1)
+    blocked = np.zeros(N, dtype=bool)
+    for arr in (exclude, train_idx, pending_idx):
+        if arr is not None and len(arr):
+            blocked[np.asarray(arr, dtype=int)] = True
+    available = np.flatnonzero(~blocked)
+    q = int(min(q, len(available)))
+    S_train = np.column_stack([g.score(Y_train[:, j]) for j, g in enumerate(goals)]) if k else Y_train
+    complete = np.isfinite(S_train).all(axis=1)
+    info: dict = {
+        "pool_size": int(N),
+        "n_available": int(len(available)),
+        "n_train": int(complete.sum()),
+        "n_pending": int(len(pending_idx)),
+        "objectives": [str(g) for g in goals],
+        "acquisition": "qlognehvi",
+    }
+    if k < 2:
+        raise ValueError(f"select_pareto needs at least 2 objectives, got {k}")
+    S_c, idx_c, Y_c = S_train[complete], train_idx[complete], Y_train[complete]
+    if len(S_c):
+        ref = (
+            np.asarray(ref_point, dtype=float).reshape(k)
+            if ref_point is not None
+            else default_ref_point(S_c, [True] * k)
+        )
+        front = pareto_front(S_c, [True] * k)
+        info["ref_point_scores"] = [float(r) for r in ref]
+        info["pareto_indices"] = [int(i) for i in idx_c[front]]
+        info["pareto_values"] = Y_c[front].tolist()
+        info["hypervolume"] = hypervolume(S_c, ref, [True] * k)
+    if len(np.unique(idx_c)) < max(init, 2) or any(np.isfinite(S_train[:, j]).sum() < 2 for j in range(k)):
+        info["reason"] = f"random: {len(np.unique(idx_c))} fully labelled candidates (< init={max(init, 2)})"
+        idx = rng.choice(available, size=q, replace=False) if q else np.zeros(0, dtype=int)
+        nan = np.full(len(idx), np.nan)
+        info["seconds"] = {"total": time.perf_counter() - t0}
+        return Selection(np.asarray(idx, dtype=int), nan, np.full((len(idx), k), np.nan), np.full((len(idx), k), np.nan), info)
+    if q == 0:
+        info["reason"] = "no candidates left"
+        e = np.zeros(0)
+        return Selection(np.zeros(0, dtype=int), e, np.zeros((0, k)), np.zeros((0, k)), info)
+
+    # ---- 1. one GP per objective score
+    t_fit = time.perf_counter()
+    bounds = pool_bounds(X_pool, chunk_size)
+    gps: list[GPSurrogate] = []
+    for j in range(k):
+        ok = np.isfinite(S_train[:, j])
+        gp = GPSurrogate(surrogate, bounds=bounds, seed=int(rng.integers(2**31 - 1)))
+        gp.fit(np.asarray(X_pool[train_idx[ok]], dtype=float), S_train[ok, j])
+        gps.append(gp)
+    info["fit"] = [gp.fit_info for gp in gps]
+    t_fit = time.perf_counter() - t_fit
+
+    # ---- 2. closed-form log EHVI over the pool, in chunks
+    t_score = time.perf_counter()
+    front_scores = S_c[pareto_front(S_c, [True] * k)]
+    n_av = len(available)
+    mean, std = np.empty((n_av, k)), np.empty((n_av, k))
+    score = np.empty(n_av)
+    for a in range(0, n_av, chunk_size):
+        Xc = np.asarray(X_pool[available[a : a + chunk_size]], dtype=float)
+        for j, gp in enumerate(gps):
+            mean[a : a + chunk_size, j], std[a : a + chunk_size, j] = gp.predict(Xc)
+        score[a : a + chunk_size] = log_ehvi(mean[a : a + chunk_size], std[a : a + chunk_size], front_scores, ref)
+    t_score = time.perf_counter() - t_score
+
+    # ---- 3. qLogNEHVI sequential greedy on the shortlist
+    t_batch = time.perf_counter()
+    K = int(min(shortlist, n_av))
+    short = np.argpartition(-score, K - 1)[:K] if K < n_av else np.arange(n_av)
+    short = short[np.argsort(-score[short], kind="stable")]
+    pick, batch_values = _qlognehvi_batch(
+        gps,
+        np.asarray(X_pool[available[short]], dtype=float),
+        np.asarray(X_pool[idx_c], dtype=float),
+        np.asarray(X_pool[pending_idx], dtype=float) if len(pending_idx) else None,
+        ref,
+        q,
+        mc_samples,
+        int(rng.integers(2**31 - 1)),
+    )
+    chosen = short[pick]
+    info["shortlist_size"] = K
+    info["batch_rule"] = "sequential greedy qLogNEHVI on the shortlist (optimize_acqf_discrete), pending as X_pending"
+    info["batch_values"] = [float(v) for v in batch_values]
+    info["seconds"] = {
+        "fit": t_fit,
+        "score": t_score,
+        "batch": time.perf_counter() - t_batch,
+        "total": time.perf_counter() - t0,
+    }
+    # scores back to property units: max keeps, min negates; a window score stays a distance
+    sign = np.array([-1.0 if g.kind == "min" else 1.0 for g in goals])
+    info["mean_units"] = [
+        "score (-distance to window)" if g.kind == "window" else "property" for g in goals
+    ]
+    return Selection(
+        indices=available[chosen].astype(int),
+        acquisition=score[chosen],
+        mean=mean[chosen] * sign,
+        std=std[chosen],
+        info=info,
+    )
+
+
+def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed):
+    """Greedy qLogNEHVI picks on the shortlist (``K x d``): positions and values."""
+    from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+    from botorch.models import ModelListGP
+    from botorch.optim import optimize_acqf_discrete
+    from botorch.sampling import SobolQMCNormalSampler
+
+    model = ModelListGP(*[gp.model for gp in gps])
+    model.eval()
+    choices = torch.as_tensor(X_short, dtype=_DTYPE)
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(seed)  # baseline pruning draws from torch's global generator
+        acqf = qLogNoisyExpectedHypervolumeImprovement(
+            model,
+            ref_point=torch.as_tensor(ref, dtype=_DTYPE),
+            X_baseline=torch.as_tensor(X_base, dtype=_DTYPE),
+            sampler=SobolQMCNormalSampler(torch.Size([mc_samples]), seed=seed),
+            X_pending=None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE),
+            prune_baseline=True,
+            cache_root=True,
+        )
+        cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
+    # map the returned rows back to shortlist positions (the first unused identical row)
+    used = np.zeros(len(X_short), dtype=bool)
+    picks = []
+    for row in cand.numpy():
+        hits = np.flatnonzero((X_short == row).all(axis=1) & ~used)
+        picks.append(int(hits[0]))
+        used[hits[0]] = True
+    return np.asarray(picks, dtype=int), values.reshape(-1).numpy()
