@@ -33,7 +33,7 @@ from matloop.agents.acquisition import (
     pool_bounds,
     select_batch,
 )
-from matloop.agents.surrogates import GPSurrogate, SurrogateSettings, make_surrogate
+from matloop.agents.surrogates import GPSurrogate, SurrogateSettings, fit_pca, make_surrogate
 
 __all__ = [
     "FailureClassifierSettings",
@@ -328,7 +328,9 @@ def select_constrained(
     The batch is chosen on the top ``acquisition.shortlist`` candidates by that score:
     sequential greedy with kriging-believer conditioning of the objective GP on pending
     points and earlier picks (feasibility and success weights stay fixed); for a window
-    goal, a random forest, or the feasibility search, the top ``q`` by score.
+    goal, a random forest, or the feasibility search, the top ``q`` by score
+    (``acquisition.batch`` is not used). With ``surrogate.pca_variance`` every model (objective,
+    constraints, failures) sees the same PCA view of the pool.
 
     Args:
         X_pool, train_idx, y_train, q, goal, exclude, surrogate, acquisition, rng,
@@ -401,6 +403,9 @@ def select_constrained(
 
     # ---- 1. fit the objective, the constraints and the failure classifier
     t_fit = time.perf_counter()
+    if surrogate.kind == "gp" and surrogate.pca_variance is not None:
+        X_pool = fit_pca(X_pool, surrogate.pca_variance, acquisition.chunk_size)  # every model sees the view
+        info["pca_components"] = int(X_pool.shape[1])
     bounds = pool_bounds(X_pool, acquisition.chunk_size)
     window_direct = kind == "window"
     target = y if window_direct else goal.score(y)
@@ -495,7 +500,11 @@ def select_constrained(
         "pool_mean_prob_feasible": float(np.mean(np.exp(lpf))),
         "pool_mean_prob_success": float(np.mean(np.exp(lps))),
         "chosen": [
-            {"log_acquisition": float(log_acq[j]), "log_prob_feasible": float(lpf[j]), "log_prob_success": float(lps[j])}
+            {
+                "log_acquisition": float(log_acq[j]),
+                "log_prob_feasible": float(lpf[j]),
+                "log_prob_success": float(lps[j]),
+            }
             for j in chosen
         ],
     }

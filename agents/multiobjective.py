@@ -56,9 +56,11 @@ def pareto_front(Y: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     from botorch.utils.multi_objective.pareto import is_non_dominated
 
     S = _max_sense(Y, maximize)
-    if len(S) == 0:
-        return np.zeros(0, dtype=bool)
-    return is_non_dominated(torch.as_tensor(S, dtype=_DTYPE), deduplicate=False).numpy()
+    mask = np.zeros(len(S), dtype=bool)
+    ok = np.isfinite(S).all(axis=1)
+    if ok.any():
+        mask[ok] = is_non_dominated(torch.as_tensor(S[ok], dtype=_DTYPE), deduplicate=False).numpy()
+    return mask
 
 
 def hypervolume(Y: np.ndarray, ref_point: Sequence[float], maximize: Sequence[bool]) -> float:
@@ -192,6 +194,8 @@ def select_pareto(
     t0 = time.perf_counter()
     goals = [_as_goal(g) for g in objectives]
     k = len(goals)
+    if k < 2:
+        raise ValueError(f"select_pareto needs at least 2 objectives, got {k}")
     surrogate = surrogate or SurrogateSettings()
     if surrogate.kind != "gp":
         raise ValueError("select_pareto needs GP surrogates (qLogNEHVI samples a joint posterior)")
@@ -219,8 +223,6 @@ def select_pareto(
         "objectives": [str(g) for g in goals],
         "acquisition": "qlognehvi",
     }
-    if k < 2:
-        raise ValueError(f"select_pareto needs at least 2 objectives, got {k}")
     S_c, idx_c, Y_c = S_train[complete], train_idx[complete], Y_train[complete]
     if len(S_c):
         ref = (
@@ -238,7 +240,8 @@ def select_pareto(
         idx = rng.choice(available, size=q, replace=False) if q else np.zeros(0, dtype=int)
         nan = np.full(len(idx), np.nan)
         info["seconds"] = {"total": time.perf_counter() - t0}
-        return Selection(np.asarray(idx, dtype=int), nan, np.full((len(idx), k), np.nan), np.full((len(idx), k), np.nan), info)
+        nan_k = np.full((len(idx), k), np.nan)
+        return Selection(np.asarray(idx, dtype=int), nan, nan_k, nan_k.copy(), info)
     if q == 0:
         info["reason"] = "no candidates left"
         e = np.zeros(0)

@@ -33,6 +33,10 @@ class LookupSettings(OracleSettings):
     latency: Literal["fixed", "exponential"] = Field("fixed", description="fixed or exponentially distributed latency")
 
 
+#: parsed tables per worker process, keyed by path, modification time and settings
+_TABLES: dict = {}
+
+
 class LookupOracle(Oracle):
     """Answers from a table keyed by composition (fractions normalised)."""
 
@@ -59,9 +63,26 @@ class LookupOracle(Oracle):
     def _load(self) -> dict[str, dict[str, float]]:
         if self._table is not None:
             return self._table
+        path = self.table_path
+        key = (str(path), path.stat().st_mtime if path.exists() else None,
+               self.settings.model_dump_json(include={"key_column", "columns", "uncertainty_columns", "duplicates"}))
+        cached = _TABLES.get(key)
+        if cached is None:
+            cached = self._read(path)
+            _TABLES.clear()  # one table per process is the common case; keep memory bounded
+            _TABLES[key] = cached
+        self._table = cached
+        return cached
+
+    def __getstate__(self):
+        # the parsed table stays behind when the oracle is sent to a worker (reloaded there once)
+        d = dict(self.__dict__)
+        d["_table"] = None
+        return d
+
+    def _read(self, path: Path) -> dict[str, dict[str, float]]:
         import pandas as pd
 
-        path = self.table_path
         if not path.exists():
             raise InputError("lookup table not found", file=str(path))
         df = pd.read_csv(path)
@@ -97,7 +118,6 @@ class LookupOracle(Oracle):
                 else:
                     merged[k] = xs[0]
             table[cid] = merged
-        self._table = table
         return table
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
