@@ -109,6 +109,22 @@ class DefaultAgent:
         ids = [cid for cid in done if cid in index]
         return np.array([index[c] for c in ids], dtype=int), np.array([done[c] for c in ids], dtype=float)
 
+    def _constraint_labels(self, observations: list[Observation], index: dict) -> dict:
+        """name -> (pool indices, values, lo, hi) for each known constraint with labels."""
+        out = {}
+        for c in self.config.constraints:
+            vals = {}
+            for ob in observations:
+                if not ob.ok or (c.oracle and ob.oracle != c.oracle) or ob.candidate_id not in index:
+                    continue
+                v = ob.value(c.property)
+                if v is not None:
+                    vals[index[ob.candidate_id]] = v
+            if len(vals) >= 2:
+                idx = np.fromiter(vals.keys(), dtype=int)
+                out[f"{c.property}@{c.oracle or 'any'}"] = (idx, np.fromiter(vals.values(), dtype=float), c.min, c.max)
+        return out
+
     def _rank_by_acquisition(self, passed, k, index, X, observations, rng):
         label_oracle = self._label_oracle(OracleInfo("", (), 0, 0.0), observations)
         train_idx, y = self._labels(label_oracle, observations, index)
@@ -225,18 +241,29 @@ class DefaultAgent:
             if n_afford <= 0:
                 rationale["tiers"][o.name] = {"reason": "budget exhausted"}
                 continue
-            sel = select_batch(
-                X,
-                train_idx,
-                y,
-                n_afford,
-                cfg.goal,
-                exclude=exclude,
-                surrogate=cfg.surrogate,
-                acquisition=cfg.acquisition,
-                rng=rng,
-                pending_idx=pend,
-            )
+            constraint_labels = self._constraint_labels(observations, index)
+            has_failures = bool(np.isnan(y).any()) if len(y) else False
+            if (constraint_labels or has_failures) and cfg.acquisition.kind not in ("ucb", "thompson"):
+                # unknown constraints (oracle failures) and known ones (e.g. stability) weight the acquisition
+                from .constraints import select_constrained
+
+                sel = select_constrained(
+                    X, train_idx, y, n_afford, cfg.goal, constraint_labels=constraint_labels or None,
+                    exclude=exclude, surrogate=cfg.surrogate, acquisition=cfg.acquisition, rng=rng, pending_idx=pend,
+                )
+            else:
+                sel = select_batch(
+                    X,
+                    train_idx,
+                    y,
+                    n_afford,
+                    cfg.goal,
+                    exclude=exclude,
+                    surrogate=cfg.surrogate,
+                    acquisition=cfg.acquisition,
+                    rng=rng,
+                    pending_idx=pend,
+                )
             chosen = []
             for k, i in enumerate(sel.indices):
                 cand = candidates[int(i)]

@@ -64,6 +64,12 @@ class MultiFidelitySettings(BaseModel):
     components: int = Field(
         1, ge=1, le=4, description="mtgp: 1 = ICM (one data kernel); >1 = LCM with this many (data kernel, task covariance) terms"
     )
+    point_term: bool = Field(
+        False,
+        description="mtgp: add a term that links the fidelities' labels of the same candidate only, "
+        "k = 1{x = x'} B_point: the part of a label that the features cannot explain (polymorph, "
+        "structure) but that the fidelities share, so a cheap label informs the top value of that candidate",
+    )
     smfgp_prior: Literal["dim_scaled", "botorch"] = Field(
         "dim_scaled",
         description="smfgp lengthscale priors: 'dim_scaled' = the LogNormal prior scaled by sqrt(d) that the "
@@ -149,6 +155,8 @@ class MultiFidelityGP:
                 task = model.covar_module.kernels[1]
                 task.covar_factor = torch.ones_like(task.covar_factor)
                 task.var = torch.full_like(task.var, 0.1)
+            if s.point_term:
+                model.covar_module = _with_point_term(model.covar_module, d, M).to(train_X)
             return model
         from botorch.models import SingleTaskMultiFidelityGP
 
@@ -159,12 +167,27 @@ class MultiFidelityGP:
             model.covar_module = _ltf_kernel_dim_scaled(d).to(train_X)
         return model
 
-    def _fit_subset(self, fidelity: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-        """Indices of a fidelity-balanced subset of at most ``max_fit_points`` labels, or None."""
+    def _fit_subset(self, fidelity: np.ndarray, rng: np.random.Generator, X: np.ndarray | None = None) -> np.ndarray | None:
+        """Indices of a fidelity-balanced subset of at most ``max_fit_points`` labels, or None.
+
+        Each fidelity gets an equal share (unused shares go to the others). With ``X``,
+        labels of candidates already chosen at a higher fidelity come first, so that the
+        subset holds the same candidates at several fidelities (which is what identifies
+        the inter-fidelity covariance).
+        """
         n, cap = len(fidelity), self.settings.max_fit_points
         if n <= cap:
             return None
         groups = [rng.permutation(np.flatnonzero(fidelity == m)) for m in range(self.n_fidelities)]
+        if X is not None:
+            keys = [np.asarray(r).tobytes() for r in np.asarray(X, dtype=float)]
+            share = cap // self.n_fidelities
+            chosen: set = set()
+            for m in reversed(range(self.n_fidelities)):
+                g = groups[m]
+                paired = np.array([keys[i] in chosen for i in g], dtype=bool)
+                groups[m] = np.concatenate([g[paired], g[~paired]])
+                chosen.update(keys[i] for i in groups[m][:share])
         take = [0] * len(groups)
         left = cap
         # water-fill: every fidelity gets an equal share, the unused share goes to the others
@@ -248,7 +271,7 @@ class MultiFidelityGP:
         self._train_yvar = yvar
 
         rng = np.random.default_rng(self.seed)
-        sub = self._fit_subset(fidelity, rng)
+        sub = self._fit_subset(fidelity, rng, X)
         self.fit_info = {
             "kind": self.settings.kind,
             "n_train": int(len(y)),
@@ -473,6 +496,31 @@ def _load_hyperparameters(model, source, skip_likelihood: bool) -> None:
     if set(state) != target:
         raise RuntimeError(f"hyperparameters do not match the model: {sorted(set(state) ^ target)[:5]}")
     model.load_state_dict(state, strict=False)
+
+
+def _same_input_kernel(active_dims):
+    """``k(x, x') = 1`` when every feature of ``x`` and ``x'`` is equal, else 0 (no hyperparameters)."""
+    from gpytorch.kernels import Kernel
+
+    class _SameInput(Kernel):
+        has_lengthscale = False
+
+        def forward(self, x1, x2, diag=False, last_dim_is_batch=False, **params):
+            if diag:
+                return ((x1 - x2).abs().amax(-1) <= 1e-12).to(x1.dtype)
+            return (torch.cdist(x1, x2, p=float("inf")) <= 1e-12).to(x1.dtype)
+
+    return _SameInput(active_dims=active_dims)
+
+
+def _with_point_term(covar_module, d: int, M: int):
+    """``covar_module + 1{x = x'} B_point``, with a free task covariance ``B_point``."""
+    from gpytorch.kernels import AdditiveKernel, IndexKernel, ProductKernel
+
+    task = IndexKernel(num_tasks=M, rank=M, active_dims=[d])
+    task.covar_factor.data.fill_(0.5)  # start correlated: B = 0.25 11^T + 0.05 I
+    task.var = torch.full_like(task.var, 0.05)
+    return AdditiveKernel(covar_module, ProductKernel(_same_input_kernel(list(range(d))), task))
 
 
 def _lcm_kernel(d: int, M: int, rank: int, components: int):

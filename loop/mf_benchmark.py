@@ -64,7 +64,7 @@ from matloop.loop.benchmark import deduplicate, good_mask, mean_ci, pool_feature
 from matloop.oracles.records import Candidate, InputError
 
 AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
-MODELS = ("mtgp", "mtgp_lcm2", "smfgp", "single", "single_pbe_feature")
+MODELS = ("mtgp", "mtgp_point", "mtgp_lcm2", "smfgp", "single", "single_pbe_feature", "pbe_linear")
 PBE_COLUMNS = {"mp": "pbe_gap_mp_eV", "aflow": "pbe_gap_aflow_eV"}
 CHEAP, TOP = 0, 1
 
@@ -174,6 +174,11 @@ def _predict_model(name: str, pool: MFPool, top_idx: np.ndarray, test: np.ndarra
     """Mean and predictive variance of the experimental gap at ``test`` for model ``name``."""
     X, y = pool.X, pool.y
     N = len(X)
+    if name == "pbe_linear":  # least-squares top = a * cheap + b on the candidates with both labels
+        A = np.column_stack([y[top_idx, CHEAP], np.ones(len(top_idx))])
+        coef, *_ = np.linalg.lstsq(A, y[top_idx, TOP], rcond=None)
+        resid = y[top_idx, TOP] - A @ coef
+        return coef[0] * y[test, CHEAP] + coef[1], np.full(len(test), resid.var(ddof=2))
     if name in ("single", "single_pbe_feature"):
         Xf = X if name == "single" else np.column_stack([X, y[:, CHEAP]])
         g = GPSurrogate(SurrogateSettings(max_fit_points=max_fit_points), bounds=_bounds(Xf), seed=seed)
@@ -182,6 +187,7 @@ def _predict_model(name: str, pool: MFPool, top_idx: np.ndarray, test: np.ndarra
         return mu, sd**2 + g.noise_variance()
     settings = {
         "mtgp": MultiFidelitySettings(kind="mtgp", max_fit_points=max_fit_points),
+        "mtgp_point": MultiFidelitySettings(kind="mtgp", point_term=True, max_fit_points=max_fit_points),
         "mtgp_lcm2": MultiFidelitySettings(kind="mtgp", components=2, max_fit_points=max_fit_points),
         "smfgp": MultiFidelitySettings(kind="smfgp", max_fit_points=max_fit_points),
         "smfgp_botorch_prior": MultiFidelitySettings(kind="smfgp", smfgp_prior="botorch", max_fit_points=max_fit_points),

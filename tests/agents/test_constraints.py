@@ -31,7 +31,7 @@ def _region_data(n=60, d=2, seed=0):
 @pytest.mark.parametrize("kind", ["gp", "rf"])
 def test_failure_classifier_learns_region(kind):
     X, failed = _region_data()
-    clf = FailureClassifier(FailureClassifierSettings(kind=kind), bounds=np.array([[0.0, 0.0], [1.0, 1.0]]))
+    clf = FailureClassifier(FailureClassifierSettings(kind=kind, n_trees=50), bounds=np.array([[0.0, 0.0], [1.0, 1.0]]))
     clf.fit(X, failed)
     assert clf.mode == kind
     p = clf.prob_success(np.array([[0.2, 0.5], [0.9, 0.5], [0.2, 0.1], [0.9, 0.9]]))
