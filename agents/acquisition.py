@@ -49,6 +49,7 @@ __all__ = [
     "log_expected_improvement",
     "log_window_probability",
     "pool_bounds",
+    "rank_warp",
 ]
 
 
@@ -202,6 +203,38 @@ def log_window_probability(mean: np.ndarray, std: np.ndarray, lo: float, hi: flo
     return np.where(np.isfinite(out), out, -np.inf)
 
 
+def rank_warp(t: np.ndarray):
+    """Gaussian copula of ``t`` (``n``): normal scores ``Phi^-1((rank - 1/2) / n)``, ties averaged.
+
+    Returns:
+        the warped values (``n``) and ``unwarp(mean, std)`` mapping model means back by
+        piecewise-linear interpolation over the labelled pairs (linear beyond the ends) and
+        stds by the local slope.
+    """
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    t = np.asarray(t, dtype=float)
+    z = ndtri((rankdata(t) - 0.5) / len(t))
+    zs, idx = np.unique(z, return_index=True)
+    ts = t[idx]
+    if len(zs) < 2:
+        return z, None
+
+    def unwarp(m, s):
+        m = np.asarray(m, dtype=float)
+        lo_slope = (ts[1] - ts[0]) / (zs[1] - zs[0])
+        hi_slope = (ts[-1] - ts[-2]) / (zs[-1] - zs[-2])
+        out = np.interp(m, zs, ts)
+        out = np.where(m < zs[0], ts[0] + (m - zs[0]) * lo_slope, out)
+        out = np.where(m > zs[-1], ts[-1] + (m - zs[-1]) * hi_slope, out)
+        k = np.clip(np.searchsorted(zs, m), 1, len(zs) - 1)
+        slope = (ts[k] - ts[k - 1]) / (zs[k] - zs[k - 1])
+        return out, np.abs(slope) * np.asarray(s, dtype=float)
+
+    return z, unwarp
+
+
 def pool_bounds(X_pool: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
     """``2 x d`` column-wise min and max of the pool, streamed in chunks."""
     lo = np.full(X_pool.shape[1], np.inf)
@@ -348,6 +381,9 @@ def select_batch(
     window_direct = goal.kind == "window" and kind == "window"
     target = y if window_direct else goal.score(y)
     sign = -1.0 if goal.kind == "min" and not window_direct else 1.0  # model units -> property units
+    unwarp = None
+    if surrogate.warp == "rank" and not window_direct:
+        target, unwarp = rank_warp(target)
     t_fit = time.perf_counter()
     if surrogate.kind == "gp" and surrogate.pca_variance is not None:
         X_pool = fit_pca(X_pool, surrogate.pca_variance, acquisition.chunk_size)
@@ -433,11 +469,14 @@ def select_batch(
         "batch": info.pop("seconds_batch"),
         "total": time.perf_counter() - t0,
     }
+    m_out, s_out = mean[chosen], std[chosen]
+    if unwarp is not None:
+        m_out, s_out = unwarp(m_out, s_out)
     return Selection(
         indices=available[chosen].astype(int),
         acquisition=score[chosen],
-        mean=sign * mean[chosen],
-        std=std[chosen],
+        mean=sign * m_out,
+        std=s_out,
         info=info,
     )
 

@@ -42,6 +42,12 @@ class SurrogateSettings(BaseModel):
         "(the posterior still conditions on all of them): the marginal-likelihood fit is O(n^3) per step",
     )
     fit_maxiter: int = Field(100, ge=1, description="L-BFGS iterations for the GP hyperparameter fit")
+    warp: Literal["none", "rank"] = Field(
+        "none",
+        description="max/min goals: 'rank' fits the model to normal scores of the labels' ranks "
+        "(a Gaussian copula, monotone, so the ordering is kept); reported means are mapped back by "
+        "piecewise-linear interpolation",
+    )
     pca_variance: float | None = Field(
         None,
         gt=0.0,

@@ -225,6 +225,7 @@ class Campaign:
         """
         handles: dict[str, list] = {}
         results: list[Observation] = []
+        self._share_phases(store, oracles)
         for r in requests:
             oracle = oracles[r.oracle]
             cached = store.cached_observation(r.candidate.id, oracle.version)
@@ -373,6 +374,17 @@ class Campaign:
         if b.iterations is not None and len(store.iterations("agent")) >= b.iterations:
             return f"iteration budget reached ({b.iterations})"
         return None
+
+    def _share_phases(self, store: Store, oracles: dict) -> None:
+        """Give ML oracles every phase the campaign computed with them, for their convex hulls."""
+        for name, o in oracles.items():
+            if not hasattr(o, "observe_phases"):
+                continue
+            cands = {c.id: c for c in store.candidates()}
+            phases = [(cands[ob.candidate_id].formula, ob.properties["energy_ev_per_atom"])
+                      for ob in store.observations(oracle=name)
+                      if ob.ok and "energy_ev_per_atom" in ob.properties and ob.candidate_id in cands]
+            o.observe_phases(phases)
 
     def _setup_oracles(self, oracles: dict, candidates: list[Candidate]) -> None:
         """Oracle set-up hooks (e.g. elemental references); a failure is logged, not fatal:

@@ -528,12 +528,23 @@ class ChgnetOracle(Oracle):
     def reference_entries(self) -> list[ReferenceEntry]:
         """Entries from ``references`` (path relative to ``base_dir`` if given) and ``extra_entries``."""
         out = list(self.settings.extra_entries)
+        # phases this campaign has already computed with the same model (see observe_phases)
+        out += [ReferenceEntry(formula=f, energy_ev_per_atom=e) for f, e in getattr(self, "campaign_phases", [])]
         if self.settings.references:
             p = Path(self.settings.references)
             if not p.is_absolute() and self.base_dir is not None:
                 p = self.base_dir / p
             out += load_reference_entries(p)
         return out
+
+    def observe_phases(self, phases: list[tuple[str, float]]) -> None:
+        """Phases known to the campaign (formula, energy per atom from this oracle's model).
+
+        They join the convex hull of later evaluations, so ``e_above_hull_ev_per_atom`` is
+        measured against every phase the campaign has computed so far, not only the
+        elemental references. Called by the loop before each submission.
+        """
+        self.campaign_phases = [(str(f), float(e)) for f, e in phases]
 
     def chemical_potentials(self, elements: Iterable[str]) -> tuple[dict[str, float], dict[str, dict]]:
         """Per-element chemical potentials (eV/atom): the lower of the built-in reference and

@@ -72,6 +72,21 @@ def test_log_window_probability_by_hand():
     assert log_window_probability(np.array([0.0]), np.array([1.0]), 1.0, math.inf)[0] == pytest.approx(log_ndtr(-1.0))
 
 
+def test_rank_warp_by_hand():
+    from matloop.agents.acquisition import rank_warp
+
+    t = np.array([3.0, 1.0, 2.0, 2.0, 10.0])
+    z, unwarp = rank_warp(t)
+    # ranks 4, 1, 2.5, 2.5, 5 -> Phi^-1 of 0.7, 0.1, 0.4, 0.4, 0.9
+    np.testing.assert_allclose(z, [0.5244005, -1.2815516, -0.2533471, -0.2533471, 1.2815516], atol=1e-7)
+    m, s = unwarp(z, np.zeros(5))
+    np.testing.assert_allclose(m, t)
+    # beyond the top label: linear with the last slope (10 - 3) / (1.2815516 - 0.5244005)
+    m, s = unwarp(np.array([1.2815516 + 0.1]), np.array([0.1]))
+    np.testing.assert_allclose(m, 10 + 0.1 * 7 / 0.7571511, rtol=1e-6)
+    np.testing.assert_allclose(s, 0.1 * 7 / 0.7571511, rtol=1e-6)
+
+
 def test_pool_bounds_streams():
     X = np.arange(12.0).reshape(6, 2)
     np.testing.assert_array_equal(pool_bounds(X, chunk_size=4), [[0, 1], [10, 11]])

@@ -224,3 +224,14 @@ def test_sevennet_shares_the_code_path(cache_dir):
     assert abs(obs.properties["formation_energy_ev_per_atom"] - MP_NACL) < 0.3
     assert "sevennet" in obs.extra["model"]
     assert oracle.version.startswith("sevennet-")
+
+
+def test_campaign_phases_join_the_hull(cache_dir, nacl_obs):
+    """Phases the campaign computed earlier are on the hull of later evaluations (and survive pickling)."""
+    o = ChgnetOracle("chgnet", settings={"cache_dir": str(cache_dir)})
+    lower = nacl_obs.properties["energy_ev_per_atom"] - 0.15
+    o.observe_phases([("NaCl", lower)])
+    o = pickle.loads(pickle.dumps(o))
+    obs = o.run(request(rocksalt("Na", "Cl", 5.64)))
+    assert obs.ok, obs.reason
+    assert obs.properties["e_above_hull_ev_per_atom"] == pytest.approx(0.15, abs=0.02)
