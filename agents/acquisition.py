@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.special import erfcx, log_ndtr
+from scipy.special import erfcx, log_ndtr, ndtr
 
 from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, fit_pca, make_surrogate
 from matloop.oracles.records import InputError
@@ -50,6 +50,7 @@ __all__ = [
     "log_window_probability",
     "pool_bounds",
     "rank_warp",
+    "top_threshold",
 ]
 
 
@@ -121,13 +122,25 @@ class AcquisitionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["auto", "logei", "qlognei", "ucb", "thompson", "window"] = Field(
+    kind: Literal["auto", "logei", "qlognei", "ucb", "thompson", "window", "ptop"] = Field(
         "auto",
         description="acquisition: 'auto' = qlognei for max/min goals and window for window goals; "
-        "logei/qlognei/ucb/thompson on a window goal act on the score -distance to the window",
+        "logei/qlognei/ucb/thompson on a window goal act on the score -distance to the window; "
+        "'ptop' = probability of lying in the top 'top_fraction' of the pool (threshold estimated "
+        "from the posterior predictive mixture over the pool and the labels)",
+    )
+    top_fraction: float = Field(
+        0.01, gt=0.0, lt=1.0, description="for kind 'ptop': the fraction of the pool counted as top"
     )
     beta: float = Field(
         4.0, ge=0.0, description="UCB exploration weight in botorch's convention: mean + sqrt(beta) * std"
+    )
+    beta_spread: float = Field(
+        1.0,
+        ge=1.0,
+        description="UCB batches (believer): slot i of q uses beta * spread^(i/(q-1) - 1/2), from "
+        "beta/sqrt(spread) (exploit, picked first) to beta*sqrt(spread) (explore); 1 = one beta. "
+        "A hedge: every batch both refines the best region and probes uncertain ones",
     )
     shortlist: int = Field(500, ge=1, description="top candidates by the pool score passed to batch selection")
     chunk_size: int = Field(16384, ge=1, description="candidates per chunk when scoring the pool")
@@ -398,6 +411,7 @@ def select_batch(
 
     # ---- 2. score the pool (closed form, streamed)
     t_score = time.perf_counter()
+    order_score = None
     mean = np.empty(len(available))
     std = np.empty(len(available))
     cs = acquisition.chunk_size
@@ -411,7 +425,18 @@ def select_batch(
     if kind in ("logei", "qlognei"):
         score = log_expected_improvement(mean, std, best_f)
     elif kind in ("ucb", "thompson"):
+        betas = _slot_betas(acquisition, q)
         score = mean + math.sqrt(acquisition.beta) * std
+        if betas[-1] != betas[0]:  # shortlist: best of the most and the least exploring slot
+            order_score = np.maximum(
+                _rank01(mean + math.sqrt(betas[0]) * std), _rank01(mean + math.sqrt(betas[-1]) * std)
+            )
+    elif kind == "ptop":
+        noise = model.noise_variance() if isinstance(model, GPSurrogate) else 0.0
+        s_pred = np.sqrt(std**2 + noise)
+        best_f = top_threshold(mean, s_pred, target, acquisition.top_fraction)
+        info["top_threshold"] = float(sign * best_f) if unwarp is None else float(sign * unwarp([best_f], [0])[0][0])
+        score = log_ndtr((mean - best_f) / s_pred)
     else:  # window
         score = log_window_probability(mean, std, goal.lo, goal.hi)
     info["seconds_score"] = time.perf_counter() - t_score
@@ -419,8 +444,9 @@ def select_batch(
     # ---- 3. batch on the shortlist
     t_batch = time.perf_counter()
     K = int(min(acquisition.shortlist, len(available)))
-    short = np.argpartition(-score, K - 1)[:K] if K < len(available) else np.arange(len(available))
-    short = short[np.argsort(-score[short], kind="stable")]
+    osc = score if order_score is None else order_score
+    short = np.argpartition(-osc, K - 1)[:K] if K < len(available) else np.arange(len(available))
+    short = short[np.argsort(-osc[short], kind="stable")]
     info["shortlist_size"] = int(K)
     X_short_np = np.asarray(X_pool[available[short]], dtype=float)
     if isinstance(model, RandomForestSurrogate):
@@ -453,11 +479,14 @@ def select_batch(
         info["batch_rule"] = "top-q window probability (maximises the expected number of hits)"
     elif acquisition.batch == "believer":
         pick, batch_values = _believer_batch(
-            model, X_short_np, np.asarray(X_pool[pending_idx], dtype=float), q, kind, best_f, acquisition.beta
+            model, X_short_np, np.asarray(X_pool[pending_idx], dtype=float), q, kind, best_f,
+            _slot_betas(acquisition, q),
         )
         info["batch_rule"] = f"sequential greedy {kind} with kriging-believer fantasies on the shortlist"
     else:
-        pick, batch_values = _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng)
+        pick, batch_values = _gp_batch(
+            model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng, best_f
+        )
         info["batch_rule"] = f"sequential greedy MC {kind} on the shortlist, pending as X_pending"
     info["batch_values"] = [float(v) for v in batch_values]
     info["mean_units"] = "property" if (window_direct or goal.kind != "window") else "score (-distance to window)"
@@ -481,7 +510,47 @@ def select_batch(
     )
 
 
-def _believer_batch(model, X_short, X_pend, q, kind, best_f, beta):
+def top_threshold(mean: np.ndarray, std: np.ndarray, observed: np.ndarray, fraction: float) -> float:
+    """Value ``t`` such that a ``fraction`` of the pool is expected to lie above it.
+
+    The unlabelled candidates contribute ``P(y_i > t) = Phi((mean_i - t) / std_i)`` (``m``
+    each) and the labelled ones their observed values (``n``); solved by bisection.
+    """
+    mean, std = np.asarray(mean, float), np.maximum(np.asarray(std, float), 1e-12)
+    observed = np.asarray(observed, float)
+    n_total = len(mean) + len(observed)
+    target = fraction * n_total
+
+    def expected_above(t):
+        return float(np.sum(ndtr((mean - t) / std)) + np.sum(observed > t))
+
+    lo = float(min(np.min(mean - 12 * std), np.min(observed, initial=np.inf)))
+    hi = float(max(np.max(mean + 12 * std), np.max(observed, initial=-np.inf)))
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if expected_above(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _slot_betas(acquisition: AcquisitionSettings, q: int) -> np.ndarray:
+    """UCB beta of each batch slot (``q``), geometric from exploit to explore."""
+    if q <= 1 or acquisition.beta_spread == 1.0:
+        return np.full(max(q, 1), acquisition.beta)
+    e = np.linspace(-0.5, 0.5, q)
+    return acquisition.beta * acquisition.beta_spread**e
+
+
+def _rank01(a: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (``n``), to merge two scores into one shortlist order."""
+    r = np.empty(len(a))
+    r[np.argsort(a, kind="stable")] = np.arange(len(a))
+    return r / max(len(a) - 1, 1)
+
+
+def _believer_batch(model, X_short, X_pend, q, kind, best_f, betas):
     """Greedy picks on the shortlist (``K x d``) with kriging-believer conditioning.
 
     Pending points (``P x d``) are conditioned in first. Each conditioning on point ``j`` is
@@ -507,9 +576,14 @@ def _believer_batch(model, X_short, X_pend, q, kind, best_f, beta):
             best_f = max(best_f, float(mu[j]))
     taken = np.zeros(len(X_short), dtype=bool)
     picks, values = [], []
-    for _ in range(q):
+    for i in range(q):
         m, sd = mu[P:], np.sqrt(np.clip(np.diag(S)[P:], 1e-12, None))
-        a = log_expected_improvement(m, sd, best_f) if ei else m + math.sqrt(beta) * sd
+        if ei:
+            a = log_expected_improvement(m, sd, best_f)
+        elif kind == "ptop":  # best_f is the top threshold here
+            a = log_ndtr((m - best_f) / np.sqrt(sd**2 + noise))
+        else:
+            a = m + math.sqrt(betas[i]) * sd
         a[taken] = -np.inf
         j = int(np.argmax(a))
         picks.append(j)
@@ -521,7 +595,7 @@ def _believer_batch(model, X_short, X_pend, q, kind, best_f, beta):
     return np.asarray(picks, dtype=int), np.asarray(values)
 
 
-def _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng):
+def _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng, threshold):
     from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
     from botorch.acquisition.monte_carlo import qSimpleRegret, qUpperConfidenceBound
     from botorch.sampling import SobolQMCNormalSampler
@@ -541,8 +615,9 @@ def _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal,
             )
         elif kind == "ucb":
             acqf = qUpperConfidenceBound(gp, beta=acquisition.beta, sampler=sampler)
-        else:
+        else:  # window, or ptop: the window (threshold, inf)
+            lo, hi = (goal.lo, goal.hi) if kind == "window" else (threshold, math.inf)
             tau = 1e-2 * float(np.std(target) + 1e-12)
-            acqf = qSimpleRegret(gp, sampler=sampler, objective=_window_objective(goal.lo, goal.hi, tau))
+            acqf = qSimpleRegret(gp, sampler=sampler, objective=_window_objective(lo, hi, tau))
         X_short = torch.as_tensor(X_short_np, dtype=dt)
         return _greedy_mc(acqf, X_short, q, X_pending)

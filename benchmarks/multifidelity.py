@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     # models
     p.add_argument("--fractions", default="0.1,0.25,0.5")
     p.add_argument("--splits", type=int, default=5)
-    p.add_argument("--models", default="mtgp,mtgp_lcm2,smfgp,single,single_pbe_feature")
+    p.add_argument("--models", default=None, help="comma-separated (default: all of mf_benchmark.MODELS)")
     p.add_argument("--max-fit-points", type=int, default=400)
     # campaign
     p.add_argument("--budget", type=float, default=3000.0)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(a.threads)
     from matloop.agents.multifidelity import MultiFidelitySettings
-    from matloop.loop.mf_benchmark import compare_models, load_bandgap_pool, run_mf_benchmark
+    from matloop.loop.mf_benchmark import MODELS, compare_models, load_bandgap_pool, run_mf_benchmark
 
     pool = load_bandgap_pool(a.csv, a.goal, pbe_source=a.pbe_source, n_components=a.components, max_pool=a.max_pool)
     if a.part == "models":
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
             pool,
             fractions=[float(x) for x in a.fractions.split(",")],
             splits=a.splits,
-            models=[m for m in a.models.split(",") if m],
+            models=[m for m in a.models.split(",") if m] if a.models else MODELS,
             max_fit_points=a.max_fit_points,
         )
         if not a.json:

@@ -87,6 +87,22 @@ def test_rank_warp_by_hand():
     np.testing.assert_allclose(s, 0.1 * 7 / 0.7571511, rtol=1e-6)
 
 
+def test_top_threshold_by_hand():
+    from matloop.agents.acquisition import top_threshold
+
+    # four N(0, 1) candidates: P(y > 1) = 0.158655 each, so 15.8655 % of the pool lies above 1
+    assert top_threshold(np.zeros(4), np.ones(4), np.array([]), 0.158655) == pytest.approx(1.0, abs=1e-5)
+    # labels at 5 and 6 above four N(0, 1) candidates: 2 of 6 lie above any t just below 5
+    t = top_threshold(np.zeros(4), np.ones(4), np.array([5.0, 6.0]), 1 / 3)
+    assert t == pytest.approx(5.0, abs=1e-6)
+
+
+def test_slot_betas_are_geometric_from_exploit_to_explore():
+    a = AcquisitionSettings(kind="ucb", beta=1.0, beta_spread=16.0)
+    np.testing.assert_allclose(acq._slot_betas(a, 5), [0.25, 0.5, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(acq._slot_betas(AcquisitionSettings(beta=2.0), 3), [2.0, 2.0, 2.0])
+
+
 def test_pool_bounds_streams():
     X = np.arange(12.0).reshape(6, 2)
     np.testing.assert_array_equal(pool_bounds(X, chunk_size=4), [[0, 1], [10, 11]])
@@ -183,7 +199,7 @@ def test_window_goal_picks_inside_the_window():
     assert np.all((y[sel.indices] > 0.58) & (y[sel.indices] < 0.72))
 
 
-@pytest.mark.parametrize("kind", ["logei", "qlognei", "ucb", "thompson", "auto"])
+@pytest.mark.parametrize("kind", ["logei", "qlognei", "ucb", "thompson", "auto", "ptop"])
 @pytest.mark.parametrize("batch", ["believer", "mc"])
 def test_batches_are_valid_and_reproducible(kind, batch):
     rng = np.random.default_rng(5)
@@ -191,7 +207,7 @@ def test_batches_are_valid_and_reproducible(kind, batch):
     y = np.sin(3 * X[:, 0]) + X[:, 1]
     goal = Goal("window", 0.5, 1.0) if kind == "auto" else Goal("max")
     tr, pend, exc = np.arange(0, 40), np.array([50, 51, 52]), np.array([60, 61])
-    a = AcquisitionSettings(kind=kind, batch=batch, shortlist=50, mc_samples=64)
+    a = AcquisitionSettings(kind=kind, batch=batch, shortlist=50, mc_samples=64, beta_spread=4.0)
     s1 = select_batch(X, tr, y[tr], 6, goal, exclude=exc, acquisition=a, rng=np.random.default_rng(1), pending_idx=pend)
     s2 = select_batch(X, tr, y[tr], 6, goal, exclude=exc, acquisition=a, rng=np.random.default_rng(1), pending_idx=pend)
     assert len(s1.indices) == 6 and len(set(s1.indices.tolist())) == 6
