@@ -124,7 +124,8 @@ class AcquisitionSettings(BaseModel):
 
     kind: Literal["auto", "logei", "qlognei", "ucb", "thompson", "window", "ptop"] = Field(
         "auto",
-        description="acquisition: 'auto' = qlognei for max/min goals and window for window goals; "
+        description="acquisition: 'auto' = ucb for max/min goals (the best of logei, qlognei, ucb, "
+        "thompson and ptop on the JCAP OER retrospective benchmarks) and window for window goals; "
         "logei/qlognei/ucb/thompson on a window goal act on the score -distance to the window; "
         "'ptop' = probability of lying in the top 'top_fraction' of the pool (threshold estimated "
         "from the posterior predictive mixture over the pool and the labels)",
@@ -133,7 +134,7 @@ class AcquisitionSettings(BaseModel):
         0.01, gt=0.0, lt=1.0, description="for kind 'ptop': the fraction of the pool counted as top"
     )
     beta: float = Field(
-        4.0, ge=0.0, description="UCB exploration weight in botorch's convention: mean + sqrt(beta) * std"
+        1.0, ge=0.0, description="UCB exploration weight in botorch's convention: mean + sqrt(beta) * std"
     )
     beta_spread: float = Field(
         1.0,
@@ -150,14 +151,20 @@ class AcquisitionSettings(BaseModel):
         description="random picks until this many candidates are labelled or pending "
         "(and always while fewer than 2 labels exist)",
     )
-    batch: Literal["believer", "mc"] = Field(
+    batch: Literal["believer", "mc", "topq"] = Field(
         "believer",
         description="how a GP builds the q-batch on the shortlist: 'believer' = the closed-form "
         "acquisition with kriging-believer conditioning on each pick and on pending points (one "
         "joint posterior over the shortlist, milliseconds); 'mc' = botorch Monte-Carlo qLogEI / "
-        "qLogNEI / qUCB / window qSimpleRegret by sequential greedy with X_pending (seconds)",
+        "qLogNEI / qUCB / window qSimpleRegret by sequential greedy with X_pending (seconds); "
+        "'topq' = the q best pool scores, no conditioning (pending points only excluded)",
     )
     mc_samples: int = Field(256, ge=16, description="quasi-Monte-Carlo samples for batch='mc'")
+    pool_precision: Literal["float32", "float64"] = Field(
+        "float32",
+        description="GP posterior precision when screening the whole pool; the shortlist is always "
+        "re-scored in float64 before the batch is chosen",
+    )
 
 
 @dataclass
@@ -262,7 +269,7 @@ def pool_bounds(X_pool: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
 def _resolve_kind(goal: Goal, acquisition: AcquisitionSettings) -> str:
     kind = acquisition.kind
     if kind == "auto":
-        return "window" if goal.kind == "window" else "qlognei"
+        return "window" if goal.kind == "window" else "ucb"
     if kind == "window" and goal.kind != "window":
         raise ValueError(f"acquisition 'window' needs a window goal, got {goal}")
     return kind
@@ -415,30 +422,39 @@ def select_batch(
     mean = np.empty(len(available))
     std = np.empty(len(available))
     cs = acquisition.chunk_size
+    gp_model = isinstance(model, GPSurrogate)
     for a in range(0, len(available), cs):
-        mean[a : a + cs], std[a : a + cs] = model.predict(X_pool[available[a : a + cs]])
+        chunk = X_pool[available[a : a + cs]]
+        if gp_model:
+            mean[a : a + cs], std[a : a + cs] = model.predict(chunk, precision=acquisition.pool_precision)
+        else:
+            mean[a : a + cs], std[a : a + cs] = model.predict(chunk)
     best_f = float("nan")
     if kind == "logei":
         best_f = float(np.max(target))
     elif kind == "qlognei":  # noisy incumbent: the best posterior mean among the labelled
         best_f = float(np.max(model.predict(np.asarray(X_pool[tr], dtype=float))[0]))
-    if kind in ("logei", "qlognei"):
-        score = log_expected_improvement(mean, std, best_f)
-    elif kind in ("ucb", "thompson"):
+    noise = model.noise_variance() if gp_model else 0.0
+    if kind == "ptop":
+        best_f = top_threshold(mean, np.sqrt(std**2 + noise), target, acquisition.top_fraction)
+        info["top_threshold"] = float(sign * best_f) if unwarp is None else float(sign * unwarp([best_f], [0])[0][0])
+
+    def pool_score(mean, std):
+        if kind in ("logei", "qlognei"):
+            return log_expected_improvement(mean, std, best_f)
+        if kind in ("ucb", "thompson"):
+            return mean + math.sqrt(acquisition.beta) * std
+        if kind == "ptop":
+            return log_ndtr((mean - best_f) / np.sqrt(std**2 + noise))
+        return log_window_probability(mean, std, goal.lo, goal.hi)
+
+    score = pool_score(mean, std)
+    if kind in ("ucb", "thompson"):
         betas = _slot_betas(acquisition, q)
-        score = mean + math.sqrt(acquisition.beta) * std
         if betas[-1] != betas[0]:  # shortlist: best of the most and the least exploring slot
             order_score = np.maximum(
                 _rank01(mean + math.sqrt(betas[0]) * std), _rank01(mean + math.sqrt(betas[-1]) * std)
             )
-    elif kind == "ptop":
-        noise = model.noise_variance() if isinstance(model, GPSurrogate) else 0.0
-        s_pred = np.sqrt(std**2 + noise)
-        best_f = top_threshold(mean, s_pred, target, acquisition.top_fraction)
-        info["top_threshold"] = float(sign * best_f) if unwarp is None else float(sign * unwarp([best_f], [0])[0][0])
-        score = log_ndtr((mean - best_f) / s_pred)
-    else:  # window
-        score = log_window_probability(mean, std, goal.lo, goal.hi)
     info["seconds_score"] = time.perf_counter() - t_score
 
     # ---- 3. batch on the shortlist
@@ -449,6 +465,12 @@ def select_batch(
     short = short[np.argsort(-osc[short], kind="stable")]
     info["shortlist_size"] = int(K)
     X_short_np = np.asarray(X_pool[available[short]], dtype=float)
+    if gp_model and acquisition.pool_precision != "float64":  # exact numbers for the decision
+        mean[short], std[short] = model.predict(X_short_np)
+        score[short] = pool_score(mean[short], std[short])
+        if order_score is None:
+            o = np.argsort(-score[short], kind="stable")
+            short, X_short_np = short[o], X_short_np[o]
     if isinstance(model, RandomForestSurrogate):
         if kind == "thompson":
             P = model.tree_predictions(X_short_np)  # n_trees x K
@@ -473,10 +495,13 @@ def select_batch(
         pick = np.asarray(picks, dtype=int)
         batch_values = samples[np.arange(q), pick]
         info["batch_rule"] = "Thompson: argmax of one joint posterior sample on the shortlist per slot"
-    elif kind == "window" and window_direct and acquisition.batch == "believer":
-        pick = np.arange(q)  # shortlist is sorted by window log-probability
+    elif acquisition.batch == "topq" or (kind == "window" and window_direct and acquisition.batch == "believer"):
+        pick = np.arange(q)  # the shortlist is sorted by the pool score
         batch_values = score[short[pick]]
-        info["batch_rule"] = "top-q window probability (maximises the expected number of hits)"
+        info["batch_rule"] = (
+            f"top-q {kind} pool score"
+            + (" (maximises the expected number of hits)" if kind == "window" else ", no conditioning")
+        )
     elif acquisition.batch == "believer":
         pick, batch_values = _believer_batch(
             model, X_short_np, np.asarray(X_pool[pending_idx], dtype=float), q, kind, best_f,

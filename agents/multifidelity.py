@@ -84,7 +84,10 @@ class MultiFidelitySettings(BaseModel):
         None, ge=1, description="mtgp: rank of each task covariance's low-rank factor; None = number of fidelities"
     )
     components: int = Field(
-        1, ge=1, le=4, description="mtgp: 1 = ICM (one data kernel); >1 = LCM with this many (data kernel, task covariance) terms"
+        1,
+        ge=1,
+        le=4,
+        description="mtgp: 1 = ICM (one data kernel); >1 = LCM with this many (data kernel, task covariance) terms",
     )
     point_term: bool = Field(
         True,
@@ -189,7 +192,9 @@ class MultiFidelityGP:
             model.covar_module = _ltf_kernel_dim_scaled(d).to(train_X)
         return model
 
-    def _fit_subset(self, fidelity: np.ndarray, rng: np.random.Generator, X: np.ndarray | None = None) -> np.ndarray | None:
+    def _fit_subset(
+        self, fidelity: np.ndarray, rng: np.random.Generator, X: np.ndarray | None = None
+    ) -> np.ndarray | None:
         """Indices of a fidelity-balanced subset of at most ``max_fit_points`` labels, or None.
 
         Each fidelity gets an equal share (unused shares go to the others). With ``X``,
@@ -807,7 +812,8 @@ def choose_requests(
         for k in range(F):
             s2[:, k] = np.clip(cov_top_m[:, k] ** 2 / (var_m[:, k] + noise[k]), 0.0, var_top_now)
         lu = _log_utility(goal, mu_top, np.sqrt(var_y), best)
-        detail = {"log_u": lu, "s2": s2, "var_top": var_top, "t": np.zeros((len(mu_top), F)), "p": np.ones((len(mu_top), F))}
+        K_ = len(mu_top)
+        detail = {"log_u": lu, "s2": s2, "var_top": var_top, "t": np.zeros((K_, F)), "p": np.ones((K_, F))}
         S = np.empty((len(mu_top), F))
         if settings.criterion == "variance_per_cost":
             S[:] = s2 / c[None, :]
@@ -825,12 +831,11 @@ def choose_requests(
     for a in range(0, len(avail), cs):
         rows = avail[a : a + cs]
         mean, cov = model.predict_fidelities(X_pool[rows])
-        ci = [f for f in fids]
         S, detail = pair_scores(
             mean[:, top_fidelity],
             cov[:, top_fidelity, top_fidelity],
-            cov[:, top_fidelity, ci],
-            cov[:, ci, ci],
+            cov[:, top_fidelity, fids],
+            cov[:, fids, fids],  # each fidelity's own variance
         )
         if settings.criterion == "variance_per_cost":
             key[a : a + cs] = detail["log_u"]  # shortlist by top-fidelity acquisition
@@ -872,9 +877,8 @@ def choose_requests(
             break
         S = np.where(fits, S, -np.inf)
         r, k = np.unravel_index(int(np.argmax(S)), S.shape)
-        out.append(
-            FidelityRequest(int(short[r]), fids[k], float(S[r, k]), _rationale(settings, goal, fids, c, k, T, S[r], detail, r))
-        )
+        why = _rationale(settings, goal, fids, c, k, T, S[r], detail, r)
+        out.append(FidelityRequest(int(short[r]), fids[k], float(S[r, k]), why))
         spent += c[k]
         ok[r, :] = False
         Sig = condition(Sig, pos[r, k], noise[k])
@@ -893,8 +897,13 @@ def _rationale(settings, goal, fids, c, k, T, S_row, detail, r) -> str:
     per = "hits" if goal.kind == "window" else "improvement"
     if k == T:
         alt = max(range(T), key=lambda j: S_row[j]) if T else None
-        tail = f"; screening at fidelity {fids[alt]} would give {math.exp(S_row[alt]):.3g}" if alt is not None and np.isfinite(S_row[alt]) else ""
-        return f"confirm at fidelity {fids[k]} (cost {c[k]:g}): {u_name} {u:.3g}, {math.exp(S_row[k]):.3g} {per} per unit cost{tail}"
+        tail = ""
+        if alt is not None and np.isfinite(S_row[alt]):
+            tail = f"; screening at fidelity {fids[alt]} would give {math.exp(S_row[alt]):.3g}"
+        return (
+            f"confirm at fidelity {fids[k]} (cost {c[k]:g}): {u_name} {u:.3g}, "
+            f"{math.exp(S_row[k]):.3g} {per} per unit cost{tail}"
+        )
     return (
         f"screen at fidelity {fids[k]} (cost {c[k]:g}): {u_name} now {u:.3g}; the result explains {frac:.0%} of the "
         f"top-fidelity variance; screen-then-confirm earns {math.exp(S_row[k]):.3g} {per} per unit cost "

@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bandgap_expt_vs_pbe" / "bandgap_expt_vs_pbe.csv"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_CSV = SHARED_DATA / "bandgap_expt_vs_pbe" / "bandgap_expt_vs_pbe.csv"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--agents", default="single_fidelity,funnel,multi_fidelity")
     p.add_argument("--funnel-widen", default="0.7,0.2", help="PBE window = [lo - a, hi + b]")
+    p.add_argument("--funnel-batch", type=int, default=40, help="PBE candidates per funnel round")
     p.add_argument("--refit-every", type=int, default=3)
     p.add_argument("--model", default="mtgp", choices=["mtgp", "smfgp"])
     p.add_argument("--out", default=None)
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
             agents=[x for x in a.agents.split(",") if x],
             eval_cost=a.eval_cost,
             funnel_widen=widen,
+            funnel_batch=a.funnel_batch,
             model_settings=MultiFidelitySettings(kind=a.model),
             refit_every=a.refit_every,
             out_dir=a.out,

@@ -190,7 +190,9 @@ def _predict_model(name: str, pool: MFPool, top_idx: np.ndarray, test: np.ndarra
         "mtgp_point": MultiFidelitySettings(kind="mtgp", point_term=True, max_fit_points=max_fit_points),
         "mtgp_lcm2": MultiFidelitySettings(kind="mtgp", components=2, max_fit_points=max_fit_points),
         "smfgp": MultiFidelitySettings(kind="smfgp", max_fit_points=max_fit_points),
-        "smfgp_botorch_prior": MultiFidelitySettings(kind="smfgp", smfgp_prior="botorch", max_fit_points=max_fit_points),
+        "smfgp_botorch_prior": MultiFidelitySettings(
+            kind="smfgp", smfgp_prior="botorch", max_fit_points=max_fit_points
+        ),
     }[name]
     Xtr = np.vstack([X, X[top_idx]])
     fid = np.r_[np.full(N, CHEAP), np.full(len(top_idx), TOP)]
@@ -330,7 +332,9 @@ def _run_funnel(pool, costs, budget, round_cost, init_idx, rng, funnel_widen, fu
     return run, {"funnel_window": [window.lo, window.hi], "rounds": n_rounds}
 
 
-def _run_multi_fidelity(pool, costs, budget, round_cost, init_idx, rng, model_settings, choice_settings, refit_every, **_):
+def _run_multi_fidelity(
+    pool, costs, budget, round_cost, init_idx, rng, model_settings, choice_settings, refit_every, **_
+):
     run = _Run([], [])
     for i in init_idx:
         run.add(i, CHEAP)
@@ -426,7 +430,7 @@ def run_mf_benchmark(
     agents: Sequence[str] = ("single_fidelity", "funnel", "multi_fidelity"),
     eval_cost: float | None = None,
     funnel_widen: tuple[float, float] = (0.7, 0.2),
-    funnel_batch: int = 10,
+    funnel_batch: int = 40,
     model_settings: MultiFidelitySettings | None = None,
     refit_every: int = 3,
     out_dir: str | Path | None = None,
@@ -499,7 +503,10 @@ def run_mf_benchmark(
         c2h = [r["cost_to_half"] for r in rs]
         summary["agents"][name] = {
             "cost_to_half": {**mean_ci(c2h), "n_reached": sum(c is not None for c in c2h), "per_seed": c2h},
-            "recall_at_cost": {**mean_ci([r["recall_at_cost"] for r in rs]), "per_seed": [r["recall_at_cost"] for r in rs]},
+            "recall_at_cost": {
+                **mean_ci([r["recall_at_cost"] for r in rs]),
+                "per_seed": [r["recall_at_cost"] for r in rs],
+            },
             "evaluations": {f: float(np.mean([r["n_by_fidelity"][f] for r in rs])) for f in rs[0]["n_by_fidelity"]},
             "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
             "curve": [[float(c), float(v)] for c, v in zip(grid, np.mean([r["recall_curve"] for r in rs], axis=0))],

@@ -129,7 +129,7 @@ def test_believer_conditions_on_each_pick():
     # candidates 0 and 1 are perfectly correlated, 2 is independent; UCB = mean + std
     toy = _Toy([1.0, 0.99, 0.5], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
     X = np.arange(3.0)[:, None]
-    picks, vals = acq._believer_batch(toy, X, np.zeros((0, 1)), 2, "ucb", float("nan"), 1.0)
+    picks, vals = acq._believer_batch(toy, X, np.zeros((0, 1)), 2, "ucb", float("nan"), np.ones(2))
     # after 0 is fantasised, 1 has no variance left (UCB 0.99) and 2 keeps UCB 1.5
     assert picks.tolist() == [0, 2]
     np.testing.assert_allclose(vals, [2.0, 1.5], atol=1e-6)
@@ -138,7 +138,7 @@ def test_believer_conditions_on_each_pick():
 def test_believer_conditions_on_pending_points_first():
     toy = _Toy([1.0, 0.99, 0.5], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
     X_short = np.array([[1.0], [2.0]])
-    picks, _ = acq._believer_batch(toy, X_short, np.array([[0.0]]), 1, "ucb", float("nan"), 1.0)
+    picks, _ = acq._believer_batch(toy, X_short, np.array([[0.0]]), 1, "ucb", float("nan"), np.ones(1))
     assert picks.tolist() == [1]  # candidate 2: candidate 1 is covered by the pending 0
 
 

@@ -113,3 +113,15 @@ def test_pca_keeps_the_components_that_explain_the_variance():
     np.testing.assert_allclose(view.mean, X.mean(0))
     np.testing.assert_allclose(np.abs(view[:5][:, 0]), np.abs((X[:5] - X.mean(0)) @ view.components[:, 0]))
     assert fit_pca(X, 1.0).shape == (4000, 2)  # columns 1 and 2 are collinear: rank 2
+
+
+def test_float32_screening_is_close_to_float64():
+    X, y = _data(n=80)
+    gp = GPSurrogate()
+    gp.fit(X, y)
+    Xt = np.random.default_rng(6).uniform(-1.5, 1.5, (300, 3))
+    m64, s64 = gp.predict(Xt)
+    m32, s32 = gp.predict(Xt, precision="float32")
+    scale = y.std()
+    assert np.max(np.abs(m32 - m64)) < 1e-3 * scale
+    assert np.max(np.abs(s32 - s64)) < 1e-2 * scale

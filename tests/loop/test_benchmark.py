@@ -163,3 +163,25 @@ def test_bad_input_names_file_row_and_column(tmp_path, grid_csv):
         bm.benchmark_from_csv(grid_csv, "composition", "target", "max", strategies="random,bogus")
     with pytest.raises(InputError, match="good set is empty"):
         bm.run_benchmark(["Fe", "Ni"], np.array([0.0, 1.0]), "window:5:6", budget=2, init=1, log=lambda m: None)
+
+
+def test_benchmark_from_campaign_with_a_constraint(tmp_path):
+    rows = ["composition,gap,heat"]
+    gaps = [0.5, 1.2, 1.5, 1.9, 2.5, 1.4, 1.6, 3.0, 1.1, 0.0]
+    heats = [0.0, 0.1, 0.5, 0.2, 0.0, 0.3, 0.1, 0.0, 0.25, 0.0]
+    metals = ["Li", "Na", "K", "Rb", "Mg", "Ca", "Sr", "Ba", "Zn", "Cd"]
+    for m, g, h in zip(metals, gaps, heats):
+        rows.append(f"{m}O,{g},{h}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "c.yaml").write_text(
+        "name: tiny\nobjective: {property: gap_ev, goal: window, window: [1.0, 2.0]}\n"
+        "constraints: [{property: heat_ev, max: 0.2}]\n"
+        "sources: [{kind: file, settings: {path: t.csv, composition_column: composition}}]\n"
+        "oracles: [{name: t, kind: lookup, settings: {table: t.csv, key_column: composition, "
+        "columns: {gap_ev: gap, heat_ev: heat}}}]\n"
+        "batch_size: 2\nbudget: {evaluations: 6}\nstore: s.sqlite\n"
+    )
+    s = bm.benchmark_from_campaign(tmp_path / "c.yaml", seeds=2, strategies="random", init=2)
+    # both hold for NaO (1.2, 0.1), RbO (1.9, 0.2) and SrO (1.6, 0.1)
+    assert s["n_good"] == 3 and s["goal"] == "window:-inf:0"
+    assert s["budget"] == 6 and s["batch_size"] == 2 and s["dataset"] == "tiny"
