@@ -16,10 +16,12 @@ Gaussian process over (features, fidelity). Two botorch models sit behind it:
 * ``kind='smfgp'``: ``botorch.models.SingleTaskMultiFidelityGP`` with the fidelity as a
   data-fidelity feature ``s = m / (M - 1)`` in ``[0, 1]`` (``s = 1`` is the top) and its
   linear-truncated fidelity kernel (Wu et al. 2019): ``f(x, 1) = g0(x)`` and a lower
-  fidelity adds an independent bias ``(1 - s)^2 g1(x)``; one noise level for all fidelities.
+  fidelity adds an independent bias ``g1(x)`` with variance ``(1 - s)^2 (1 + s^2)^p``
+  relative to ``g0``'s; one noise level for all fidelities.
 
 Measured on the experimental-vs-PBE band-gap data (``python benchmarks/multifidelity.py
-models``: 1,118 formulas with both gaps, 30 principal components of the magpie features,
+models``: 1,118 formulas with both gaps, 30 principal components of the default matminer
+composition features (magpie, stoichiometry, valence orbitals),
 every PBE gap plus 10 / 25 / 50 % of the training formulas' experimental gaps, held-out
 experimental gap of 224 formulas, 5 splits; RMSE in eV / Gaussian NLL):
 
