@@ -3,22 +3,30 @@
 ``select_batch`` runs in three steps so that 10^5-10^6 candidates plan in seconds:
 
 1. **Fit** the surrogate on the labelled candidates (botorch ``SingleTaskGP`` with
-   ``Normalize``/``Standardize``, hyperparameters by marginal likelihood; or a random forest).
+   ``Normalize``/``Standardize``, hyperparameters by marginal likelihood on at most
+   ``max_fit_points`` labels; or a random forest).
 2. **Score the whole pool** with a closed-form acquisition computed from the posterior mean
-   and standard deviation only, streamed in chunks (never an ``N x N`` covariance):
-   LogEI, UCB, or for a window goal the log-probability of lying in ``[lo, hi]``.
-3. **Select the batch on a shortlist** (the top ``shortlist`` candidates by that score).
-   Default (``batch='believer'``): one joint posterior over shortlist + pending points, then
-   sequential greedy picks of the same closed-form acquisition, each pick (and first every
-   pending point) conditioned in as a kriging-believer fantasy (its value = its posterior
-   mean, so the incumbent may rise and nearby variances shrink). A window goal picks the
-   ``q`` highest probabilities of lying in the window: the expected number of hits of a
-   batch is the sum of its members' probabilities, so no conditioning is needed.
-   ``batch='mc'``: botorch's Monte-Carlo qLogEI / qLogNEI / qUCB / window ``qSimpleRegret``
-   (probability that at least one member lies in the window) by sequential greedy
-   conditioning as in ``botorch.optim.optimize_acqf_discrete``, returning pool indices, with
-   pending points as ``X_pending``. Thompson sampling draws one joint posterior sample on
-   the shortlist per batch slot. Random forests have no joint posterior: top-q by score.
+   and standard deviation only, streamed in chunks (never an ``N x N`` covariance; float32
+   for this screening): UCB on the goal score (the default; for a window goal the score is
+   minus the distance to the window), LogEI, the probability of lying in the top fraction
+   of the pool (``ptop``), or for a window goal the log-probability that the property
+   (modelled directly) lies in ``[lo, hi]`` (``window``; on a zero-inflated property such
+   as band gaps a GP predicts "in between" for uncertain metal-or-insulator candidates,
+   which is why it is not the default).
+3. **Select the batch on a shortlist** (the top ``shortlist`` candidates by that score,
+   re-scored in float64). Default (``batch='believer'``): one joint posterior over
+   shortlist + pending points, then sequential greedy picks of the same closed-form
+   acquisition, each pick (and first every pending point) conditioned in as a
+   kriging-believer fantasy (its value = its posterior mean, so nearby variances shrink and
+   the batch spreads out; for EI the incumbent may rise). A window goal picks the ``q``
+   highest probabilities of lying in the window: the expected number of hits of a batch is
+   the sum of its members' probabilities. ``batch='mc'``: botorch's Monte-Carlo qLogEI /
+   qLogNEI / qUCB / window ``qSimpleRegret`` (probability that at least one member lies in
+   the window) by sequential greedy conditioning as in
+   ``botorch.optim.optimize_acqf_discrete``, returning pool indices, with pending points as
+   ``X_pending``. ``batch='topq'``: the q best scores. Thompson sampling draws one joint
+   posterior sample on the shortlist per batch slot. Random forests have no joint
+   posterior: top-q by score.
 
 Running botorch's ``optimize_acqf_discrete`` directly on a 10^5 pool with q=8 took 392 s
 and 7 GB; steps 2 and 3 together take seconds (see ``benchmarks/planning.py``).
@@ -124,8 +132,9 @@ class AcquisitionSettings(BaseModel):
 
     kind: Literal["auto", "logei", "qlognei", "ucb", "thompson", "window", "ptop"] = Field(
         "auto",
-        description="acquisition: 'auto' = ucb for max/min goals (the best of logei, qlognei, ucb, "
-        "thompson and ptop on the JCAP OER retrospective benchmarks) and window for window goals; "
+        description="acquisition: 'auto' = ucb on the goal score (y, -y, or -distance to the window); "
+        "it beat logei, qlognei, thompson and ptop on the JCAP OER plates and, for windows, the "
+        "window probability on the experimental-gap, SuperCon and Castelli benchmarks; "
         "logei/qlognei/ucb/thompson on a window goal act on the score -distance to the window; "
         "'ptop' = probability of lying in the top 'top_fraction' of the pool (threshold estimated "
         "from the posterior predictive mixture over the pool and the labels)",
@@ -269,7 +278,7 @@ def pool_bounds(X_pool: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
 def _resolve_kind(goal: Goal, acquisition: AcquisitionSettings) -> str:
     kind = acquisition.kind
     if kind == "auto":
-        return "window" if goal.kind == "window" else "ucb"
+        return "ucb"
     if kind == "window" and goal.kind != "window":
         raise ValueError(f"acquisition 'window' needs a window goal, got {goal}")
     return kind

@@ -9,6 +9,9 @@ Definitions (``summary.json``):
 * **Deduplication.** Rows whose compositions normalise to the same fractional composition
   (element fractions rounded to 1e-6, i.e. the ``Candidate`` id; for integer formulas this
   is the pymatgen reduced formula, and ``Ni0.1Fe0.9`` equals ``NiFe9``) are one candidate.
+  When structures are given, rows are duplicates only when their structures hash equal
+  (``records.structure_hash``: formula, space group, volume per atom, neighbour distances),
+  so polymorphs and site-swapped perovskites stay distinct.
   The merged label is the best one for the goal: the largest ``Goal.score`` (max: the
   largest value; min: the smallest; window: the value inside or nearest to the window, ties
   inside broken by the distance to the window centre, or for a half-open window by the
@@ -122,9 +125,8 @@ def deduplicate(
     for i, c in enumerate(compositions):
         try:
             if structures is not None and structures[i] is not None:
-                s = structures[i]
-                cid = Candidate.from_composition(s.composition, source="benchmark").id
-                cands.append(Candidate(cid, s.composition.reduced_formula, str(c), s.as_dict(), "benchmark", {"row": i}))
+                base = Candidate.from_structure(structures[i], source="benchmark", provenance={"row": i})
+                cands.append(Candidate(base.id, base.formula, str(c), base.structure, "benchmark", base.provenance))
             else:
                 cands.append(Candidate.from_composition(str(c), source="benchmark", provenance={"row": i}))
             _check_elements(cands[-1].pmg_composition())

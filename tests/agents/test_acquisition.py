@@ -189,23 +189,25 @@ def test_min_goal_reports_means_in_property_units():
     assert np.all(sel.mean >= -0.01) and np.all(sel.mean < 0.03)  # -y = (x - 0.3)^2 near 0
 
 
-def test_window_goal_picks_inside_the_window():
+@pytest.mark.parametrize("kind", ["auto", "window"])
+def test_window_goal_picks_inside_the_window(kind):
     X, _ = _grid()
     y = X[:, 0].astype(float)  # target = x
     tr = np.arange(0, 201, 25)
-    sel = select_batch(X, tr, y[tr], 4, Goal("window", 0.61, 0.69), acquisition=AcquisitionSettings(init=0),
+    sel = select_batch(X, tr, y[tr], 4, Goal("window", 0.61, 0.69), acquisition=AcquisitionSettings(kind=kind, init=0),
                        rng=np.random.default_rng(0))
-    assert sel.info["acquisition"] == "window"
-    assert np.all((y[sel.indices] > 0.58) & (y[sel.indices] < 0.72))
+    # auto: UCB on -distance to the window; window: probability of the modelled x in the window
+    assert sel.info["acquisition"] == ("ucb" if kind == "auto" else "window")
+    assert np.all((y[sel.indices] > 0.56) & (y[sel.indices] < 0.74))
 
 
-@pytest.mark.parametrize("kind", ["logei", "qlognei", "ucb", "thompson", "auto", "ptop"])
+@pytest.mark.parametrize("kind", ["logei", "qlognei", "ucb", "thompson", "auto", "ptop", "window"])
 @pytest.mark.parametrize("batch", ["believer", "mc"])
 def test_batches_are_valid_and_reproducible(kind, batch):
     rng = np.random.default_rng(5)
     X = rng.uniform(-1, 1, (300, 4)).astype(np.float32)
     y = np.sin(3 * X[:, 0]) + X[:, 1]
-    goal = Goal("window", 0.5, 1.0) if kind == "auto" else Goal("max")
+    goal = Goal("window", 0.5, 1.0) if kind in ("auto", "window") else Goal("max")
     tr, pend, exc = np.arange(0, 40), np.array([50, 51, 52]), np.array([60, 61])
     a = AcquisitionSettings(kind=kind, batch=batch, shortlist=50, mc_samples=64, beta_spread=4.0)
     s1 = select_batch(X, tr, y[tr], 6, goal, exclude=exc, acquisition=a, rng=np.random.default_rng(1), pending_idx=pend)

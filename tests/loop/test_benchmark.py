@@ -85,6 +85,17 @@ def test_dedup_window_rule():
     assert p.targets.tolist() == [100.0]  # half-open window: the deepest inside
 
 
+def test_dedup_with_structures_keeps_polymorphs_apart():
+    from pymatgen.core import Lattice, Structure
+
+    coords = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    a = Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O", "O", "O"], coords)
+    b = Structure(Lattice.cubic(4.3), ["Ti", "Sr", "O", "O", "O"], coords)  # A/B sites swapped
+    p = bm.deduplicate(["SrTiO3"] * 3, np.array([1.0, 2.0, 3.0]), Goal("max"), structures=[a, b, a.copy()])
+    assert p.n_merged_duplicates == 1 and sorted(p.targets.tolist()) == [2.0, 3.0]
+    assert all(c.structure is not None for c in p.candidates)
+
+
 def test_dedup_names_the_bad_row():
     with pytest.raises(InputError, match="pool.csv row 2"):
         bm.deduplicate(["Fe2O3", "Fe2O3)("], np.array([1.0, 2.0]), Goal("max"), file="pool.csv")
