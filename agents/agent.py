@@ -4,6 +4,16 @@
 scores the whole pool in chunks, picks a batch on a shortlist (``select_batch``), and adds
 funnel promotions (cheap tier -> costly tier) by the oracles' promotion rules. It returns
 the requests together with a readable rationale that the loop writes to the store.
+
+Two other modes, chosen by the campaign:
+
+* **several objectives** (``AgentConfig.objectives``): one GP per objective, each on its
+  oracle's values, and a qLogNEHVI batch (``select_pareto``) weighted by the probabilities
+  of feasibility and of oracle success; the batch's candidates go to every entry oracle.
+  The rationale holds the current Pareto front (``pareto_summary``) and its hypervolume.
+* **multi-fidelity** (``AgentConfig.fidelity``): every oracle reporting the objective
+  property is a fidelity of one ``MultiFidelityGP``, and ``choose_requests`` picks
+  (candidate, oracle) pairs by expected top-fidelity utility per unit cost.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import numpy as np
 from matloop.oracles.records import Candidate, Observation, Request
 
 from .acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+from .multifidelity import ChoiceSettings, MultiFidelitySettings
 
 
 @dataclass
@@ -38,6 +49,31 @@ class Plan:
 
 
 @dataclass
+class ObjectiveInfo:
+    """One objective of a multi-objective campaign: a property, the oracle whose value counts, a goal."""
+
+    property: str
+    oracle: str
+    goal: Goal
+
+    def label(self, all_objectives: list[ObjectiveInfo]) -> str:
+        """The property name, or ``property@oracle`` where two objectives share a property."""
+        same = sum(1 for o in all_objectives if o.property == self.property)
+        return self.property if same == 1 else f"{self.property}@{self.oracle}"
+
+
+@dataclass
+class MultiFidelityConfig:
+    """``agent.fidelity`` with ``strategy: multi_fidelity``; ``oracles`` cheapest first, the last one counts."""
+
+    oracles: list[str]
+    model: MultiFidelitySettings = field(default_factory=lambda: MultiFidelitySettings())
+    choice: ChoiceSettings = field(default_factory=lambda: ChoiceSettings())
+    init: int = 3
+    pca_variance: float | None = None
+
+
+@dataclass
 class AgentConfig:
     goal: Goal
     objective_property: str
@@ -46,6 +82,8 @@ class AgentConfig:
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
     acquisition: AcquisitionSettings = field(default_factory=AcquisitionSettings)
     constraints: list = field(default_factory=list)  # spec Constraint objects
+    objectives: list[ObjectiveInfo] = field(default_factory=list)  # two or more: Pareto search
+    fidelity: MultiFidelityConfig | None = None  # None: funnel (promote rules)
 
 
 def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candidate:
@@ -164,6 +202,10 @@ class DefaultAgent:
             max_requests: remaining evaluations (all tiers); promotions count too.
         """
         cfg = self.config
+        if cfg.fidelity is not None:
+            return self._propose_multi_fidelity(
+                iteration, candidates, X, observations, requested, pending, q, rng, budget_left, max_requests
+            )
         index = {c.id: i for i, c in enumerate(candidates)}
         requests: list[Request] = []
         acq: dict[str, float] = {}
@@ -229,6 +271,15 @@ class DefaultAgent:
                 "promoted": chosen,
             }
 
+        if cfg.objectives:
+            expected_cost = self._pareto_batch(
+                iteration, candidates, X, observations, requested, pending, q, rng, left, max_requests,
+                index, requests, acq, rationale, expected_cost,
+            )
+            rationale["expected_cost"] = expected_cost
+            rationale["n_requests"] = len(requests)
+            return Plan(requests=requests, acquisition=acq, rationale=rationale, expected_cost=expected_cost)
+
         # 2. surrogate-ranked batch for each entry tier
         for o in self._entry_oracles():
             label_oracle = self._label_oracle(o, observations)
@@ -286,6 +337,267 @@ class DefaultAgent:
         rationale["expected_cost"] = expected_cost
         rationale["n_requests"] = len(requests)
         return Plan(requests=requests, acquisition=acq, rationale=rationale, expected_cost=expected_cost)
+
+    # -- several objectives ---------------------------------------------------------------------
+
+    def _pareto_batch(self, iteration, candidates, X, observations, requested, pending, q, rng, left, max_requests,
+                      index, requests, acq, rationale, expected_cost) -> float:
+        """Step 2 with several objectives: a qLogNEHVI batch, each pick requested at every entry oracle."""
+        from .multiobjective import select_pareto
+
+        cfg = self.config
+        entry = self._entry_oracles()
+        k = len(cfg.objectives)
+        rows: dict[str, list[float]] = {}
+        failed: set[str] = set()
+        for ob in observations:
+            if ob.candidate_id not in index:
+                continue
+            for j, o in enumerate(cfg.objectives):
+                if ob.oracle != o.oracle:
+                    continue
+                row = rows.setdefault(ob.candidate_id, [math.nan] * k)
+                v = ob.value(o.property) if ob.ok else None
+                if v is not None:
+                    row[j] = v
+                if not ob.ok:
+                    failed.add(ob.candidate_id)
+        train_idx = np.array([index[c] for c in rows], dtype=int)
+        Y = np.array(list(rows.values()), dtype=float).reshape(len(rows), k)
+        entry_names = {o.name for o in entry}
+        exclude = np.array(sorted({index[c] for (c, name) in requested if name in entry_names and c in index}), dtype=int)
+        pend = np.array(sorted({index[c] for (c, name) in pending if name in entry_names and c in index}), dtype=int)
+        unit_cost = sum(o.cost for o in entry)
+        n_afford = q if (unit_cost <= 0 or math.isinf(left)) else int(min(q, max(0, (left - expected_cost) // unit_cost)))
+        if max_requests is not None and entry:
+            n_afford = min(n_afford, max(0, (max_requests - len(requests)) // len(entry)))
+        tier = "+".join(o.name for o in entry) or "pareto"
+        rationale["pareto"] = pareto_summary(observations, {c.id: c.formula for c in candidates}, cfg.objectives,
+                                             cfg.constraints)
+        if n_afford <= 0 or not entry:
+            rationale["tiers"][tier] = {"reason": "budget exhausted" if entry else "every oracle has a promote rule"}
+            return expected_cost
+        log_w, weighting = self._feasibility_log_weights(X, observations, index, train_idx, failed, rng)
+        sel = select_pareto(
+            X, train_idx, Y, n_afford, [o.goal for o in cfg.objectives], exclude=exclude, rng=rng, pending_idx=pend,
+            shortlist=cfg.acquisition.shortlist, surrogate=cfg.surrogate, init=cfg.acquisition.init,
+            chunk_size=cfg.acquisition.chunk_size, log_weights=log_w,
+        )
+        sel.info.pop("pareto_indices", None)  # the front with ids and formulas is rationale['pareto']
+        sel.info.pop("pareto_values", None)
+        sel.info["constraints"] = weighting
+        sel.info["surrogate"] = f"{cfg.surrogate.kind} per objective"
+        labels = [o.label(cfg.objectives) for o in cfg.objectives]
+        chosen = []
+        for n, i in enumerate(sel.indices):
+            cand = candidates[int(i)]
+            a = _f(sel.acquisition[n]) if n < len(sel.acquisition) else None
+            for o in entry:
+                if (cand.id, o.name) in requested:
+                    continue
+                r = Request(Request.make_id(cand.id, o.name, iteration), cand, o.name, iteration)
+                requests.append(r)
+                acq[r.id] = a
+                expected_cost += o.cost
+            chosen.append({
+                "candidate": cand.id, "formula": cand.formula, "source": cand.source, "acquisition": a,
+                "predicted_mean": dict(zip(labels, (_f(m) for m in np.atleast_1d(sel.mean[n])))),
+                "predicted_std": dict(zip(labels, (_f(m) for m in np.atleast_1d(sel.std[n])))),
+            })
+        rationale["tiers"][tier] = {
+            "labels_from": {lab: o.oracle for lab, o in zip(labels, cfg.objectives)},
+            "selection": sel.info,
+            "chosen": chosen,
+        }
+        return expected_cost
+
+
+    def _feasibility_log_weights(self, X, observations, index, train_idx, failed, rng):
+        """``N`` log P(feasible) + log P(oracle success) over the pool, or None without constraints or failures."""
+        from .acquisition import pool_bounds
+        from .constraints import ConstraintModel, FailureClassifier
+
+        cfg = self.config
+        labels = self._constraint_labels(observations, index)
+        failed_idx = np.array(sorted(index[c] for c in failed), dtype=int)
+        if not labels and not len(failed_idx):
+            return None, {"weighting": "none: no constraints and no failures observed"}
+        bounds = pool_bounds(X)
+        N = X.shape[0]
+        log_w = np.zeros(N)
+        info: dict = {"weighting": "log P(feasible) + log P(success) added to log EHVI"}
+        cs = cfg.acquisition.chunk_size
+        if labels:
+            cm = ConstraintModel(cfg.surrogate, bounds=bounds, rng=rng)
+            cm.fit({name: (np.asarray(X[idx], dtype=float), v, lo, hi) for name, (idx, v, lo, hi) in labels.items()})
+            for a in range(0, N, cs):
+                log_w[a : a + cs] += cm.log_prob_feasible(np.asarray(X[a : a + cs], dtype=float))
+            info["constraint_model"] = cm.describe()
+        if len(failed_idx):
+            labelled = np.union1d(train_idx, failed_idx)
+            for idx, *_ in labels.values():
+                labelled = np.union1d(labelled, idx)
+            fc = FailureClassifier(None, bounds=bounds, rng=rng)
+            fc.fit(np.asarray(X[labelled], dtype=float), np.isin(labelled, failed_idx))
+            for a in range(0, N, cs):
+                log_w[a : a + cs] += fc.log_prob_success(np.asarray(X[a : a + cs], dtype=float))
+            info["failure_classifier"] = fc.describe()
+        return log_w, info
+
+    # -- multi-fidelity ---------------------------------------------------------------------------
+
+    def _propose_multi_fidelity(self, iteration, candidates, X, observations, requested, pending, q, rng,
+                                budget_left, max_requests) -> Plan:
+        """(candidate, oracle) requests from one ``MultiFidelityGP`` over every fidelity and ``choose_requests``.
+
+        Until ``init`` candidates have been requested at every fidelity (or while a fidelity
+        has fewer than 2 labels), random candidates are requested at every fidelity, cheapest
+        first. Then the model is refitted on every label of the objective property and
+        ``choose_requests`` fills the batch within ``q`` requests and the remaining cost.
+        """
+        from .acquisition import pool_bounds
+        from .multifidelity import MultiFidelityGP, choose_requests
+
+        cfg = self.config
+        mf = cfg.fidelity
+        prop = cfg.objective_property
+        level = {name: m for m, name in enumerate(mf.oracles)}
+        top = len(mf.oracles) - 1
+        cost_of = {o.name: o.cost for o in cfg.oracles}
+        costs = {level[n]: float(cost_of[n]) for n in mf.oracles}
+        index = {c.id: i for i, c in enumerate(candidates)}
+        left = math.inf if budget_left is None else float(budget_left)
+        n_max = q if max_requests is None else max(0, min(q, max_requests))
+        rationale: dict = {"iteration": iteration, "pool_size": len(candidates), "tiers": {},
+                           "fidelity": {"strategy": "multi_fidelity", "oracles": list(mf.oracles),
+                                        "costs": {n: cost_of[n] for n in mf.oracles}}}
+        idx, fid, y = [], [], []
+        for ob in observations:
+            if ob.ok and ob.oracle in level and ob.candidate_id in index and ob.value(prop) is not None:
+                idx.append(index[ob.candidate_id])
+                fid.append(level[ob.oracle])
+                y.append(ob.value(prop))
+        asked: dict[str, set[int]] = {}
+        for c, name in set(requested) | set(pending):
+            if name in level and c in index:
+                asked.setdefault(c, set()).add(level[name])
+        n_full = sum(1 for f in asked.values() if len(f) == len(level))
+        n_per_fid = np.bincount(np.asarray(fid, dtype=int), minlength=len(level))
+        picks: list[tuple[int, int, float, str, float | None, float | None]] = []  # index, fidelity, score, why, mean, std
+        if n_full < mf.init or n_per_fid.min() < 2:
+            reason = (f"random initial design: {n_full} of {mf.init} candidates requested at every fidelity"
+                      if n_full < mf.init else f"random: a fidelity has fewer than 2 labels ({n_per_fid.tolist()})")
+            fresh = [i for i in rng.permutation(len(candidates)) if candidates[i].id not in asked]
+            spent = 0.0
+            for i in fresh[: max(mf.init - n_full, 1)]:
+                for m in range(len(level)):
+                    if len(picks) >= n_max or spent + costs[m] > left + 1e-12:
+                        break
+                    picks.append((int(i), m, math.nan, reason, None, None))
+                    spent += costs[m]
+                else:
+                    continue
+                break
+            rationale["fidelity"]["selection"] = reason
+        else:
+            Xm = X
+            if mf.pca_variance is not None:
+                from .surrogates import fit_pca
+
+                Xm = fit_pca(X, mf.pca_variance)
+                rationale["fidelity"]["pca_components"] = int(Xm.shape[1])
+            model = MultiFidelityGP(mf.model, bounds=pool_bounds(Xm), seed=int(rng.integers(2**31 - 1)))
+            model.fit(Xm[np.asarray(idx, dtype=int)], np.asarray(fid), np.asarray(y), n_fidelities=len(level))
+            excl = {m: np.array([index[c] for (c, name) in requested if name == n and c in index], dtype=int)
+                    for n, m in level.items()}
+            pend = [(index[c], level[name]) for (c, name) in pending if name in level and c in index]
+            chosen = choose_requests(model, Xm, costs, top, cfg.goal, n_max, excl, rng, pend,
+                                     settings=mf.choice, max_cost=None if math.isinf(left) else left)
+            if chosen:
+                mean, std = model.predict(Xm[np.array([r.index for r in chosen])], top)
+                picks = [(r.index, r.fidelity, r.score, r.rationale, float(mu), float(sd))
+                         for r, mu, sd in zip(chosen, mean, std)]
+            rationale["fidelity"].update(
+                selection=f"choose_requests ({mf.choice.criterion}) on {mf.model.kind}", model=model.fit_info,
+                task_correlation=np.round(model.task_correlation(), 4).tolist(),
+            )
+        requests, acq, expected_cost = [], {}, 0.0
+        for i, m, score, why, mu, sd in picks:
+            cand, name = candidates[i], mf.oracles[m]
+            r = Request(Request.make_id(cand.id, name, iteration), cand, name, iteration)
+            requests.append(r)
+            acq[r.id] = _f(score)
+            expected_cost += costs[m]
+            tier = rationale["tiers"].setdefault(name, {"selection": {"reason": rationale["fidelity"]["selection"]},
+                                                         "chosen": []})
+            tier["chosen"].append({
+                "candidate": cand.id, "formula": cand.formula, "source": cand.source, "oracle": name, "fidelity": m,
+                "expected_cost": costs[m], "acquisition": _f(score), "predicted_mean": _f(mu), "predicted_std": _f(sd),
+                "rationale": why,
+            })
+        if not requests:
+            rationale["stop_reason"] = ("remaining budget below the cheapest fidelity's cost"
+                                        if left < min(costs.values()) else "no (candidate, fidelity) pair left to request")
+        rationale["expected_cost"] = expected_cost
+        rationale["n_requests"] = len(requests)
+        return Plan(requests=requests, acquisition=acq, rationale=rationale, expected_cost=expected_cost)
+
+
+
+def pareto_summary(observations: list[Observation], formulas: dict[str, str], objectives: list[ObjectiveInfo],
+                   constraints=()) -> dict:
+    """The current Pareto front of the labelled, feasible candidates, and its hypervolume.
+
+    A candidate counts once every objective has a value from its oracle and every
+    constraint is met (as for best-so-far). The hypervolume is in score space (each
+    objective maximised: the value, its negative, or minus the distance to a window)
+    against a reference point 10 % of each score's range below its worst labelled value.
+
+    Returns:
+        ``objectives``, ``n_labelled``, ``hypervolume``, ``ref_point_scores`` and ``front``:
+        one ``{candidate, formula, values: {objective label: value}}`` per front member.
+    """
+    from .multiobjective import hypervolume, pareto_front
+
+    k = len(objectives)
+    labels = [o.label(objectives) for o in objectives]
+    vals: dict[str, list[float]] = {}
+    per: dict[str, list[Observation]] = {}
+    for ob in observations:
+        if not ob.ok:
+            continue
+        per.setdefault(ob.candidate_id, []).append(ob)
+        for j, o in enumerate(objectives):
+            v = ob.value(o.property) if ob.oracle == o.oracle else None
+            if v is not None:
+                vals.setdefault(ob.candidate_id, [math.nan] * k)[j] = v
+
+    def feasible(cid):
+        for c in constraints:
+            got = [ob.value(c.property) for ob in per.get(cid, []) if (c.oracle is None or ob.oracle == c.oracle)
+                   and ob.value(c.property) is not None]
+            if not got or not c.satisfied(got[0]):
+                return False
+        return True
+
+    ids = [cid for cid, row in vals.items() if np.isfinite(row).all() and feasible(cid)]
+    out = {"objectives": [{"label": lab, "property": o.property, "oracle": o.oracle, "goal": str(o.goal)}
+                          for lab, o in zip(labels, objectives)],
+           "n_labelled": len(ids), "hypervolume": None, "ref_point_scores": None, "front": []}
+    if not ids:
+        return out
+    Y = np.array([vals[c] for c in ids], dtype=float)
+    S = np.column_stack([o.goal.score(Y[:, j]) for j, o in enumerate(objectives)])
+    mask = pareto_front(S, [True] * k)
+    # below the worst labelled score by 10 % of the range: only ever moves outward, so the
+    # hypervolume of successive iterations never decreases and can be compared
+    lo, hi = S.min(axis=0), S.max(axis=0)
+    ref = lo - 0.1 * np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
+    out["hypervolume"] = hypervolume(S, ref, [True] * k)
+    out["ref_point_scores"] = [float(r) for r in ref]
+    out["front"] = [{"candidate": c, "formula": formulas.get(c, c), "values": dict(zip(labels, map(float, Y[i])))}
+                    for i, c in enumerate(ids) if mask[i]]
+    return out
 
 
 def _f(x) -> float | None:

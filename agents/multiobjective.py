@@ -162,6 +162,7 @@ def select_pareto(
     mc_samples: int = 128,
     init: int = 2,
     chunk_size: int = 16384,
+    log_weights: np.ndarray | None = None,
 ) -> Selection:
     """Choose ``q`` pool candidates that are expected to grow the hypervolume the most.
 
@@ -183,6 +184,11 @@ def select_pareto(
         mc_samples: quasi-Monte-Carlo samples of qLogNEHVI.
         init: random picks while fewer candidates than this have all objectives labelled.
         chunk_size: candidates per chunk when scoring the pool.
+        log_weights: ``N`` log-probabilities per pool candidate (of being feasible and of
+            the oracle succeeding, as in ``constraints.select_constrained``), added to the
+            closed-form log EHVI of the screen and to each greedy step's qLogNEHVI (the
+            gain given the batch so far), so that a pick maximises ``P x EHVI``. None: no
+            weighting (``optimize_acqf_discrete``).
 
     Returns:
         The ``Selection``: ``acquisition`` holds the closed-form log EHVI of each pick,
@@ -203,7 +209,7 @@ def select_pareto(
         raise ValueError("select_pareto does not support pca_variance; project the features beforehand")
     N = X_pool.shape[0]
     train_idx = np.asarray(train_idx, dtype=int).reshape(-1)
-    Y_train = np.asarray(Y_train, dtype=float).reshape(len(train_idx), -1)
+    Y_train = np.asarray(Y_train, dtype=float).reshape(len(train_idx), -1 if len(train_idx) else k)
     if Y_train.shape[1] != k:
         raise ValueError(f"Y_train has {Y_train.shape[1]} columns for {k} objectives")
     pending_idx = np.zeros(0, dtype=int) if pending_idx is None else np.asarray(pending_idx, dtype=int).reshape(-1)
@@ -270,6 +276,12 @@ def select_pareto(
         for j, gp in enumerate(gps):
             mean[a : a + chunk_size, j], std[a : a + chunk_size, j] = gp.predict(Xc)
         score[a : a + chunk_size] = log_ehvi(mean[a : a + chunk_size], std[a : a + chunk_size], front_scores, ref)
+    if log_weights is not None:
+        log_weights = np.asarray(log_weights, dtype=float).reshape(-1)
+        if len(log_weights) != N:
+            raise ValueError(f"log_weights has {len(log_weights)} entries for a pool of {N}")
+        score = score + log_weights[available]
+        info["weighted"] = "log EHVI + log P(feasible) + log P(success)"
     t_score = time.perf_counter() - t_score
 
     # ---- 3. qLogNEHVI sequential greedy on the shortlist
@@ -286,6 +298,7 @@ def select_pareto(
         q,
         mc_samples,
         int(rng.integers(2**31 - 1)),
+        None if log_weights is None else log_weights[available[short]],
     )
     chosen = short[pick]
     info["shortlist_size"] = K
@@ -311,8 +324,12 @@ def select_pareto(
     )
 
 
-def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed):
-    """Greedy qLogNEHVI picks on the shortlist (``K x d``): positions and values."""
+def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log_w=None):
+    """Greedy qLogNEHVI picks on the shortlist (``K x d``): positions and values.
+
+    With ``log_w`` (``K``), each greedy step maximises ``log_w + qLogNEHVI`` where the
+    acquisition already counts earlier picks as pending (the gain given the batch so far).
+    """
     from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
     from botorch.models import ModelListGP
     from botorch.optim import optimize_acqf_discrete
@@ -333,6 +350,8 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed):
             prune_baseline=True,
             cache_root=True,
         )
+        if log_w is not None:
+            return _weighted_greedy(acqf, choices, X_pend, np.asarray(log_w, dtype=float), q)
         cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
     # map the returned rows back to shortlist positions (the first unused identical row)
     used = np.zeros(len(X_short), dtype=bool)
@@ -342,3 +361,21 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed):
         picks.append(int(hits[0]))
         used[hits[0]] = True
     return np.asarray(picks, dtype=int), values.reshape(-1).numpy()
+
+
+def _weighted_greedy(acqf, choices, X_pend, log_w, q):
+    """Sequential greedy like ``optimize_acqf_discrete``, each step on ``log_w + acqf``."""
+    base = None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE)
+    free = np.ones(len(choices), dtype=bool)
+    picks, values = [], []
+    for _ in range(min(q, len(choices))):
+        with torch.no_grad():
+            v = torch.cat([acqf(choices[a : a + 256].unsqueeze(-2)) for a in range(0, len(choices), 256)]).numpy()
+        s = np.where(free, v + log_w, -np.inf)
+        j = int(np.argmax(s))
+        picks.append(j)
+        values.append(float(s[j]))
+        free[j] = False
+        chosen = choices[picks]
+        acqf.set_X_pending(chosen if base is None else torch.cat([base, chosen]))
+    return np.asarray(picks, dtype=int), np.asarray(values)

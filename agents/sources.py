@@ -34,6 +34,11 @@ class FileSourceSettings(BaseModel):
     structure_column: str | None = Field(None, description="CSV column holding CIF text or a path to a structure file")
     on_bad_row: Literal["error", "skip"] = Field("error", description="error: stop naming the row; skip: drop and count")
     limit: int | None = Field(None, ge=1, description="read at most this many candidates")
+    require_columns: list[str] = Field(
+        default_factory=list,
+        description="CSV: leave out rows with an empty value in any of these columns (counted, not an error); defines "
+        "the pool, e.g. the formulas a table oracle covers, without the agent ever reading those values",
+    )
     max_atoms: int | None = Field(None, ge=1, description="skip structures with more sites than this (counted, not an error)")
     ordered_only: bool = Field(
         False, description="skip structures with partial occupancies (counted, not an error); ML and DFT tiers need ordered cells"
@@ -135,6 +140,13 @@ class FileSource:
                 raise InputError(f"column {col!r} not found; columns are {list(df.columns)}", file=str(p))
         if cc is None and sc is None:
             raise InputError("need composition_column or structure_column", file=str(p))
+        missing = [c for c in self.settings.require_columns if c not in df.columns]
+        if missing:
+            raise InputError(f"require_columns {missing} not found; columns are {list(df.columns)}", file=str(p))
+        if self.settings.require_columns:
+            keep = df[self.settings.require_columns].notna().all(axis=1)
+            log.info("%s: %d of %d rows have every column of require_columns", p, int(keep.sum()), len(df))
+            df = df[keep]
         for i, row in df.iterrows():
             where = f"row {i + 2}"  # 1-based with the header line
             prov = {"file": str(p), "row": int(i)}

@@ -105,12 +105,29 @@ def cmd_status(args) -> int:
         for o in fails[-10:]:
             f = cands.get(o.candidate_id)
             console.print(f"  {o.oracle} {f.formula if f else o.candidate_id}: {o.reason}")
+    front = store.get_meta("pareto_front")
+    if front:
+        hv = front.get("hypervolume")
+        labels = [o["label"] for o in front["objectives"]]
+        tp = Table(title=f"Pareto front: {len(front['front'])} of {front['n_labelled']} labelled feasible candidates, "
+                         f"hypervolume {_fmt(hv)} (score space)")
+        for col in ("candidate", "formula", *[f"{o['label']} ({o['goal']})" for o in front["objectives"]]):
+            tp.add_column(col)
+        for m in front["front"]:
+            tp.add_row(m["candidate"], m["formula"], *[_fmt(m["values"].get(lab)) for lab in labels])
+        console.print(tp)
     n_show = args.last
     if its and n_show:
         console.print(f"[bold]last {min(n_show, len(its))} plan(s)[/bold]:")
         for it in its[-n_show:]:
             r = it["rationale"]
             console.print(f"  iteration {it['idx']} ({it['status']}): pool {r.get('pool_size')}, expected cost {r.get('expected_cost')}")
+            if r.get("pareto"):
+                p = r["pareto"]
+                console.print(f"    Pareto front when planned: {len(p['front'])} of {p['n_labelled']}, hypervolume "
+                              f"{_fmt(p.get('hypervolume'))}: {', '.join(m['formula'] for m in p['front'][:10])}")
+            if r.get("fidelity", {}).get("strategy") == "multi_fidelity":
+                console.print(f"    multi-fidelity: {r['fidelity'].get('selection')}; costs {r['fidelity'].get('costs')}")
             for tier, info in (r.get("tiers") or {}).items():
                 if "chosen" in info:
                     sel = info.get("selection", {})
@@ -119,7 +136,10 @@ def cmd_status(args) -> int:
                     for c in info["chosen"][:10]:
                         console.print(
                             f"      {c['formula']:<16} acq={_fmt(c.get('acquisition'))} mean={_fmt(c.get('predicted_mean'))} std={_fmt(c.get('predicted_std'))}"
+                            + (f" cost={c['expected_cost']:g}" if c.get("expected_cost") is not None else "")
                         )
+                        if c.get("rationale"):
+                            console.print(f"        {c['rationale']}")
                 elif "promoted" in info:
                     console.print(f"    {tier}: promoted {len(info['promoted'])} of {info['passed']} passing {info['rule']}")
                 else:
@@ -129,13 +149,23 @@ def cmd_status(args) -> int:
 
 
 def _fmt(x) -> str:
+    if isinstance(x, dict):
+        return "(" + ", ".join(f"{k}={_fmt(v)}" for k, v in x.items()) + ")"
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3g}"
 
 
 def cmd_export(args) -> int:
     store = _open_store(args.store)
     rows = store.export_rows()
+    front = store.get_meta("pareto_front")
     store.close()
+    if front:
+        # several objectives: mark the observations that place a candidate on the final Pareto front
+        on_front = {m["candidate"] for m in front["front"]}
+        oracles = {o["oracle"] for o in front["objectives"]}
+        for r in rows:
+            r["pareto"] = int(r["candidate_id"] in on_front and r["oracle"] in oracles and r["status"] == "success"
+                               and r.get("arm", "agent") == "agent")
     out = open(args.out, "w") if args.out else sys.stdout
     try:
         if args.format == "json":
@@ -146,7 +176,7 @@ def cmd_export(args) -> int:
 
             props = sorted({p for r in rows for p in r["properties"]})
             fields = ["seq", "iteration", "arm", "candidate_id", "formula", "source", "oracle", "oracle_version", "fidelity",
-                      "status", "value", "cost", "wall_time_s", "reason"] + props
+                      "status", "value", "cost", "wall_time_s", "reason"] + (["pareto"] if front else []) + props
             w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             for r in rows:
@@ -352,6 +382,13 @@ def cmd_benchmark(args) -> int:
     from matloop.loop import benchmark as bm
 
     if args.file:
+        from .spec import load_campaign
+
+        spec = load_campaign(args.file)
+        if spec.objectives or spec.agent.fidelity.strategy != "funnel":
+            raise InputError("matloop benchmark replays single-objective campaigns with the funnel strategy; "
+                             "this one has objectives: or agent.fidelity.strategy: multi_fidelity "
+                             "(benchmarks/multifidelity.py benchmarks the multi-fidelity agent)", file=args.file)
         summary = bm.benchmark_from_campaign(args.file, out_dir=args.out, seeds=args.seeds, strategies=args.strategies,
                                              budget=args.budget, batch_size=args.batch_size, init=args.init,
                                              top_fraction=args.top_fraction)

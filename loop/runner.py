@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from matloop.agents.acquisition import AcquisitionSettings, SurrogateSettings
-from matloop.agents.agent import AgentConfig, DefaultAgent, OracleInfo, goal_from_objective
+from matloop.agents.agent import (
+    AgentConfig,
+    DefaultAgent,
+    MultiFidelityConfig,
+    ObjectiveInfo,
+    OracleInfo,
+    goal_from_objective,
+    pareto_summary,
+)
 from matloop.agents.features import FeaturePreprocessor, featurize
 from matloop.agents.sources import SOURCE_KINDS, make_source
 from matloop.oracles.records import Candidate, InputError, Observation, Request, Status
@@ -66,7 +74,7 @@ class Campaign:
         self.store_path = Path(store_path) if store_path else spec.resolve(spec.store)
         self.console = console
         self.quiet = quiet
-        self.goal = goal_from_objective(spec.objective)
+        self.goal = goal_from_objective(spec.primary_objective)  # best-so-far ranks by the (first) objective
         self.rng = np.random.default_rng(spec.seed)
 
     # -- output -------------------------------------------------------------------------------
@@ -203,16 +211,38 @@ class Campaign:
             infos.append(
                 OracleInfo(o.name, props, o.fidelity, o.cost, o.promote.model_dump() if o.promote else None)
             )
+        objectives = [ObjectiveInfo(o.property, self.spec.oracle_of(o).name, goal_from_objective(o))
+                      for o in self.spec.objectives or []]
+        fidelity = None
+        fs = self.spec.agent.fidelity
+        if fs.strategy == "multi_fidelity":
+            from matloop.agents.multifidelity import ChoiceSettings, MultiFidelitySettings
+
+            fidelity = MultiFidelityConfig(
+                oracles=[o.name for o in self.spec.fidelity_oracles()], model=MultiFidelitySettings(**fs.model),
+                choice=ChoiceSettings(**fs.choice), init=fs.init, pca_variance=fs.pca_variance,
+            )
         cfg = AgentConfig(
             goal=self.goal,
-            objective_property=self.spec.objective.property,
+            objective_property=self.spec.primary_objective.property,
             objective_oracle=self.spec.objective_oracle.name,
             oracles=infos,
             surrogate=SurrogateSettings(**self.spec.agent.surrogate),
             acquisition=AcquisitionSettings(**self.spec.agent.acquisition),
             constraints=self.spec.constraints,
+            objectives=objectives,
+            fidelity=fidelity,
         )
         return DefaultAgent(cfg)
+
+    def _pareto(self, store: Store, arm: str = "agent") -> dict | None:
+        """Several objectives: the current Pareto front of an arm (``pareto_summary``); None otherwise."""
+        if not self.spec.objectives:
+            return None
+        objectives = [ObjectiveInfo(o.property, self.spec.oracle_of(o).name, goal_from_objective(o))
+                      for o in self.spec.objectives]
+        formulas = {c.id: c.formula for c in store.candidates()}
+        return pareto_summary(store.observations(arm=arm), formulas, objectives, self.spec.constraints)
 
     # -- evaluation ---------------------------------------------------------------------------
     def _execute(self, store: Store, executor, oracles: dict, requests: list[Request]) -> list[Observation]:
@@ -419,7 +449,7 @@ class Campaign:
     # -- bookkeeping --------------------------------------------------------------------------
     def _objective_values(self, store: Store, arm: str, candidates_by_id: dict) -> list[tuple[str, float]]:
         """(candidate id, value) for successful, feasible objective observations of an arm."""
-        obj = self.spec.objective
+        obj = self.spec.primary_objective
         oname = self.spec.objective_oracle.name
         obs = store.observations(arm=arm)
         by_cand: dict[str, dict[str, Observation]] = {}
@@ -505,7 +535,10 @@ class Campaign:
             resumed = store.next_iteration() > 0
             self._say(("resuming" if resumed else "starting") + f" campaign {self.spec.name!r}, store {self.store_path}")
             self._load_pool(store)
-            store.set_meta("objective", self.spec.objective.model_dump(mode="json"))
+            store.set_meta("objective", self.spec.primary_objective.model_dump(mode="json"))
+            if self.spec.objectives:
+                store.set_meta("objectives", [dict(o.model_dump(mode="json"), oracle=self.spec.oracle_of(o).name)
+                                              for o in self.spec.objectives])
             self.pending_left = []
             generators = self._generators()
             if generators and not store.get_meta("generators_initialised"):
@@ -565,7 +598,7 @@ class Campaign:
                                      max_requests=left_evals)
                 plan.rationale["planning_seconds"] = time.perf_counter() - t_plan
                 if not plan.requests:
-                    stop_reason = "no candidates left to request"
+                    stop_reason = plan.rationale.get("stop_reason", "no candidates left to request")
                     break
                 store.start_iteration(idx, plan.rationale, plan.requests, plan.acquisition)
                 results = self._execute(store, executor, oracles, plan.requests)
@@ -578,8 +611,16 @@ class Campaign:
                 n_fail = sum(1 for r in results if not r.ok)
                 best = f"{res.best_value:.4g} ({res.best_formula})" if res.best_value is not None else "none yet"
                 budget_txt = f"/{self.spec.budget.cost:g}" if self.spec.budget.cost else ""
+                front = self._pareto(store)
+                if front is not None:
+                    store.set_meta("pareto_front", front)
+                    hv = front["hypervolume"]
+                    best = f"Pareto front {len(front['front'])} of {front['n_labelled']}" + (
+                        f", hypervolume {hv:.4g}" if hv is not None else "")
+                else:
+                    best = f"best {self.spec.objective.property} {best}"
                 self._say(
-                    f"iter {idx:3d} | {len(results)} evals ({n_fail} failed) | best {self.spec.objective.property} {best}"
+                    f"iter {idx:3d} | {len(results)} evals ({n_fail} failed) | {best}"
                     f" | spend {cost:g}{budget_txt} | plan {plan.rationale['planning_seconds']:.1f} s"
                 )
                 stop_reason = self._stop_rule(store, history)
@@ -599,6 +640,10 @@ class Campaign:
             }
             if getattr(self, "async_stats", None):
                 summary["async"] = dict(self.async_stats)
+            front = self._pareto(store)
+            if front is not None:
+                store.set_meta("pareto_front", front)
+                summary["pareto"] = front
             if self.spec.report.compare_random and not waiting:
                 summary["random"] = self._random_arm(store, executor, oracles, candidates).__dict__
                 self._print_comparison(summary)
@@ -635,9 +680,9 @@ class Campaign:
 
     def _print_comparison(self, summary: dict) -> None:
         a, r = summary["agent"], summary["random"]
-        prop = self.spec.objective.property
+        prop = self.spec.primary_objective.property
         self._say("")
-        self._say(f"summary: {self.spec.name} — objective {self.spec.objective.goal} {prop}")
+        self._say(f"summary: {self.spec.name} — objective {self.spec.primary_objective.goal} {prop}")
         self._say(f"  agent : best {a['best_value']} ({a['best_formula']}) after {a['evaluations']} evaluations")
         self._say(f"  random: best {r['best_value']} ({r['best_formula']}) after {r['evaluations']} evaluations (same pool, same budget)")
         if a["best_value"] is not None and r["best_value"] is not None:

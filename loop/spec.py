@@ -150,6 +150,30 @@ class ExecutorSpec(_Model):
     )
 
 
+class FidelitySpec(_Model):
+    """How the agent chooses which oracle (fidelity) measures a candidate."""
+
+    strategy: Literal["funnel", "multi_fidelity"] = Field(
+        "funnel",
+        description="funnel: entry oracles get surrogate-ranked batches, costlier ones are reached by promote rules; "
+        "multi_fidelity: every oracle reporting the objective property is a fidelity of one MultiFidelityGP and "
+        "choose_requests picks (candidate, oracle) pairs by expected top-fidelity utility per unit cost",
+    )
+    model: dict[str, Any] = Field(
+        default_factory=dict, description="multi_fidelity: MultiFidelitySettings (kind: mtgp | smfgp, point_term, ...)"
+    )
+    choice: dict[str, Any] = Field(
+        default_factory=dict, description="multi_fidelity: ChoiceSettings (criterion: hits_per_cost | variance_per_cost, ...)"
+    )
+    init: int = Field(
+        3, ge=2, description="multi_fidelity: random candidates measured at every fidelity before the model plans"
+    )
+    pca_variance: float | None = Field(
+        None, gt=0, le=1, description="multi_fidelity: project the features onto the principal components explaining "
+        "this fraction of their variance before the GP sees them (None = all features)"
+    )
+
+
 class AgentSpec(_Model):
     """How the agent picks: surrogate, acquisition, initial random picks."""
 
@@ -158,6 +182,7 @@ class AgentSpec(_Model):
         default_factory=dict,
         description="acquisition settings (kind: auto | qlognei | logei | ucb | thompson | window, init, beta, shortlist, ...)",
     )
+    fidelity: FidelitySpec = Field(default_factory=FidelitySpec, description="funnel (promote rules) or multi_fidelity")
 
 
 class GenerationSpec(_Model):
@@ -181,7 +206,10 @@ class CampaignSpec(_Model):
 
     name: str = Field(description="campaign name")
     seed: int = Field(0, description="seed of every random choice")
-    objective: Objective
+    objective: Objective | None = Field(None, description="what the campaign optimises (or objectives:)")
+    objectives: list[Objective] | None = Field(
+        None, min_length=2, description="two or more objectives: a Pareto search (qLogNEHVI); instead of objective"
+    )
     constraints: list[Constraint] = Field(default_factory=list, description="feasibility conditions")
     sources: list[SourceSpec] = Field(min_length=1, description="where candidates come from")
     features: FeatureSettings = Field(default_factory=FeatureSettings, description="featurizers")
@@ -207,8 +235,11 @@ class CampaignSpec(_Model):
     @model_validator(mode="after")
     def _references(self):
         names = {o.name for o in self.oracles}
-        if self.objective.oracle is not None and self.objective.oracle not in names:
+        if self.objective is not None and self.objective.oracle is not None and self.objective.oracle not in names:
             raise ValueError(f"objective.oracle {self.objective.oracle!r} is not one of the oracles {sorted(names)}")
+        for i, ob in enumerate(self.objectives or []):
+            if ob.oracle is not None and ob.oracle not in names:
+                raise ValueError(f"objectives[{i}].oracle {ob.oracle!r} is not one of the oracles {sorted(names)}")
         for i, c in enumerate(self.constraints):
             if c.oracle is not None and c.oracle not in names:
                 raise ValueError(f"constraints[{i}].oracle {c.oracle!r} is not one of the oracles {sorted(names)}")
@@ -227,10 +258,39 @@ class CampaignSpec(_Model):
         return (self.base_dir / p).resolve()
 
     @property
+    def multi_objective(self) -> bool:
+        return bool(self.objectives)
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        """Every objective: ``[objective]`` or ``objectives``."""
+        return list(self.objectives) if self.objectives else [self.objective]
+
+    @property
+    def primary_objective(self) -> Objective:
+        """``objective``, or ``objectives[0]`` (what best-so-far, the report and funnel top_k rank by)."""
+        return self.objectives[0] if self.objectives else self.objective
+
+    @property
     def objective_oracle(self) -> OracleSpec:
+        """The oracle whose value of the (primary) objective counts."""
+        if self.objectives:
+            return self.oracle_of(self.objectives[0])
         if self.objective.oracle:
             return next(o for o in self.oracles if o.name == self.objective.oracle)
         return max(self.oracles, key=lambda o: o.fidelity)
+
+    def oracle_of(self, objective: Objective) -> OracleSpec:
+        """``objective.oracle``, else the highest-fidelity oracle reporting its property (else the highest overall)."""
+        if objective.oracle:
+            return next(o for o in self.oracles if o.name == objective.oracle)
+        reporting = [o for o in self.oracles if objective.property in _properties_or_empty(o)]
+        return max(reporting or self.oracles, key=lambda o: o.fidelity)
+
+    def fidelity_oracles(self) -> list[OracleSpec]:
+        """multi_fidelity: the oracles reporting the objective property, cheapest fidelity first."""
+        prop = self.primary_objective.property
+        return sorted((o for o in self.oracles if prop in _properties_or_empty(o)), key=lambda o: o.fidelity)
 
 
 # -- loading with YAML paths and line numbers --------------------------------------------------
@@ -388,18 +448,105 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
                 loc = ("agent", section, *err["loc"])
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
                 problems.append(f"  {where(loc)}: {msg}")
-    obj_oracle = spec.objective_oracle
-    try:
-        props = _oracle_properties(obj_oracle)
-        if props and spec.objective.property not in props:
-            problems.append(
-                f"  {where(('objective', 'property'))}: oracle {obj_oracle.name!r} ({obj_oracle.kind}) does not report "
-                f"{spec.objective.property!r}; it reports {sorted(props)}"
-            )
-    except Exception:
-        pass
+    objective_problems = _check_objectives(spec, where)
+    problems += objective_problems
+    if (spec.objective is None) != (not spec.objectives):  # exactly one of objective / objectives
+        for loc, obj in _objective_locs(spec):
+            obj_oracle = spec.oracle_of(obj) if spec.objectives else spec.objective_oracle
+            try:
+                props = _oracle_properties(obj_oracle)
+                if props and obj.property not in props:
+                    problems.append(
+                        f"  {where((*loc, 'property'))}: oracle {obj_oracle.name!r} ({obj_oracle.kind}) does not report "
+                        f"{obj.property!r}; it reports {sorted(props)}"
+                    )
+            except Exception:
+                pass
+        problems += _check_fidelity(spec, where)
     if problems:
         raise InputError(f"{len(problems)} problem(s) in the campaign:\n" + "\n".join(problems), file=str(path))
+
+
+def _objective_locs(spec: CampaignSpec) -> list[tuple[tuple, Objective]]:
+    if spec.objectives:
+        return [(("objectives", i), o) for i, o in enumerate(spec.objectives)]
+    return [(("objective",), spec.objective)]
+
+
+def _check_objectives(spec: CampaignSpec, where) -> list[str]:
+    """Exactly one of objective/objectives; what a multi-objective campaign cannot use."""
+    if spec.objective is None and not spec.objectives:
+        return ["  objective (line 1): required key is missing (give objective: or objectives:)"]
+    if spec.objective is not None and spec.objectives:
+        return [f"  {where(('objectives',))}: give either objective or objectives, not both"]
+    if not spec.objectives:
+        return []
+    out = []
+    seen = set()
+    for i, o in enumerate(spec.objectives):
+        key = (o.property, spec.oracle_of(o).name)
+        if key in seen:
+            out.append(f"  {where(('objectives', i))}: {o.property!r} on {key[1]!r} appears twice")
+        seen.add(key)
+    for i, _ in enumerate(spec.stop):
+        out.append(f"  {where(('stop', i))}: stop rules need a single objective (not supported with objectives:)")
+    if spec.report.compare_random:
+        out.append(f"  {where(('report', 'compare_random'))}: the random comparison needs a single objective")
+    if spec.agent.surrogate.get("kind", "gp") != "gp":
+        out.append(f"  {where(('agent', 'surrogate', 'kind'))}: objectives: needs GP surrogates (qLogNEHVI)")
+    if spec.agent.surrogate.get("pca_variance") is not None:
+        out.append(f"  {where(('agent', 'surrogate', 'pca_variance'))}: not supported with objectives:")
+    return out
+
+
+def _check_fidelity(spec: CampaignSpec, where) -> list[str]:
+    """agent.fidelity: its settings, and the oracles a multi-fidelity campaign can use."""
+    from matloop.agents.multifidelity import ChoiceSettings, MultiFidelitySettings
+
+    fid = spec.agent.fidelity
+    out = []
+    for section, model in (("model", MultiFidelitySettings), ("choice", ChoiceSettings)):
+        try:
+            model.model_validate(getattr(fid, section))
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ("agent", "fidelity", section, *err["loc"])
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                out.append(f"  {where(loc)}: {msg}")
+    if fid.strategy != "multi_fidelity":
+        return out
+    here = ("agent", "fidelity", "strategy")
+    if spec.objectives:
+        return out + [f"  {where(here)}: multi_fidelity needs a single objective, not objectives:"]
+    prop = spec.objective.property
+    for i, o in enumerate(spec.oracles):
+        if o.promote is not None:
+            out.append(f"  {where(('oracles', i, 'promote'))}: promote rules are not used with agent.fidelity.strategy: "
+                       "multi_fidelity (the agent chooses each request's oracle); remove it or use strategy: funnel")
+    fids = spec.fidelity_oracles()
+    names = {o.name for o in fids}
+    for i, o in enumerate(spec.oracles):
+        if o.name not in names:
+            out.append(f"  {where(('oracles', i))}: oracle {o.name!r} does not report {prop!r}; with multi_fidelity "
+                       "every oracle must be a fidelity of the objective")
+        elif not o.cost > 0:
+            out.append(f"  {where(('oracles', i, 'cost'))}: multi_fidelity needs a positive cost per evaluation")
+    if len(fids) < 2:
+        out.append(f"  {where(here)}: multi_fidelity needs at least 2 oracles reporting {prop!r}, found {len(fids)}")
+    levels = [o.fidelity for o in fids]
+    if len(set(levels)) != len(levels):
+        out.append(f"  {where(here)}: the oracles reporting {prop!r} need distinct fidelity values, got {levels}")
+    if fids and spec.objective_oracle.name != fids[-1].name:
+        out.append(f"  {where(('objective', 'oracle'))}: with multi_fidelity the objective's oracle must be the "
+                   f"highest fidelity ({fids[-1].name!r})")
+    return out
+
+
+def _properties_or_empty(o: OracleSpec) -> set[str]:
+    try:
+        return _oracle_properties(o)
+    except Exception:
+        return set()
 
 
 def _oracle_properties(o: OracleSpec) -> set[str]:
