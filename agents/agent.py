@@ -387,7 +387,12 @@ class DefaultAgent:
         sel.info.pop("pareto_values", None)
         sel.info["constraints"] = weighting
         sel.info["surrogate"] = f"{cfg.surrogate.kind} per objective"
+        if "mean_units" in sel.info:
+            sel.info["mean_units_per_objective"] = sel.info["mean_units"]
+            sel.info["mean_units"] = sel.info["mean_units"][0]
         labels = [o.label(cfg.objectives) for o in cfg.objectives]
+        # select_pareto reports a window objective's prediction as its score, -distance to the window
+        mean_labels = [f"-distance({lab})" if o.goal.kind == "window" else lab for lab, o in zip(labels, cfg.objectives)]
         chosen = []
         for n, i in enumerate(sel.indices):
             cand = candidates[int(i)]
@@ -401,11 +406,15 @@ class DefaultAgent:
                 expected_cost += o.cost
             chosen.append({
                 "candidate": cand.id, "formula": cand.formula, "source": cand.source, "acquisition": a,
-                "predicted_mean": dict(zip(labels, (_f(m) for m in np.atleast_1d(sel.mean[n])))),
-                "predicted_std": dict(zip(labels, (_f(m) for m in np.atleast_1d(sel.std[n])))),
+                # scalars for the first objective (what the report's parity plot reads), all objectives beside
+                "predicted_mean": _f(np.atleast_1d(sel.mean[n])[0]),
+                "predicted_std": _f(np.atleast_1d(sel.std[n])[0]),
+                "predicted_means": dict(zip(mean_labels, (_f(m) for m in np.atleast_1d(sel.mean[n])))),
+                "predicted_stds": dict(zip(mean_labels, (_f(m) for m in np.atleast_1d(sel.std[n])))),
             })
         rationale["tiers"][tier] = {
-            "labels_from": {lab: o.oracle for lab, o in zip(labels, cfg.objectives)},
+            "labels_from": cfg.objectives[0].oracle,  # a name, as for one objective (the report counts them)
+            "objective_oracles": {lab: o.oracle for lab, o in zip(labels, cfg.objectives)},
             "selection": sel.info,
             "chosen": chosen,
         }
@@ -529,10 +538,11 @@ class DefaultAgent:
             acq[r.id] = _f(score)
             expected_cost += costs[m]
             tier = rationale["tiers"].setdefault(name, {"selection": {"reason": rationale["fidelity"]["selection"]},
-                                                         "chosen": []})
+                                                         "labels_from": mf.oracles[top], "chosen": []})
             tier["chosen"].append({
                 "candidate": cand.id, "formula": cand.formula, "source": cand.source, "oracle": name, "fidelity": m,
-                "expected_cost": costs[m], "acquisition": _f(score), "predicted_mean": _f(mu), "predicted_std": _f(sd),
+                "expected_cost": costs[m], "acquisition": _f(score),
+                "predicted_mean": _f(mu), "predicted_std": _f(sd),  # of the top fidelity
                 "rationale": why,
             })
         if not requests:

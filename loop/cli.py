@@ -135,7 +135,9 @@ def cmd_status(args) -> int:
                     console.print(f"    {tier}: {why}")
                     for c in info["chosen"][:10]:
                         console.print(
-                            f"      {c['formula']:<16} acq={_fmt(c.get('acquisition'))} mean={_fmt(c.get('predicted_mean'))} std={_fmt(c.get('predicted_std'))}"
+                            f"      {c['formula']:<16} acq={_fmt(c.get('acquisition'))} "
+                            f"mean={_fmt(c.get('predicted_means', c.get('predicted_mean')))} "
+                            f"std={_fmt(c.get('predicted_stds', c.get('predicted_std')))}"
                             + (f" cost={c['expected_cost']:g}" if c.get("expected_cost") is not None else "")
                         )
                         if c.get("rationale"):
