@@ -56,6 +56,11 @@ class SurrogateSettings(BaseModel):
         "the whole unlabelled pool) and keep the fewest that explain this fraction of the variance; "
         "None uses the features as given",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="GP only: where the float32 screening of the pool runs ('auto' = the GPU when "
+        "torch sees one). The hyperparameter fit and the float64 shortlist stay on the CPU",
+    )
 
 
 def _gamma_prior_moments(d: int) -> tuple[float, ...]:
@@ -276,15 +281,30 @@ class GPSurrogate:
                 }
         return self._cache
 
+    def screening_device(self) -> torch.device:
+        """The device of the float32 pool screening (``settings.device``; 'auto' = cuda if present)."""
+        dev = self.settings.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        if dev == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("surrogate device 'cuda' was asked for but torch sees no GPU")
+        return torch.device(dev)
+
     def _cache32(self) -> dict:
-        """float32 copies of the kernel module and the predictive cache, for pool screening."""
+        """float32 copies of the kernel module, the input scaling and the predictive cache on
+        the screening device, for pool screening."""
         cache = self._predictive_cache()
         if "covar32" not in cache:
             import copy
 
-            cache["covar32"] = copy.deepcopy(self.model.covar_module).float()
+            dev = self.screening_device()
+            cache["device"] = dev
+            cache["covar32"] = copy.deepcopy(self.model.covar_module).float().to(dev)
             for k in ("Xtr", "alpha", "LinvT", "c"):
-                cache[k + "32"] = cache[k].float()
+                cache[k + "32"] = cache[k].float().to(dev)
+            tf = self.model.input_transform  # Normalize: (x - offset) / coefficient
+            cache["offset32"] = tf._offset.reshape(-1).float().to(dev)
+            cache["coef32"] = tf._coefficient.reshape(-1).float().to(dev)
         return cache
 
     def predict(self, X: np.ndarray, precision: Literal["float64", "float32"] = "float64") -> tuple[np.ndarray, np.ndarray]:
@@ -317,17 +337,21 @@ class GPSurrogate:
         cs = self.settings.chunk_size
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if f32 and cache["device"].type == "cuda":
+                cs = max(cs, 131072)  # the GPU wants big chunks; 131072 x 500 floats = 256 MB
             for a in range(0, m, cs):
-                xb = gp.input_transform(torch.as_tensor(np.asarray(X[a : a + cs], dtype=float), dtype=_DTYPE))
                 if f32:
-                    xb = xb.float()
+                    xb = torch.as_tensor(np.asarray(X[a : a + cs], dtype=np.float32)).to(cache["device"])
+                    xb = (xb - cache["offset32"]) / cache["coef32"]
+                else:
+                    xb = gp.input_transform(torch.as_tensor(np.asarray(X[a : a + cs], dtype=float), dtype=_DTYPE))
                 Ks = kern(xb, cache["Xtr" + sfx]).to_dense()  # chunk x n
                 prior = kern(xb, diag=True)
                 mu = cache["c" + sfx] + Ks @ cache["alpha" + sfx]
                 v = Ks @ cache["LinvT" + sfx]
                 var = (prior - torch.linalg.vector_norm(v, dim=-1) ** 2).clamp_min(1e-12)
-                mean[a : a + cs] = (mu.double() * cache["ystd"] + cache["ymean"]).numpy()
-                std[a : a + cs] = (var.double().sqrt() * cache["ystd"]).numpy()
+                mean[a : a + cs] = (mu.double().cpu() * cache["ystd"] + cache["ymean"]).numpy()
+                std[a : a + cs] = (var.double().sqrt().cpu() * cache["ystd"]).numpy()
         return mean, std
 
     def joint(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

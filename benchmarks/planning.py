@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--baseline", action="store_true", help="also run optimize_acqf_discrete on the whole pool")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="where the float32 pool screening runs (auto: the GPU when torch sees one)",
+    )
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     a = p.parse_args(argv)
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     y = _objective(X[train]) + 0.05 * rng.standard_normal(a.observations)
     rest = np.setdiff1d(np.arange(a.pool_size), train)
     pending = rng.choice(rest, size=a.pending, replace=False) if a.pending else None
-    surrogate, acquisition = SurrogateSettings(), AcquisitionSettings()
+    surrogate, acquisition = SurrogateSettings(device=a.device), AcquisitionSettings()
     t0 = time.perf_counter()
     c0 = time.process_time()
     sel = select_batch(
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
         "acquisition": sel.info["acquisition"],
         "seconds_split": {k: round(v, 3) for k, v in sel.info["seconds"].items()},
         "peak_rss_gb": round(_peak_rss_gb(), 3),
+        "screening_device": sel.info.get("screening_device", "cpu"),
+        "gpu": torch.cuda.get_device_name(0) if sel.info.get("screening_device") == "cuda" else None,
         "baseline_seconds": None,
         "speedup_vs_baseline": None,
         "batch_overlap_with_baseline": None,

@@ -125,3 +125,28 @@ def test_float32_screening_is_close_to_float64():
     scale = y.std()
     assert np.max(np.abs(m32 - m64)) < 1e-3 * scale
     assert np.max(np.abs(s32 - s64)) < 1e-2 * scale
+
+
+def test_screening_device_auto_falls_back_to_cpu_and_cuda_is_checked():
+    X, y = _data()
+    gp = GPSurrogate(SurrogateSettings(device="auto"))
+    gp.fit(X, y)
+    assert gp.screening_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        gp = GPSurrogate(SurrogateSettings(device="cuda"))
+        gp.fit(X, y)
+        with pytest.raises(RuntimeError, match="no GPU"):
+            gp.predict(X, precision="float32")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_screening_equals_cpu_screening():
+    X, y = _data(n=80)
+    Xt = np.random.default_rng(7).uniform(-1.5, 1.5, (5000, 3)).astype(np.float32)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        gp = GPSurrogate(SurrogateSettings(device=dev))
+        gp.fit(X, y)
+        out[dev] = gp.predict(Xt, precision="float32")
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3 * y.std())
+    np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-2 * y.std())
