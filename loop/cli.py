@@ -387,10 +387,16 @@ def cmd_benchmark(args) -> int:
         from .spec import load_campaign
 
         spec = load_campaign(args.file)
-        if spec.objectives or spec.agent.fidelity.strategy != "funnel":
-            raise InputError("matloop benchmark replays single-objective campaigns with the funnel strategy; "
-                             "this one has objectives: or agent.fidelity.strategy: multi_fidelity "
-                             "(benchmarks/multifidelity.py benchmarks the multi-fidelity agent)", file=args.file)
+        if spec.objectives:
+            raise InputError("matloop benchmark replays single-objective campaigns; this one has objectives:",
+                             file=args.file, where="objectives")
+        if spec.agent.fidelity.strategy == "multi_fidelity":
+            from matloop.loop import mf_benchmark as mf
+
+            summary = mf.mf_benchmark_from_campaign(args.file, out_dir=args.out, seeds=args.seeds,
+                                                    strategies=args.strategies, budget=args.budget, init=args.init)
+            mf.print_mf_summary(summary)
+            return 0
         summary = bm.benchmark_from_campaign(args.file, out_dir=args.out, seeds=args.seeds, strategies=args.strategies,
                                              budget=args.budget, batch_size=args.batch_size, init=args.init,
                                              top_fraction=args.top_fraction)
@@ -399,6 +405,8 @@ def cmd_benchmark(args) -> int:
                                   ("--target-column", args.target_column), ("--goal", args.goal)) if not v]
         if missing:
             raise InputError(f"without a campaign FILE, these are required: {', '.join(missing)}", where="benchmark")
+        if args.cheap_column:
+            return _mf_benchmark_from_csv(args)
         summary = bm.benchmark_from_csv(
             args.dataset, args.composition_column, args.target_column, args.goal,
             top_fraction=args.top_fraction or 0.01, budget=args.budget or 200, batch_size=args.batch_size or 10,
@@ -406,6 +414,41 @@ def cmd_benchmark(args) -> int:
             strategies=args.strategies or "matloop,random,rf_ucb,greedy_rf", out_dir=args.out,
         )
     bm.print_summary(summary)
+    return 0
+
+
+def _mf_benchmark_from_csv(args) -> int:
+    """``--cheap-column``: a two-fidelity benchmark (cheap column vs target column) by cost."""
+    import pandas as pd
+
+    from matloop.loop import mf_benchmark as mf
+
+    path = Path(args.dataset)
+    if not path.is_file():
+        raise InputError("file not found", file=str(path))
+    df = pd.read_csv(path)
+    for c in (args.composition_column, args.cheap_column, args.target_column):
+        if c not in df.columns:
+            raise InputError(f"no column {c!r}", file=str(path))
+    try:
+        costs = [float(x) for x in (args.costs or "1,10").split(",")]
+        if len(costs) != 2 or min(costs) <= 0:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--costs must be two positive numbers CHEAP,TOP, got {args.costs!r}", where="--costs") from None
+    pool = mf.two_fidelity_pool(
+        df[args.composition_column].astype(str).tolist(),
+        pd.to_numeric(df[args.cheap_column], errors="coerce").to_numpy(float),
+        pd.to_numeric(df[args.target_column], errors="coerce").to_numpy(float),
+        args.goal, file=str(path), top_fraction=args.top_fraction or 0.01,
+    )
+    strategies = [s for s in (args.strategies or "single_fidelity,funnel,multi_fidelity").split(",") if s]
+    summary = mf.run_mf_benchmark(
+        pool, costs={mf.CHEAP: costs[0], mf.TOP: costs[1]}, budget=float(args.budget or 300 * costs[1]),
+        round_cost=10 * costs[1], n_init=args.init if args.init is not None else 10, seeds=args.seeds or 5,
+        agents=strategies, out_dir=args.out,
+    )
+    mf.print_mf_summary(summary)
     return 0
 
 
@@ -475,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--init", type=int)
     b.add_argument("--seeds", type=int)
     b.add_argument("--strategies")
+    b.add_argument("--cheap-column", help="two-fidelity form: the cheap fidelity's column (target = top fidelity)")
+    b.add_argument("--costs", help="two-fidelity form: CHEAP,TOP cost per evaluation (default 1,10)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_benchmark)
     return p

@@ -161,12 +161,48 @@ def load_bandgap_pool(
     else:
         raise InputError(f"unknown PBE source {pbe_source!r}; known: mp, aflow, either", where="pbe_source")
     expt = df["expt_gap_eV"].to_numpy(dtype=float)
+    pool = two_fidelity_pool(
+        df["reduced_formula"].astype(str).tolist(), pbe, expt, goal, file=str(path), top_fraction=top_fraction,
+        n_components=n_components, max_pool=max_pool, seed=seed, features=features,
+    )
+    pool.info["pbe_source"] = pbe_source
+    return pool
+
+
+def two_fidelity_pool(
+    formulas: Sequence[str],
+    cheap: np.ndarray,
+    top: np.ndarray,
+    goal: Goal | str,
+    *,
+    file: str = "",
+    top_fraction: float = 0.01,
+    n_components: int | None = 30,
+    max_pool: int | None = None,
+    seed: int = 0,
+    features: FeatureSettings | None = None,
+) -> MFPool:
+    """A two-fidelity pool from parallel arrays: rows with both labels finite are kept and
+    deduplicated on the top-fidelity label (the cheap label comes from the same row).
+
+    Args:
+        formulas: one composition per row.
+        cheap: cheap-fidelity label per row (NaN = unknown; the row is dropped).
+        top: top-fidelity label per row (the one that counts).
+        goal: goal on the top fidelity.
+        file: file name for messages and provenance.
+        top_fraction, n_components, max_pool, seed, features: as in ``load_bandgap_pool``.
+    """
+    goal = Goal.parse(goal) if isinstance(goal, str) else goal
+    pbe = np.asarray(cheap, dtype=float)
+    expt = np.asarray(top, dtype=float)
     keep = np.flatnonzero(np.isfinite(pbe) & np.isfinite(expt))
-    pool = deduplicate(df["reduced_formula"].astype(str).to_numpy()[keep].tolist(), expt[keep], goal, file=str(path))
+    if len(keep) < 3:
+        raise InputError(f"only {len(keep)} rows have both fidelities' labels", file=file)
+    pool = deduplicate(np.asarray(formulas, dtype=object)[keep].tolist(), expt[keep], goal, file=file)
     rows = keep[pool.source_rows]
     cands = pool.candidates
-    info = {"file": str(path), "pbe_source": pbe_source, "n_rows_with_both": int(len(keep)),
-            "n_merged_duplicates": int(pool.n_merged_duplicates)}
+    info = {"file": file, "n_rows_with_both": int(len(keep)), "n_merged_duplicates": int(pool.n_merged_duplicates)}
     if max_pool is not None and max_pool < len(rows):
         sub = np.sort(np.random.default_rng(seed).choice(len(rows), max_pool, replace=False))
         rows, cands = rows[sub], [cands[i] for i in sub]
@@ -580,3 +616,92 @@ def plot_recall_vs_cost(runs: dict, grid: np.ndarray, summary: dict, path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def mf_benchmark_from_campaign(
+    path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    seeds: int | None = None,
+    strategies: Sequence[str] | str | None = None,
+    budget: float | None = None,
+    init: int | None = None,
+    round_cost: float | None = None,
+    log=None,
+) -> dict:
+    """Benchmark a two-fidelity campaign (``agent.fidelity.strategy: multi_fidelity``) offline.
+
+    The pool is the campaign's first ``file`` source; the two fidelities are its two lookup
+    oracles reporting the objective property (their tables' columns give the labels, their
+    ``cost`` the costs); the good set is the objective on the top fidelity. Runs
+    ``run_mf_benchmark`` with the campaign's multi-fidelity model settings. Defaults:
+    budget = the campaign's cost budget, init = ``agent.fidelity.init``, round cost = 10
+    top-fidelity measurements, strategies single_fidelity, funnel, multi_fidelity. Features:
+    the default composition features, projected onto 30 principal components when the
+    campaign sets ``agent.fidelity.pca_variance`` (as ``benchmarks/multifidelity.py``).
+    """
+    import pandas as pd
+
+    from matloop.loop.spec import load_campaign
+
+    spec = load_campaign(path)
+    file = str(path)
+    if spec.agent.fidelity.strategy != "multi_fidelity" or spec.objectives:
+        raise InputError("a multi-fidelity benchmark needs one objective and agent.fidelity.strategy: "
+                         "multi_fidelity", file=file, where="agent.fidelity.strategy")
+    src = next((s for s in spec.sources if s.kind == "file"), None)
+    if src is None:
+        raise InputError("a benchmark campaign needs a 'file' source", file=file, where="sources")
+    fids = spec.fidelity_oracles()
+    if len(fids) != 2 or any(o.kind != "lookup" for o in fids):
+        raise InputError(f"a multi-fidelity benchmark needs exactly two lookup oracles reporting "
+                         f"{spec.primary_objective.property!r}, found {[(o.name, o.kind) for o in fids]}",
+                         file=file, where="oracles")
+    prop = spec.primary_objective.property
+    labels = []
+    for i, o in enumerate(fids):
+        table = spec.resolve(o.settings.get("table", src.settings.get("path")))
+        if not Path(table).is_file():
+            raise InputError("lookup table not found", file=str(table), where=f"oracles[{o.name}].settings.table")
+        df = pd.read_csv(table)
+        key = o.settings.get("key_column", src.settings.get("composition_column", "composition"))
+        col = o.settings.get("columns", {}).get(prop, prop)
+        for c in (key, col):
+            if c not in df.columns:
+                raise InputError(f"no column {c!r}", file=str(table), where=f"oracles[{o.name}]")
+        labels.append(df.groupby(df[key].astype(str))[col].apply(lambda v: pd.to_numeric(v, errors="coerce").iloc[0]))
+    formulas = sorted(set(labels[0].index) & set(labels[1].index))
+    obj = spec.primary_objective
+    goal = (Goal("window", float(obj.window[0]), float(obj.window[1])) if obj.goal == "window"
+            else Goal("max" if obj.goal == "maximize" else "min"))
+    fs = spec.agent.fidelity
+    pca = fs.pca_variance
+    pool = two_fidelity_pool(
+        formulas, labels[0].loc[formulas].to_numpy(float), labels[1].loc[formulas].to_numpy(float), goal,
+        file=file, n_components=30 if pca is not None else None,
+    )
+    costs = {CHEAP: float(fids[0].cost), TOP: float(fids[1].cost)}
+    if budget is None:
+        if spec.budget.cost is None:
+            raise InputError("give --budget (cost units): the campaign has no budget.cost", file=file, where="budget")
+        budget = float(spec.budget.cost)
+    if isinstance(strategies, str):
+        strategies = [s for s in strategies.split(",") if s]
+    return run_mf_benchmark(
+        pool, costs=costs, budget=float(budget), round_cost=float(round_cost or 10 * costs[TOP]),
+        n_init=int(init if init is not None else max(fs.init, 10)), seeds=int(seeds or 5),
+        agents=strategies or ("single_fidelity", "funnel", "multi_fidelity"),
+        model_settings=MultiFidelitySettings(**fs.model), out_dir=out_dir, log=log,
+    )
+
+
+def print_mf_summary(summary: dict) -> None:
+    """One line per agent: cost to half recall (CI95, seeds reached) and recall at the budget."""
+    print(f"{summary['pool'].get('file', '')}: N={summary['pool']['n_pool']}, |G|={summary['n_good']}, "
+          f"goal {summary['goal']}, costs {summary['costs']}, budget {summary['budget']:g}, {summary['seeds']} seeds")
+    for name, r in summary["agents"].items():
+        c = r["cost_to_half"]
+        c2h = "--" if c["mean"] is None else f"{c['mean']:.0f} [{c['ci95'][0]:.0f}, {c['ci95'][1]:.0f}]"
+        rc = r["recall_at_cost"]
+        print(f"  {name:<16} cost to half recall {c2h} ({c['n_reached']}/{summary['seeds']} seeds), "
+              f"recall at {summary['eval_cost']:g}: {rc['mean']:.3f} [{rc['ci95'][0]:.3f}, {rc['ci95'][1]:.3f}]")

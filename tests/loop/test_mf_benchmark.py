@@ -94,3 +94,53 @@ def test_load_bandgap_pool(shared_data):
     assert np.corrcoef(pool.y[:, 0], pool.y[:, 1])[0, 1] > 0.8  # PBE tracks experiment
     with pytest.raises(InputError):
         load_bandgap_pool(path, pbe_source="hse")
+
+
+def test_matloop_benchmark_two_fidelity_csv_form(tmp_path):
+    """`matloop benchmark --cheap-column`: the cost-normalised two-fidelity benchmark from a CSV."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    els = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ba", "Zn", "Al", "Ga", "In"]
+    rows = []
+    for a in els:
+        for b in ["O", "S", "Se", "F", "Cl"]:
+            for n in (1, 2, 3):
+                top = rng.uniform(0, 4)
+                rows.append((f"{a}{n}{b}", top - 0.6 + 0.2 * rng.standard_normal(), top))
+    path = tmp_path / "two.csv"
+    path.write_text("formula,cheap,top\n" + "\n".join(f"{f},{c:.4f},{t:.4f}" for f, c, t in rows))
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "matloop.loop.cli", "benchmark", "--dataset", str(path), "--composition-column",
+         "formula", "--cheap-column", "cheap", "--target-column", "top", "--goal", "window:1.1:1.7",
+         "--costs", "1,10", "--budget", "300", "--seeds", "1", "--init", "5",
+         "--strategies", "single_fidelity,multi_fidelity", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["costs"] == {"0": 1.0, "1": 10.0} and s["budget"] == 300
+    assert set(s["agents"]) == {"single_fidelity", "multi_fidelity"}
+    assert s["agents"]["single_fidelity"]["evaluations"]["0"] == 0  # top fidelity only
+    assert s["agents"]["multi_fidelity"]["evaluations"]["0"] > 0  # it screens cheaply too
+    for a in s["agents"].values():
+        spent = a["evaluations"]["0"] * 1 + a["evaluations"]["1"] * 10
+        assert spent <= 300
+    assert "multi_fidelity" in r.stdout and (out / "recall_vs_cost.png").is_file()
+
+
+def test_matloop_benchmark_two_fidelity_bad_costs(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "two.csv"
+    path.write_text("formula,cheap,top\nNaCl,1,2\nKCl,2,3\nLiF,3,4\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "matloop.loop.cli", "benchmark", "--dataset", str(path), "--composition-column",
+         "formula", "--cheap-column", "cheap", "--target-column", "top", "--goal", "max", "--costs", "1",
+         "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2 and "--costs" in r.stderr and "Traceback" not in r.stderr
