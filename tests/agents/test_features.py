@@ -47,3 +47,18 @@ def test_pool_fractions():
     F, names = pool_fractions([Candidate.from_composition("Fe0.5Ni0.5"), Candidate.from_composition("NiO")])
     assert names == ["frac_Fe", "frac_Ni", "frac_O"]
     np.testing.assert_allclose(F, [[0.5, 0.5, 0], [0, 0.5, 0.5]])
+
+
+def test_site_stats_coordination_numbers():
+    from pymatgen.core import Lattice, Structure
+
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    zincblende = Structure.from_spacegroup("F-43m", Lattice.cubic(5.41), ["Zn", "S"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    settings = FeatureSettings(structure=["site_stats"])
+    X, errors = featurize([Candidate.from_structure(rocksalt), Candidate.from_structure(zincblende)], settings)
+    labels = feature_labels(settings)
+    mean_cn = X[:, labels.index("mean CN_VoronoiNN")]
+    assert errors == [None, None]
+    # rocksalt: 6 equal faces; zincblende: 4 nearest plus small second-shell Voronoi faces
+    # (Ward's area-weighted CN counts them partly), so between 4 and 6
+    assert abs(mean_cn[0] - 6.0) < 0.05 and 4.0 <= mean_cn[1] < 6.0
