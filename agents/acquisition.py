@@ -340,6 +340,7 @@ def select_batch(
     acquisition: AcquisitionSettings | None = None,
     rng: np.random.Generator,
     pending_idx: np.ndarray | None = None,
+    n_fraction_columns: int = 0,
 ) -> Selection:
     """Choose ``q`` new pool candidates to evaluate next.
 
@@ -358,6 +359,9 @@ def select_batch(
         rng: the only source of randomness (random picks, MC seeds, forest seed).
         pending_idx: indices with requests still running; fantasised as ``X_pending`` in the
             batch acquisition.
+        n_fraction_columns: the last columns of ``X_pool`` that hold the element-fraction
+            block (``features.fraction_block``); needed by
+            ``surrogate.kernel_structure='additive_fractions'``, ignored otherwise.
 
     Returns:
         The ``Selection``. With fewer than 2 finite labels, or fewer than
@@ -418,8 +422,13 @@ def select_batch(
         X_pool = fit_pca(X_pool, surrogate.pca_variance, acquisition.chunk_size)
         info["pca_components"] = int(X_pool.shape[1])
     model = make_surrogate(
-        surrogate, rng=rng, bounds=pool_bounds(X_pool, acquisition.chunk_size) if surrogate.kind == "gp" else None
+        surrogate,
+        rng=rng,
+        bounds=pool_bounds(X_pool, acquisition.chunk_size) if surrogate.kind == "gp" else None,
+        n_fraction_columns=n_fraction_columns,
     )
+    if surrogate.fraction_block:
+        info["kernel_structure"] = f"additive_fractions ({n_fraction_columns} fraction columns)"
     model.fit(np.asarray(X_pool[tr], dtype=float), target)
     info["seconds_fit"] = time.perf_counter() - t_fit
     if isinstance(model, GPSurrogate):

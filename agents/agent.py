@@ -84,6 +84,9 @@ class AgentConfig:
     constraints: list = field(default_factory=list)  # spec Constraint objects
     objectives: list[ObjectiveInfo] = field(default_factory=list)  # two or more: Pareto search
     fidelity: MultiFidelityConfig | None = None  # None: funnel (promote rules)
+    # trailing columns of the pool matrix X holding the element-fraction block, set by the caller
+    # that builds X when surrogate.kernel_structure is 'additive_fractions' (funnel campaigns only)
+    n_fraction_columns: int = 0
 
 
 def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candidate:
@@ -173,7 +176,7 @@ class DefaultAgent:
         exclude = np.setdiff1d(np.arange(X.shape[0]), allowed)
         acq = self.config.acquisition.model_copy(update={"init": 0})
         sel = select_batch(X, train_idx, y, k, self.config.goal, exclude=exclude, surrogate=self.config.surrogate,
-                           acquisition=acq, rng=rng)
+                           acquisition=acq, rng=rng, n_fraction_columns=self.config.n_fraction_columns)
         chosen = set(int(i) for i in sel.indices)
         return [ob for ob in passed if index[ob.candidate_id] in chosen]
 
@@ -301,6 +304,7 @@ class DefaultAgent:
                 sel = select_constrained(
                     X, train_idx, y, n_afford, cfg.goal, constraint_labels=constraint_labels or None,
                     exclude=exclude, surrogate=cfg.surrogate, acquisition=cfg.acquisition, rng=rng, pending_idx=pend,
+                    n_fraction_columns=cfg.n_fraction_columns,
                 )
             else:
                 sel = select_batch(
@@ -314,6 +318,7 @@ class DefaultAgent:
                     acquisition=cfg.acquisition,
                     rng=rng,
                     pending_idx=pend,
+                    n_fraction_columns=cfg.n_fraction_columns,
                 )
             chosen = []
             for k, i in enumerate(sel.indices):

@@ -191,6 +191,8 @@ class ConstraintModel:
         surrogate: settings of each property's surrogate (default GP).
         bounds: ``2 x d`` feature bounds for the GP's input normalisation (pass the pool's).
         rng: source of the model seeds; None uses seed 0.
+        n_fraction_columns: trailing element-fraction columns of the features, for
+            ``surrogate.kernel_structure='additive_fractions'``.
     """
 
     def __init__(
@@ -199,10 +201,12 @@ class ConstraintModel:
         *,
         bounds: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
+        n_fraction_columns: int = 0,
     ):
         self.surrogate = surrogate or SurrogateSettings()
         self.bounds = bounds
         self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.n_fraction_columns = int(n_fraction_columns)
         self.models: dict[str, dict] = {}
 
     def fit(self, constraints: Mapping[str, tuple[np.ndarray, np.ndarray, float | None, float | None]]) -> None:
@@ -228,7 +232,8 @@ class ConstraintModel:
                 entry["model"] = None
                 entry["log_base_rate"] = math.log((inside.sum() + 1.0) / (len(values) + 2.0))
             else:
-                model = make_surrogate(self.surrogate, rng=self.rng, bounds=self.bounds)
+                model = make_surrogate(self.surrogate, rng=self.rng, bounds=self.bounds,
+                                       n_fraction_columns=self.n_fraction_columns)
                 model.fit(X, values)
                 entry["model"] = model
             self.models[name] = entry
@@ -318,6 +323,7 @@ def select_constrained(
     classifier: FailureClassifierSettings | None = None,
     rng: np.random.Generator,
     pending_idx: np.ndarray | None = None,
+    n_fraction_columns: int = 0,
 ) -> Selection:
     """``select_batch`` weighted by the probabilities of feasibility and of oracle success.
 
@@ -334,7 +340,8 @@ def select_constrained(
 
     Args:
         X_pool, train_idx, y_train, q, goal, exclude, surrogate, acquisition, rng,
-            pending_idx: as in ``select_batch``.
+            pending_idx, n_fraction_columns: as in ``select_batch`` (the objective and the
+            constraint models share ``surrogate``; the failure classifier keeps its own kernel).
         constraint_labels: ``name -> (pool indices, values, lo, hi)`` of each known
             constraint ``lo <= value <= hi`` (None or infinite edge for one-sided).
         failed_idx: pool indices whose oracle run failed; None means those in
@@ -372,7 +379,8 @@ def select_constrained(
     if (not constraint_labels and not len(failed_idx)) or finite.sum() < 2 or n_init < acquisition.init:
         excl = failed_idx if exclude is None else np.union1d(np.asarray(exclude, dtype=int), failed_idx)
         sel = select_batch(X_pool, train_idx, y_train, q, goal, exclude=excl, surrogate=surrogate,
-                           acquisition=acquisition, rng=rng, pending_idx=pending_idx)  # fmt: skip
+                           acquisition=acquisition, rng=rng, pending_idx=pending_idx,
+                           n_fraction_columns=n_fraction_columns)  # fmt: skip
         why = "no constraints and no failures observed" if not constraint_labels and not len(failed_idx) else (
             "random initial design"
         )
@@ -410,9 +418,10 @@ def select_constrained(
     window_direct = kind == "window"
     target = y if window_direct else goal.score(y)
     sign = -1.0 if goal.kind == "min" and not window_direct else 1.0
-    model = make_surrogate(surrogate, rng=rng, bounds=bounds if surrogate.kind == "gp" else None)
+    model = make_surrogate(surrogate, rng=rng, bounds=bounds if surrogate.kind == "gp" else None,
+                           n_fraction_columns=n_fraction_columns)
     model.fit(np.asarray(X_pool[tr], dtype=float), target)
-    cmodel = ConstraintModel(surrogate, bounds=bounds, rng=rng)
+    cmodel = ConstraintModel(surrogate, bounds=bounds, rng=rng, n_fraction_columns=n_fraction_columns)
     cmodel.fit(
         {
             name: (np.asarray(X_pool[np.asarray(idx, dtype=int)], dtype=float), vals, lo, hi)

@@ -221,6 +221,22 @@ def pool_fractions(candidates: list[Candidate]) -> tuple[np.ndarray, list[str]]:
     return X, [f"frac_{e}" for e in elements]
 
 
+def fraction_block(candidates: list[Candidate]) -> np.ndarray:
+    """The element fractions of ``candidates`` as their own block (``n x k`` float32).
+
+    ``SurrogateSettings(kernel_structure='additive_fractions')`` expects this block as the
+    last ``k`` columns of the pool matrix, after the (separately preprocessed) descriptors:
+    ``np.hstack([X, fraction_block(candidates)])`` with ``n_fraction_columns = k``.
+    Constant and duplicate columns are dropped as in ``FeaturePreprocessor``, but the values
+    stay fractions in [0, 1]: the GP maps every column onto the pool's range anyway, and
+    standardising first would only add float32 rounding (about 3e-8 after normalisation,
+    which on the JCAP plates was enough to send a run down another path).
+    """
+    F, _ = pool_fractions(candidates)
+    keep = FeaturePreprocessor().fit(F).keep
+    return F[:, keep].astype(np.float32)
+
+
 @dataclass
 class FeaturePreprocessor:
     """Impute (column median), drop constant and duplicate columns, standardise.

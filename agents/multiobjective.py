@@ -207,6 +207,8 @@ def select_pareto(
         raise ValueError("select_pareto needs GP surrogates (qLogNEHVI samples a joint posterior)")
     if surrogate.pca_variance is not None:
         raise ValueError("select_pareto does not support pca_variance; project the features beforehand")
+    if surrogate.kernel_structure != "single":
+        raise ValueError(f"select_pareto does not support kernel_structure {surrogate.kernel_structure!r}")
     N = X_pool.shape[0]
     train_idx = np.asarray(train_idx, dtype=int).reshape(-1)
     Y_train = np.asarray(Y_train, dtype=float).reshape(len(train_idx), -1 if len(train_idx) else k)

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from matloop.agents.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
-from matloop.agents.features import FeaturePreprocessor, FeatureSettings, featurize, pool_fractions
+from matloop.agents.features import FeaturePreprocessor, FeatureSettings, featurize, fraction_block, pool_fractions
 from matloop.oracles.records import Candidate, InputError
 
 STRATEGIES = ("matloop", "random", "rf_ucb", "greedy_rf")
@@ -231,27 +231,35 @@ def censored_median(values: Sequence[float | None]) -> float | None:
 # -- strategies --------------------------------------------------------------------------------
 
 
-def _next_batch(name, X, acquired, y_acq, q, goal, rng, surrogate, acquisition) -> np.ndarray:
+def _next_batch(name, X, acquired, y_acq, q, goal, rng, surrogate, acquisition, n_fraction_columns=0) -> np.ndarray:
     if name == "random":
         free = np.setdiff1d(np.arange(X.shape[0]), acquired)
         return rng.choice(free, size=q, replace=False)
+    k = 0
     if name == "matloop":
-        s, a = surrogate, acquisition
+        s, a, k = surrogate, acquisition, n_fraction_columns
     elif name in ("rf_ucb", "greedy_rf"):
         s = SurrogateSettings(kind="rf")
         a = AcquisitionSettings(kind="ucb", beta=RF_UCB_BETA if name == "rf_ucb" else 0.0, init=0)
+        if n_fraction_columns:  # the baselines keep the default features
+            X = X[:, : X.shape[1] - n_fraction_columns]
     else:
         raise InputError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}", where="strategies")
-    sel = select_batch(X, acquired, y_acq, q, goal, exclude=acquired, surrogate=s, acquisition=a, rng=rng)
+    sel = select_batch(X, acquired, y_acq, q, goal, exclude=acquired, surrogate=s, acquisition=a, rng=rng,
+                       n_fraction_columns=k)
     return sel.indices
 
 
-def _one_run(name, X, y, goal, init_idx, budget, batch_size, rng, surrogate, acquisition) -> np.ndarray:
+def _one_run(name, X, y, goal, init_idx, budget, batch_size, rng, surrogate, acquisition,
+             n_fraction_columns=0) -> np.ndarray:
+    """One strategy's acquisition order (``budget`` pool indices). ``n_fraction_columns``: the
+    trailing element-fraction block of ``X`` that the ``matloop`` strategy's
+    ``kernel_structure='additive_fractions'`` GP needs (the forest baselines do not see it)."""
     acquired = list(int(i) for i in init_idx)
     while len(acquired) < budget:
         q = min(batch_size, budget - len(acquired))
         idx = np.asarray(acquired, dtype=int)
-        new = _next_batch(name, X, idx, y[idx], q, goal, rng, surrogate, acquisition)
+        new = _next_batch(name, X, idx, y[idx], q, goal, rng, surrogate, acquisition, n_fraction_columns)
         if len(new) == 0:
             break
         acquired.extend(int(i) for i in new)
@@ -311,7 +319,9 @@ def run_benchmark(
         X: ``n x d`` precomputed features (rows as in ``pool_compositions``); None featurizes.
         structures: ``n`` pymatgen structures (or None each) for structure features.
         features: featurizer settings (default: the campaign default).
-        surrogate: settings of the ``matloop`` strategy (default: the campaign default).
+        surrogate: settings of the ``matloop`` strategy (default: the campaign default). With
+            ``kernel_structure='additive_fractions'`` the pool's element fractions
+            (``fraction_block``) are appended for that strategy only.
         acquisition: settings of the ``matloop`` strategy (default: the campaign default).
         file: input file, named in errors.
         log: callable taking one progress line (default: stderr).
@@ -352,10 +362,15 @@ def run_benchmark(
         Xp = pool_features(pool.candidates, features)
     else:
         Xp = FeaturePreprocessor().fit_transform(np.asarray(X, dtype=float)[pool.source_rows]).astype(np.float32)
-    log(f"[{dataset_name}] N={N} (merged {pool.n_merged_duplicates}), |G|={int(good.sum())}, "
-        f"d={Xp.shape[1]}, features {time.perf_counter() - t0:.1f} s")
     surrogate = surrogate or SurrogateSettings()
     acquisition = acquisition or AcquisitionSettings()
+    n_frac = 0
+    if surrogate.fraction_block and "matloop" in names:  # additive_fractions: element fractions go last
+        F = fraction_block(pool.candidates)
+        Xp, n_frac = np.hstack([Xp, F]), F.shape[1]
+    log(f"[{dataset_name}] N={N} (merged {pool.n_merged_duplicates}), |G|={int(good.sum())}, "
+        f"d={Xp.shape[1]}" + (f" ({n_frac} fraction columns last)" if n_frac else "")
+        + f", features {time.perf_counter() - t0:.1f} s")
 
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for seed in range(seeds):
@@ -363,7 +378,8 @@ def run_benchmark(
         for k, name in enumerate(names):
             rng = np.random.default_rng([seed, 1 + STRATEGIES.index(name)])
             t1 = time.perf_counter()
-            order = _one_run(name, Xp, pool.targets, goal, init_idx, budget, batch_size, rng, surrogate, acquisition)
+            order = _one_run(name, Xp, pool.targets, goal, init_idx, budget, batch_size, rng, surrogate, acquisition,
+                             n_frac)
             m = run_metrics(order, good, budget)
             m["seconds"] = time.perf_counter() - t1
             m["order"] = order
@@ -396,7 +412,7 @@ def run_benchmark(
             "seconds_per_run": {"mean": float(np.mean([r["seconds"] for r in rs]))},
         }
     if out_dir is not None:
-        _write_outputs(Path(out_dir), summary, runs, pool, good, goal, Xp.shape[1])
+        _write_outputs(Path(out_dir), summary, runs, pool, good, goal, Xp.shape[1] - n_frac, n_frac)
     return summary
 
 
@@ -404,7 +420,8 @@ def _fmt(x) -> str:
     return "null" if x is None else f"{x:.1f}"
 
 
-def _write_outputs(out: Path, summary: dict, runs: dict, pool: Pool, good: np.ndarray, goal: Goal, d: int) -> None:
+def _write_outputs(out: Path, summary: dict, runs: dict, pool: Pool, good: np.ndarray, goal: Goal, d: int,
+                   n_fraction_columns: int = 0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     score = goal.score(pool.targets)
@@ -423,6 +440,7 @@ def _write_outputs(out: Path, summary: dict, runs: dict, pool: Pool, good: np.nd
     details = {
         "goal": str(goal),
         "n_features": int(d),
+        "n_fraction_columns": int(n_fraction_columns),  # appended for the matloop strategy (additive_fractions)
         "random_expected_evals_to_half": next(iter(runs.values()))[0]["random_expected_evals_to_half"],
         "per_seed": {
             name: [{k: r[k] for k in ("recall_at_budget", "evals_to_half", "AF_vs_random", "EF_at_budget", "seconds")}

@@ -76,6 +76,7 @@ class Campaign:
         self.quiet = quiet
         self.goal = goal_from_objective(spec.primary_objective)  # best-so-far ranks by the (first) objective
         self.rng = np.random.default_rng(spec.seed)
+        self.n_fraction_columns = 0  # width of the fraction block _features appends (additive_fractions)
 
     # -- output -------------------------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -185,6 +186,12 @@ class Campaign:
         return {s.label: int(k) for (s, _), k in zip(generators, split)}
 
     def _features(self, store: Store, candidates: list[Candidate]) -> np.ndarray:
+        """The pool matrix the agent sees (``N x d`` float32, preprocessed over the pool).
+
+        With ``agent.surrogate.kernel_structure: additive_fractions`` the element fractions
+        (``fraction_block``, not standardised) are appended last and their width is kept in
+        ``self.n_fraction_columns`` (0 otherwise).
+        """
         key = self.spec.features.key
         ids = [c.id for c in candidates]
         X, missing = store.get_features(key, ids)
@@ -202,7 +209,16 @@ class Campaign:
 
             F, _ = pool_fractions(candidates)
             X = np.hstack([X, F])
-        return FeaturePreprocessor().fit_transform(X).astype(np.float32)
+        X = FeaturePreprocessor().fit_transform(X).astype(np.float32)
+        self.n_fraction_columns = 0
+        if SurrogateSettings(**self.spec.agent.surrogate).fraction_block:
+            # kernel_structure 'additive_fractions': the element fractions go last, as their own block
+            from matloop.agents.features import fraction_block
+
+            F = fraction_block(candidates)
+            X = np.hstack([X, F])
+            self.n_fraction_columns = F.shape[1]
+        return X
 
     def _agent(self, oracles: dict) -> DefaultAgent:
         infos = []
@@ -232,6 +248,7 @@ class Campaign:
             constraints=self.spec.constraints,
             objectives=objectives,
             fidelity=fidelity,
+            n_fraction_columns=self.n_fraction_columns,
         )
         return DefaultAgent(cfg)
 
@@ -586,6 +603,7 @@ class Campaign:
                     cand_by_id = {c.id: c for c in candidates}
                     self._setup_oracles(oracles, candidates)
                     X = self._features(store, candidates)
+                    agent.config.n_fraction_columns = self.n_fraction_columns  # new elements widen the block
                 obs = store.observations(arm="agent")
                 requested = {(c, o) for c, o in store.requested_pairs()}
                 t_plan = time.perf_counter()

@@ -496,6 +496,8 @@ def _check_objectives(spec: CampaignSpec, where) -> list[str]:
         out.append(f"  {where(('agent', 'surrogate', 'kind'))}: objectives: needs GP surrogates (qLogNEHVI)")
     if spec.agent.surrogate.get("pca_variance") is not None:
         out.append(f"  {where(('agent', 'surrogate', 'pca_variance'))}: not supported with objectives:")
+    if spec.agent.surrogate.get("kernel_structure", "single") != "single":
+        out.append(f"  {where(('agent', 'surrogate', 'kernel_structure'))}: only 'single' is supported with objectives:")
     return out
 
 
@@ -516,6 +518,9 @@ def _check_fidelity(spec: CampaignSpec, where) -> list[str]:
     if fid.strategy != "multi_fidelity":
         return out
     here = ("agent", "fidelity", "strategy")
+    if spec.agent.surrogate.get("kernel_structure", "single") != "single":
+        out.append(f"  {where(('agent', 'surrogate', 'kernel_structure'))}: not used by multi_fidelity (its model is "
+                   "agent.fidelity.model); leave it at 'single' or use strategy: funnel")
     if spec.objectives:
         return out + [f"  {where(here)}: multi_fidelity needs a single objective, not objectives:"]
     prop = spec.objective.property

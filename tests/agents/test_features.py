@@ -62,3 +62,13 @@ def test_site_stats_coordination_numbers():
     # rocksalt: 6 equal faces; zincblende: 4 nearest plus small second-shell Voronoi faces
     # (Ward's area-weighted CN counts them partly), so between 4 and 6
     assert abs(mean_cn[0] - 6.0) < 0.05 and 4.0 <= mean_cn[1] < 6.0
+
+
+def test_fraction_block_keeps_fractions_and_drops_constant_columns():
+    from matloop.agents.features import fraction_block
+    from matloop.oracles.records import Candidate
+
+    cands = [Candidate.from_composition(c, source="t") for c in ("Fe0.5Ni0.3O0.2", "Fe0.3Ni0.5O0.2", "Fe0.8O0.2")]
+    B = fraction_block(cands)  # Fe, Ni, O: O is 0.2 everywhere and dropped
+    assert B.dtype == np.float32 and B.shape == (3, 2)
+    np.testing.assert_allclose(B, [[0.5, 0.3], [0.3, 0.5], [0.8, 0.0]], rtol=1e-6)

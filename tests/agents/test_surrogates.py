@@ -150,3 +150,100 @@ def test_gpu_screening_equals_cpu_screening():
         out[dev] = gp.predict(Xt, precision="float32")
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3 * y.std())
     np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-2 * y.std())
+
+
+# -- kernel_structure 'additive_fractions': k_descriptors + k_fractions on the last k columns
+
+
+def _spread(n, n_el=4, n_noise=20, seed=0):
+    """A composition spread: the objective depends on the element fractions only; the
+    descriptors are the majority element's properties (piecewise constant in the fractions)
+    and irrelevant columns. Returns ``[descriptors | fractions]`` (``n x d``), k, y."""
+    from matloop.agents.features import FeaturePreprocessor
+
+    rng = np.random.default_rng(seed)
+    W = rng.dirichlet(np.full(n_el, 0.7), size=n)
+    P = rng.normal(size=(n_el, 12))
+    D = np.hstack([P[W.argmax(1)], rng.normal(size=(n, n_noise))])
+    y = np.exp(-8 * ((W - [0.5, 0.3, 0.1, 0.1]) ** 2).sum(1)) + 0.02 * rng.standard_normal(n)
+    F = FeaturePreprocessor().fit_transform(W)
+    return np.hstack([FeaturePreprocessor().fit_transform(D), F]), F.shape[1], y
+
+
+def _additive(kernel="rbf", prior="dim_scaled", **kw):
+    return SurrogateSettings(kernel=kernel, prior=prior, kernel_structure="additive_fractions", **kw)
+
+
+@pytest.mark.parametrize("kernel,prior", [("rbf", "dim_scaled"), ("matern52", "dim_scaled"), ("rbf", "gamma")])
+def test_additive_kernel_acts_on_the_blocks_and_predict_equals_botorch_posterior(kernel, prior):
+    from gpytorch.kernels import AdditiveKernel, ScaleKernel
+
+    X, k, y = _spread(140)
+    # 40 labels, hyperparameters fitted on 25: the subset refit loads the additive kernel's state
+    gp = GPSurrogate(_additive(kernel, prior, max_fit_points=25), bounds=np.stack([X.min(0), X.max(0)]),
+                     n_fraction_columns=k)
+    gp.fit(X[:40], y[:40])
+    assert gp.fit_info["n_fit"] == 25
+    cov = gp.model.covar_module
+    assert isinstance(cov, AdditiveKernel) and all(isinstance(m, ScaleKernel) for m in cov.kernels)
+    d = X.shape[1]
+    assert [m.base_kernel.active_dims.tolist() for m in cov.kernels] == [list(range(d - k)), list(range(d - k, d))]
+    assert [m.base_kernel.lengthscale.shape[-1] for m in cov.kernels] == [d - k, k]
+    Xt = X[40:]
+    mean, std = gp.predict(Xt)
+    with torch.no_grad():
+        post = gp.model.posterior(torch.as_tensor(Xt, dtype=torch.float64))
+    np.testing.assert_allclose(mean, post.mean.numpy().ravel(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(std, post.variance.sqrt().numpy().ravel(), rtol=1e-6, atol=1e-9)
+    m32, s32 = gp.predict(Xt.astype(np.float32), precision="float32")
+    assert np.max(np.abs(m32 - mean)) < 1e-3 * y.std() and np.max(np.abs(s32 - std)) < 1e-2 * y.std()
+    mj, C = gp.joint(Xt[:10])
+    np.testing.assert_allclose(mj, mean[:10], rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(np.sqrt(np.diag(C)), std[:10], rtol=1e-6, atol=1e-9)
+
+
+def test_additive_kernel_beats_the_single_kernel_when_only_the_fractions_matter():
+    ratios = []
+    for seed in range(4):
+        X, k, y = _spread(500, seed=seed)
+        bounds = np.stack([X.min(0), X.max(0)])
+        rmse = {}
+        for structure in ("single", "additive_fractions"):
+            gp = GPSurrogate(SurrogateSettings(kernel_structure=structure), bounds=bounds, n_fraction_columns=k)
+            gp.fit(X[:20], y[:20])
+            rmse[structure] = float(np.sqrt(np.mean((gp.predict(X[100:])[0] - y[100:]) ** 2)))
+        # early in a run (20 labels, 36 features) the 4-dimensional fraction kernel learns the trend that one
+        # ARD kernel over every column misses (measured ratios 0.50/0.86/0.69/0.59; with 30-40 labels the
+        # single kernel catches up on some seeds)
+        assert rmse["additive_fractions"] < rmse["single"], (seed, rmse)
+        assert rmse["additive_fractions"] < 0.5 * y.std(), (seed, rmse)
+        ratios.append(rmse["additive_fractions"] / rmse["single"])
+    assert np.mean(ratios) < 0.8, ratios
+
+
+def test_additive_kernel_needs_its_fraction_block_and_rejects_pca_and_forests():
+    X, _, y = _spread(30)
+    for k in (0, X.shape[1]):
+        with pytest.raises(ValueError, match="n_fraction_columns"):
+            GPSurrogate(_additive(), n_fraction_columns=k).fit(X, y)
+    with pytest.raises(ValidationError, match="pca_variance"):
+        _additive(pca_variance=0.9)
+    with pytest.raises(ValidationError, match="kind 'gp'"):
+        SurrogateSettings(kind="rf", kernel_structure="additive_fractions")
+    with pytest.raises(ValidationError, match="kernel_structure"):
+        SurrogateSettings(kernel_structure="sum")
+    assert _additive().fraction_block and not SurrogateSettings().fraction_block
+    gp = make_surrogate(_additive(), n_fraction_columns=4)
+    assert isinstance(gp, GPSurrogate) and gp.n_fraction_columns == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_additive_kernel_gpu_screening_equals_cpu_screening():
+    X, k, y = _spread(3000)
+    out = {}
+    for dev in ("cpu", "cuda"):
+        gp = GPSurrogate(_additive(device=dev), bounds=np.stack([X.min(0), X.max(0)]), n_fraction_columns=k)
+        gp.fit(X[:60], y[:60])
+        out[dev] = gp.predict(X.astype(np.float32), precision="float32")
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3 * y.std())
+    np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-2 * y.std())

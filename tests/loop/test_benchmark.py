@@ -196,3 +196,28 @@ def test_benchmark_from_campaign_with_a_constraint(tmp_path):
     # both hold for NaO (1.2, 0.1), RbO (1.9, 0.2) and SrO (1.6, 0.1)
     assert s["n_good"] == 3 and s["goal"] == "window:-inf:0"
     assert s["budget"] == 6 and s["batch_size"] == 2 and s["dataset"] == "tiny"
+
+
+def test_additive_fractions_benchmark_appends_the_fraction_block_for_matloop_only(grid_csv, tmp_path, monkeypatch):
+    from matloop.agents.acquisition import SurrogateSettings
+
+    seen = []
+    real = bm.select_batch
+
+    def spy(X, *a, surrogate=None, n_fraction_columns=0, **kw):
+        seen.append((surrogate.kind, surrogate.kernel_structure, X.shape[1], n_fraction_columns))
+        return real(X, *a, surrogate=surrogate, n_fraction_columns=n_fraction_columns, **kw)
+
+    monkeypatch.setattr(bm, "select_batch", spy)
+    out = tmp_path / "bm"
+    s = bm.benchmark_from_csv(grid_csv, "composition", "target", "min", out_dir=out, top_fraction=0.05, budget=16,
+                              batch_size=3, init=10, seeds=1, strategies="rf_ucb,matloop",
+                              surrogate=SurrogateSettings(kernel_structure="additive_fractions"), log=lambda m: None)
+    details = json.loads((out / "details.json").read_text())
+    d, k = details["n_features"], details["n_fraction_columns"]
+    assert k == 4  # Fe, Ni, Co, Mn: the element fractions, appended last
+    gp = {t for t in seen if t[0] == "gp"}
+    rf = {t for t in seen if t[0] == "rf"}
+    assert gp == {("gp", "additive_fractions", d + k, k)}
+    assert rf == {("rf", "single", d, 0)}  # the forest baseline keeps the default features
+    assert s["strategies"]["matloop"]["recall_at_budget"]["mean"] > 0

@@ -170,3 +170,16 @@ def test_constraint_weighted_campaign(tmp_path, grid_csv):
     assert summary["agent"]["best_value"] is not None
     best_id = [o.candidate_id for o in st.observations() if o.properties.get("target") == summary["agent"]["best_value"]]
     assert any(mn[i] <= 0.1 for i in best_id)  # the reported best is feasible
+
+
+def test_additive_fractions_campaign_appends_the_fraction_block(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv, agent={"acquisition": {"init": 6, "shortlist": 50},
+                                                     "surrogate": {"kernel_structure": "additive_fractions"}})
+    spec = load_campaign(path)
+    camp = Campaign(spec, quiet=True)
+    summary = camp.run()
+    assert summary["agent"]["evaluations"] == 14
+    assert camp.n_fraction_columns == 4  # Fe, Ni, Co, Mn
+    its = Store(spec.resolve(spec.store)).iterations("agent")
+    sel = its[-1]["rationale"]["tiers"]["table"]["selection"]
+    assert sel["kernel_structure"] == "additive_fractions (4 fraction columns)"

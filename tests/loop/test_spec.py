@@ -81,3 +81,16 @@ def test_no_python_tags(tmp_path):
 def test_override(tmp_path, grid_csv):
     spec = load_campaign(write_campaign(tmp_path, grid_csv), {"batch_size": 7, "budget.evaluations": 3})
     assert spec.batch_size == 7 and spec.budget.evaluations == 3
+
+
+def test_surrogate_kernel_structure_is_validated_with_its_path(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv, agent={"surrogate": {"kernel_structure": "additive"}})
+    with pytest.raises(InputError, match=r"agent\.surrogate\.kernel_structure \(line \d+\): Input should be "
+                                         r"'single' or 'additive_fractions'"):
+        load_campaign(path)
+    path = write_campaign(tmp_path, grid_csv,
+                          agent={"surrogate": {"kernel_structure": "additive_fractions", "pca_variance": 0.9}})
+    with pytest.raises(InputError, match=r"agent\.surrogate \(line \d+\): .*cannot be combined with pca_variance"):
+        load_campaign(path)
+    spec = load_campaign(write_campaign(tmp_path, grid_csv, agent={"surrogate": {"kernel_structure": "additive_fractions"}}))
+    assert spec.agent.surrogate == {"kernel_structure": "additive_fractions"}
