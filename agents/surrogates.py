@@ -65,7 +65,7 @@ class SurrogateSettings(BaseModel):
         "composition-spread libraries with few elements: on the JCAP OER plates (5 seeds) it raised "
         "the median AF from 17.8/11.9/9.1/18.8 to 19.5/15.1/11.5/23.1 with no run below 0.5 recall "
         "(3 of 20 before), but it is worse on pools spanning many elements (experimental band gaps "
-        "recall 0.165 -> 0.146, perovskites 0.185 -> 0.089), hence not the default. Not with "
+        "recall 0.165 -> 0.146, perovskites 0.200 -> 0.089), hence not the default. Not with "
         "pca_variance",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
