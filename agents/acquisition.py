@@ -49,6 +49,7 @@ from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, Surrog
 from matloop.oracles.records import InputError
 
 __all__ = [
+    "label_noise",
     "Goal",
     "SurrogateSettings",
     "AcquisitionSettings",
@@ -275,6 +276,31 @@ def pool_bounds(X_pool: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
     return np.stack([lo, hi])
 
 
+def label_noise(yvar: np.ndarray | None, finite: np.ndarray, surrogate: SurrogateSettings, info: dict) -> np.ndarray | None:
+    """Known noise variances for the GP fit, or None to infer a homoscedastic noise.
+
+    Oracles may report a standard uncertainty with a value (MD migration energies, lab
+    replicates); ``yvar`` holds its square per label (NaN where none was reported). They are
+    used, as a fixed heteroscedastic noise, only when every finite label has one and the
+    model is a GP without a rank warp (a warp changes the scale of each label differently).
+    The goal's score (-y, or minus the distance to a window) keeps the variance of y.
+    ``info['label_noise']`` says which was used.
+    """
+    if yvar is None:
+        return None
+    v = np.asarray(yvar, dtype=float).reshape(-1)[finite]
+    if surrogate.kind != "gp" or surrogate.warp != "none":
+        info["label_noise"] = "inferred (reported uncertainties need a GP without warp)"
+        return None
+    if not len(v) or not np.all(np.isfinite(v) & (v >= 0)):
+        n = int(np.sum(np.isfinite(v)))
+        if n:
+            info["label_noise"] = f"inferred ({n} of {len(v)} labels report an uncertainty; all must)"
+        return None
+    info["label_noise"] = f"reported: {len(v)} variances, median {float(np.median(v)):.3g}"
+    return np.maximum(v, 1e-10)
+
+
 def _resolve_kind(goal: Goal, acquisition: AcquisitionSettings) -> str:
     kind = acquisition.kind
     if kind == "auto":
@@ -341,6 +367,7 @@ def select_batch(
     rng: np.random.Generator,
     pending_idx: np.ndarray | None = None,
     n_fraction_columns: int = 0,
+    yvar: np.ndarray | None = None,
 ) -> Selection:
     """Choose ``q`` new pool candidates to evaluate next.
 
@@ -362,6 +389,8 @@ def select_batch(
         n_fraction_columns: the last columns of ``X_pool`` that hold the element-fraction
             block (``features.fraction_block``); needed by
             ``surrogate.kernel_structure='additive_fractions'``, ignored otherwise.
+        yvar: per-label noise variance reported by the oracle (NaN where none); see
+            ``label_noise`` for when it replaces the inferred noise.
 
     Returns:
         The ``Selection``. With fewer than 2 finite labels, or fewer than
@@ -429,7 +458,7 @@ def select_batch(
     )
     if surrogate.fraction_block:
         info["kernel_structure"] = f"additive_fractions ({n_fraction_columns} fraction columns)"
-    model.fit(np.asarray(X_pool[tr], dtype=float), target)
+    model.fit(np.asarray(X_pool[tr], dtype=float), target, yvar=label_noise(yvar, finite, surrogate, info))
     info["seconds_fit"] = time.perf_counter() - t_fit
     if isinstance(model, GPSurrogate):
         info["fit"] = model.fit_info

@@ -140,15 +140,26 @@ class DefaultAgent:
                 return o.name
         return self.config.objective_oracle
 
-    def _labels(self, label_oracle: str, observations: list[Observation], index: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _labels(
+        self, label_oracle: str, observations: list[Observation], index: dict
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pool indices, values (NaN for failures) and reported noise variances (NaN where the
+        oracle gave no uncertainty) of ``label_oracle``'s observations of the objective."""
+        prop = self.config.objective_property
         done = {}
         for ob in observations:
             if ob.oracle != label_oracle:
                 continue
-            v = ob.value(self.config.objective_property) if ob.ok else None
-            done[ob.candidate_id] = v if v is not None else float("nan")
+            v = ob.value(prop) if ob.ok else None
+            u = ob.uncertainties.get(prop) if ob.ok and ob.uncertainties else None
+            u = float(u) ** 2 if u is not None and math.isfinite(float(u)) else float("nan")
+            done[ob.candidate_id] = (v if v is not None else float("nan"), u)
         ids = [cid for cid in done if cid in index]
-        return np.array([index[c] for c in ids], dtype=int), np.array([done[c] for c in ids], dtype=float)
+        return (
+            np.array([index[c] for c in ids], dtype=int),
+            np.array([done[c][0] for c in ids], dtype=float),
+            np.array([done[c][1] for c in ids], dtype=float),
+        )
 
     def _constraint_labels(self, observations: list[Observation], index: dict) -> dict:
         """name -> (pool indices, values, lo, hi) for each known constraint with labels."""
@@ -168,7 +179,7 @@ class DefaultAgent:
 
     def _rank_by_acquisition(self, passed, k, index, X, observations, rng):
         label_oracle = self._label_oracle(OracleInfo("", (), 0, 0.0), observations)
-        train_idx, y = self._labels(label_oracle, observations, index)
+        train_idx, y, yvar = self._labels(label_oracle, observations, index)
         if np.isfinite(y).sum() < 2:
             order = rng.permutation(len(passed))[:k]
             return [passed[i] for i in order]
@@ -176,7 +187,7 @@ class DefaultAgent:
         exclude = np.setdiff1d(np.arange(X.shape[0]), allowed)
         acq = self.config.acquisition.model_copy(update={"init": 0})
         sel = select_batch(X, train_idx, y, k, self.config.goal, exclude=exclude, surrogate=self.config.surrogate,
-                           acquisition=acq, rng=rng, n_fraction_columns=self.config.n_fraction_columns)
+                           acquisition=acq, rng=rng, n_fraction_columns=self.config.n_fraction_columns, yvar=yvar)
         chosen = set(int(i) for i in sel.indices)
         return [ob for ob in passed if index[ob.candidate_id] in chosen]
 
@@ -286,7 +297,7 @@ class DefaultAgent:
         # 2. surrogate-ranked batch for each entry tier
         for o in self._entry_oracles():
             label_oracle = self._label_oracle(o, observations)
-            train_idx, y = self._labels(label_oracle, observations, index)
+            train_idx, y, yvar = self._labels(label_oracle, observations, index)
             exclude = np.array([index[c] for (c, name) in requested if name == o.name and c in index], dtype=int)
             pend = np.array([index[c] for (c, name) in pending if name == o.name and c in index], dtype=int)
             n_afford = q if (o.cost <= 0 or math.isinf(left)) else int(min(q, max(0, (left - expected_cost) // o.cost)))
@@ -304,7 +315,7 @@ class DefaultAgent:
                 sel = select_constrained(
                     X, train_idx, y, n_afford, cfg.goal, constraint_labels=constraint_labels or None,
                     exclude=exclude, surrogate=cfg.surrogate, acquisition=cfg.acquisition, rng=rng, pending_idx=pend,
-                    n_fraction_columns=cfg.n_fraction_columns,
+                    n_fraction_columns=cfg.n_fraction_columns, yvar=yvar,
                 )
             else:
                 sel = select_batch(
@@ -319,6 +330,7 @@ class DefaultAgent:
                     rng=rng,
                     pending_idx=pend,
                     n_fraction_columns=cfg.n_fraction_columns,
+                    yvar=yvar,
                 )
             chosen = []
             for k, i in enumerate(sel.indices):

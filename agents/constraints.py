@@ -29,6 +29,7 @@ from matloop.agents.acquisition import (
     Goal,
     Selection,
     log_expected_improvement,
+    label_noise,
     log_window_probability,
     pool_bounds,
     select_batch,
@@ -324,6 +325,7 @@ def select_constrained(
     rng: np.random.Generator,
     pending_idx: np.ndarray | None = None,
     n_fraction_columns: int = 0,
+    yvar: np.ndarray | None = None,
 ) -> Selection:
     """``select_batch`` weighted by the probabilities of feasibility and of oracle success.
 
@@ -340,7 +342,7 @@ def select_constrained(
 
     Args:
         X_pool, train_idx, y_train, q, goal, exclude, surrogate, acquisition, rng,
-            pending_idx, n_fraction_columns: as in ``select_batch`` (the objective and the
+            pending_idx, n_fraction_columns, yvar: as in ``select_batch`` (the objective and the
             constraint models share ``surrogate``; the failure classifier keeps its own kernel).
         constraint_labels: ``name -> (pool indices, values, lo, hi)`` of each known
             constraint ``lo <= value <= hi`` (None or infinite edge for one-sided).
@@ -380,7 +382,7 @@ def select_constrained(
         excl = failed_idx if exclude is None else np.union1d(np.asarray(exclude, dtype=int), failed_idx)
         sel = select_batch(X_pool, train_idx, y_train, q, goal, exclude=excl, surrogate=surrogate,
                            acquisition=acquisition, rng=rng, pending_idx=pending_idx,
-                           n_fraction_columns=n_fraction_columns)  # fmt: skip
+                           n_fraction_columns=n_fraction_columns, yvar=yvar)  # fmt: skip
         why = "no constraints and no failures observed" if not constraint_labels and not len(failed_idx) else (
             "random initial design"
         )
@@ -420,7 +422,7 @@ def select_constrained(
     sign = -1.0 if goal.kind == "min" and not window_direct else 1.0
     model = make_surrogate(surrogate, rng=rng, bounds=bounds if surrogate.kind == "gp" else None,
                            n_fraction_columns=n_fraction_columns)
-    model.fit(np.asarray(X_pool[tr], dtype=float), target)
+    model.fit(np.asarray(X_pool[tr], dtype=float), target, yvar=label_noise(yvar, finite, surrogate, info))
     cmodel = ConstraintModel(surrogate, bounds=bounds, rng=rng, n_fraction_columns=n_fraction_columns)
     cmodel.fit(
         {

@@ -244,3 +244,36 @@ def test_settings_forbid_unknown_keys():
     with pytest.raises(ValueError):
         select_batch(np.zeros((5, 1)), np.array([0, 1]), np.array([0.0, 1.0]), 1, Goal("max"),
                      acquisition=AcquisitionSettings(kind="window", init=0), rng=np.random.default_rng(0))
+
+
+def test_reported_noise_discounts_an_uncertain_outlier():
+    """Oracle-reported uncertainties are the GP's noise: a wild label with a huge reported
+    sigma barely moves the model, while the same label reported as exact pulls the batch."""
+    X, _ = _grid()
+    x = X[:, 0].astype(float)
+    f = -((x - 0.3) ** 2)
+    tr = np.arange(0, 201, 20)
+    tr = np.append(tr, 160)  # x = 0.8
+    y = f[tr].copy()
+    y[-1] = 5.0  # a wild measurement at x = 0.8
+    yvar = np.full(len(tr), 1e-4)
+    yvar[-1] = 100.0  # ... that its oracle said was worth nothing
+    a = AcquisitionSettings(init=0)
+    noisy = select_batch(X, tr, y, 3, Goal("max"), acquisition=a, rng=np.random.default_rng(0), yvar=yvar)
+    assert noisy.info["label_noise"].startswith("reported")
+    assert np.all(np.abs(x[noisy.indices] - 0.3) < 0.1)
+    exact = select_batch(X, tr, y, 3, Goal("max"), acquisition=a, rng=np.random.default_rng(0),
+                         yvar=np.full(len(tr), 1e-4))
+    assert np.all(np.abs(x[exact.indices] - 0.8) < 0.1)
+
+
+def test_label_noise_needs_every_label_and_a_plain_gp():
+    info: dict = {}
+    finite = np.array([True, True, False])
+    assert acq.label_noise(None, finite, SurrogateSettings(), info) is None and "label_noise" not in info
+    assert acq.label_noise(np.array([0.1, np.nan, 0.2]), finite, SurrogateSettings(), info) is None
+    assert "1 of 2" in info["label_noise"]
+    v = acq.label_noise(np.array([0.1, 0.3, np.nan]), finite, SurrogateSettings(), info)
+    np.testing.assert_allclose(v, [0.1, 0.3])
+    assert acq.label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(kind="rf"), info) is None
+    assert acq.label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(warp="rank"), info) is None

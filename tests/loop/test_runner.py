@@ -183,3 +183,20 @@ def test_additive_fractions_campaign_appends_the_fraction_block(tmp_path, grid_c
     its = Store(spec.resolve(spec.store)).iterations("agent")
     sel = its[-1]["rationale"]["tiers"]["table"]["selection"]
     assert sel["kernel_structure"] == "additive_fractions (4 fraction columns)"
+
+
+def test_oracle_uncertainties_become_the_gp_noise(tmp_path, grid_csv):
+    import pandas as pd
+
+    df = pd.read_csv(grid_csv)
+    df["target_sd"] = 0.01
+    pool = tmp_path / "pool_sd.csv"
+    df.to_csv(pool, index=False)
+    oracle = {"name": "table", "kind": "lookup", "cost": 1,
+              "settings": {"table": str(pool), "key_column": "composition", "columns": {"target": "target"},
+                           "uncertainty_columns": {"target": "target_sd"}}}
+    spec = load_campaign(write_campaign(tmp_path, pool, oracles=[oracle]))
+    assert Campaign(spec, quiet=True).run()["agent"]["evaluations"] == 14
+    its = Store(spec.resolve(spec.store)).iterations("agent")
+    sel = its[-1]["rationale"]["tiers"]["table"]["selection"]
+    assert sel["label_noise"].startswith("reported") and "median 0.0001" in sel["label_noise"]
