@@ -500,6 +500,26 @@ def _plots(out: Path, summary: dict, runs: dict, pool: Pool, goal: Goal) -> None
 # -- entry points ------------------------------------------------------------------------------
 
 
+def read_table(path: str | Path, columns: Sequence[str] = (), *, not_found: str = "file not found",
+               where: str | None = None):
+    """Read a CSV into a DataFrame, or raise ``InputError`` naming the file (and ``where``):
+    missing file (``not_found``), unreadable CSV, or a missing column of ``columns``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(not_found, file=str(path), where=where)
+    try:
+        df = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"cannot read CSV: {exc}", file=str(path), where=where) from None
+    for col in columns:
+        if col not in df.columns:
+            raise InputError(f"no column {col!r} (columns: {', '.join(map(str, df.columns))})", file=str(path),
+                             where=f"{where + ', ' if where else ''}column {col!r}")
+    return df
+
+
 def benchmark_from_csv(
     path: str | Path,
     composition_column: str,
@@ -532,16 +552,7 @@ def benchmark_from_csv(
 
     path = Path(path)
     goal = Goal.parse(goal) if isinstance(goal, str) else goal
-    if not path.is_file():
-        raise InputError("file not found", file=str(path))
-    try:
-        df = pd.read_csv(path)
-    except Exception as exc:
-        raise InputError(f"cannot read CSV: {exc}", file=str(path)) from None
-    for col in (composition_column, target_column) + ((structure_column,) if structure_column else ()):
-        if col not in df.columns:
-            raise InputError(f"no column {col!r} (columns: {', '.join(map(str, df.columns))})", file=str(path),
-                             where=f"column {col!r}")
+    df = read_table(path, (composition_column, target_column) + ((structure_column,) if structure_column else ()))
     if len(df) == 0:
         raise InputError("empty pool: no data rows", file=str(path))
     y = pd.to_numeric(df[target_column], errors="coerce").to_numpy(dtype=float)
@@ -604,9 +615,7 @@ def benchmark_from_campaign(
     table = spec.resolve(oracle.settings.get("table", src.settings.get("path")))
     key_col = oracle.settings.get("key_column", src.settings.get("composition_column", "composition"))
     colmap = oracle.settings.get("columns", {})
-    if not Path(table).is_file():
-        raise InputError("lookup table not found", file=str(table))
-    df = pd.read_csv(table)
+    df = read_table(table, not_found="lookup table not found")
     prop = spec.objective.property
 
     def column(p: str, where: str) -> np.ndarray:

@@ -423,13 +423,10 @@ def _mf_benchmark_from_csv(args) -> int:
 
     from matloop.loop import mf_benchmark as mf
 
+    from matloop.loop.benchmark import read_table
+
     path = Path(args.dataset)
-    if not path.is_file():
-        raise InputError("file not found", file=str(path))
-    df = pd.read_csv(path)
-    for c in (args.composition_column, args.cheap_column, args.target_column):
-        if c not in df.columns:
-            raise InputError(f"no column {c!r}", file=str(path))
+    df = read_table(path, (args.composition_column, args.cheap_column, args.target_column))
     try:
         costs = [float(x) for x in (args.costs or "1,10").split(",")]
         if len(costs) != 2 or min(costs) <= 0:

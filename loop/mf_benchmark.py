@@ -86,7 +86,7 @@ from matloop.agents.acquisition import Goal, select_batch
 from matloop.agents.features import FeatureSettings
 from matloop.agents.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings, choose_requests
 from matloop.agents.surrogates import GPSurrogate, SurrogateSettings, fit_pca
-from matloop.loop.benchmark import deduplicate, good_mask, mean_ci, pool_features
+from matloop.loop.benchmark import deduplicate, good_mask, mean_ci, pool_features, read_table
 from matloop.oracles.records import Candidate, InputError
 
 AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
@@ -143,17 +143,9 @@ def load_bandgap_pool(
     Raises:
         InputError: missing file or column, unknown PBE source.
     """
-    import pandas as pd
-
     path = Path(path)
     goal = Goal.parse(goal) if isinstance(goal, str) else goal
-    if not path.is_file():
-        raise InputError("file not found", file=str(path))
-    df = pd.read_csv(path)
-    need = ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values())
-    for col in need:
-        if col not in df.columns:
-            raise InputError(f"no column {col!r}", file=str(path), where=f"column {col!r}")
+    df = read_table(path, ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values()))
     if pbe_source in PBE_COLUMNS:
         pbe = df[PBE_COLUMNS[pbe_source]].to_numpy(dtype=float)
     elif pbe_source == "either":
@@ -661,14 +653,9 @@ def mf_benchmark_from_campaign(
     labels = []
     for i, o in enumerate(fids):
         table = spec.resolve(o.settings.get("table", src.settings.get("path")))
-        if not Path(table).is_file():
-            raise InputError("lookup table not found", file=str(table), where=f"oracles[{o.name}].settings.table")
-        df = pd.read_csv(table)
         key = o.settings.get("key_column", src.settings.get("composition_column", "composition"))
         col = o.settings.get("columns", {}).get(prop, prop)
-        for c in (key, col):
-            if c not in df.columns:
-                raise InputError(f"no column {c!r}", file=str(table), where=f"oracles[{o.name}]")
+        df = read_table(table, (key, col), not_found="lookup table not found", where=f"oracles[{o.name}].settings")
         labels.append(df.groupby(df[key].astype(str))[col].apply(lambda v: pd.to_numeric(v, errors="coerce").iloc[0]))
     formulas = sorted(set(labels[0].index) & set(labels[1].index))
     obj = spec.primary_objective
