@@ -332,12 +332,20 @@ def _window_objective(lo: float, hi: float, tau: float):
     return GenericMCObjective(obj)
 
 
-def _greedy_mc(acqf, X_short: torch.Tensor, q: int, X_pending: torch.Tensor | None, max_batch: int = 512):
-    """Sequential greedy batch on a shortlist (``K x d``): q picks and each pick's value."""
+def _greedy_mc(
+    acqf, X_short: torch.Tensor, q: int, X_pending: torch.Tensor | None, max_batch: int = 512,
+    log_w: np.ndarray | None = None,
+):
+    """Sequential greedy batch on a shortlist (``K x d``): q picks and each pick's value.
+
+    With ``log_w`` (``K`` log-weights, e.g. log P(feasible)) each step maximises
+    ``log_w + acqf`` (a log-scale acquisition), and the values include the weight.
+    """
     chosen: list[int] = []
     values: list[float] = []
     avail = torch.ones(X_short.shape[0], dtype=torch.bool)
-    for _ in range(q):
+    offset = None if log_w is None else torch.as_tensor(np.asarray(log_w, dtype=float))
+    for _ in range(min(q, X_short.shape[0])):
         pend = [X_short[chosen]] if chosen else []
         if X_pending is not None and len(X_pending):
             pend = [X_pending] + pend
@@ -346,6 +354,8 @@ def _greedy_mc(acqf, X_short: torch.Tensor, q: int, X_pending: torch.Tensor | No
             vals = torch.cat(
                 [acqf(X_short[a : a + max_batch].unsqueeze(-2)) for a in range(0, X_short.shape[0], max_batch)]
             )
+        if offset is not None:
+            vals = vals + offset.to(vals.dtype)
         vals = torch.where(avail, vals, torch.tensor(-math.inf, dtype=vals.dtype))
         j = int(torch.argmax(vals))
         chosen.append(j)

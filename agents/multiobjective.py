@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from matloop.agents.acquisition import Goal, Selection, log_expected_improvement, pool_bounds
+from matloop.agents.acquisition import Goal, Selection, _greedy_mc, log_expected_improvement, pool_bounds
 from matloop.agents.surrogates import GPSurrogate, SurrogateSettings
 
 __all__ = ["pareto_front", "hypervolume", "default_ref_point", "log_ehvi", "select_pareto"]
@@ -353,7 +353,8 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log
             cache_root=True,
         )
         if log_w is not None:
-            return _weighted_greedy(acqf, choices, X_pend, np.asarray(log_w, dtype=float), q)
+            X_pending = None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE)
+            return _greedy_mc(acqf, choices, q, X_pending, max_batch=256, log_w=log_w)
         cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
     # map the returned rows back to shortlist positions (the first unused identical row)
     used = np.zeros(len(X_short), dtype=bool)
@@ -364,20 +365,3 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log
         used[hits[0]] = True
     return np.asarray(picks, dtype=int), values.reshape(-1).numpy()
 
-
-def _weighted_greedy(acqf, choices, X_pend, log_w, q):
-    """Sequential greedy like ``optimize_acqf_discrete``, each step on ``log_w + acqf``."""
-    base = None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE)
-    free = np.ones(len(choices), dtype=bool)
-    picks, values = [], []
-    for _ in range(min(q, len(choices))):
-        with torch.no_grad():
-            v = torch.cat([acqf(choices[a : a + 256].unsqueeze(-2)) for a in range(0, len(choices), 256)]).numpy()
-        s = np.where(free, v + log_w, -np.inf)
-        j = int(np.argmax(s))
-        picks.append(j)
-        values.append(float(s[j]))
-        free[j] = False
-        chosen = choices[picks]
-        acqf.set_X_pending(chosen if base is None else torch.cat([base, chosen]))
-    return np.asarray(picks, dtype=int), np.asarray(values)
