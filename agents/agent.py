@@ -441,34 +441,21 @@ class DefaultAgent:
     def _feasibility_log_weights(self, X, observations, index, train_idx, failed, rng):
         """``N`` log P(feasible) + log P(oracle success) over the pool, or None without constraints or failures."""
         from .acquisition import pool_bounds
-        from .constraints import ConstraintModel, FailureClassifier
+        from .constraints import fit_feasibility
 
         cfg = self.config
         labels = self._constraint_labels(observations, index)
         failed_idx = np.array(sorted(index[c] for c in failed), dtype=int)
         if not labels and not len(failed_idx):
             return None, {"weighting": "none: no constraints and no failures observed"}
-        bounds = pool_bounds(X)
+        feas = fit_feasibility(X, train_idx, labels, failed_idx, surrogate=cfg.surrogate, bounds=pool_bounds(X), rng=rng)
         N = X.shape[0]
         log_w = np.zeros(N)
-        info: dict = {"weighting": "log P(feasible) + log P(success) added to log EHVI"}
         cs = cfg.acquisition.chunk_size
-        if labels:
-            cm = ConstraintModel(cfg.surrogate, bounds=bounds, rng=rng)
-            cm.fit({name: (np.asarray(X[idx], dtype=float), v, lo, hi) for name, (idx, v, lo, hi) in labels.items()})
-            for a in range(0, N, cs):
-                log_w[a : a + cs] += cm.log_prob_feasible(np.asarray(X[a : a + cs], dtype=float))
-            info["constraint_model"] = cm.describe()
-        if len(failed_idx):
-            labelled = np.union1d(train_idx, failed_idx)
-            for idx, *_ in labels.values():
-                labelled = np.union1d(labelled, idx)
-            fc = FailureClassifier(None, bounds=bounds, rng=rng)
-            fc.fit(np.asarray(X[labelled], dtype=float), np.isin(labelled, failed_idx))
-            for a in range(0, N, cs):
-                log_w[a : a + cs] += fc.log_prob_success(np.asarray(X[a : a + cs], dtype=float))
-            info["failure_classifier"] = fc.describe()
-        return log_w, info
+        for a in range(0, N, cs):
+            lpf, lps = feas.log_weights(np.asarray(X[a : a + cs], dtype=float))
+            log_w[a : a + cs] = lpf + lps
+        return log_w, {"weighting": "log P(feasible) + log P(success) added to log EHVI", **feas.describe()}
 
     # -- multi-fidelity ---------------------------------------------------------------------------
 

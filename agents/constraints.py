@@ -309,6 +309,63 @@ def weighted_log_acquisition(
     return out
 
 
+class Feasibility:
+    """Known constraints and oracle failures of one planning step (``fit_feasibility``).
+
+    Attributes:
+        known: the fitted ``ConstraintModel`` (no properties: log P = 0 everywhere).
+        failures: the fitted ``FailureClassifier``, or None when nothing has failed yet.
+    """
+
+    def __init__(self, known: ConstraintModel, failures: FailureClassifier | None):
+        self.known, self.failures = known, failures
+
+    def log_weights(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``m`` log P(feasible) and ``m`` log P(oracle success) at ``X`` (``m x d``)."""
+        lpf = self.known.log_prob_feasible(X)
+        lps = self.failures.log_prob_success(X) if self.failures is not None else np.zeros(len(lpf))
+        return lpf, lps
+
+    def describe(self) -> dict:
+        return {
+            "known": self.known.describe(),
+            "failures": self.failures.describe() if self.failures is not None else {"model": "none", "n_failed": 0},
+        }
+
+
+def fit_feasibility(
+    X_pool: np.ndarray,
+    train_idx: np.ndarray,
+    constraint_labels: Mapping[str, tuple[np.ndarray, np.ndarray, float | None, float | None]],
+    failed_idx: np.ndarray,
+    *,
+    surrogate: SurrogateSettings,
+    bounds: np.ndarray,
+    rng: np.random.Generator,
+    classifier: FailureClassifierSettings | None = None,
+    n_fraction_columns: int = 0,
+) -> Feasibility:
+    """Fit the constraint model on ``constraint_labels`` (``name -> (pool indices, values, lo,
+    hi)``) and, when ``failed_idx`` is not empty, the failure classifier on every labelled
+    candidate (objective, constraints, failures) against the failed ones."""
+    known = ConstraintModel(surrogate, bounds=bounds, rng=rng, n_fraction_columns=n_fraction_columns)
+    known.fit(
+        {
+            name: (np.asarray(X_pool[np.asarray(idx, dtype=int)], dtype=float), vals, lo, hi)
+            for name, (idx, vals, lo, hi) in constraint_labels.items()
+        }
+    )
+    fclf = FailureClassifier(classifier, bounds=bounds, rng=rng)
+    failed_idx = np.asarray(failed_idx, dtype=int).reshape(-1)
+    if not len(failed_idx):
+        return Feasibility(known, None)
+    labelled = [np.asarray(train_idx, dtype=int)] + [np.asarray(v[0], dtype=int).reshape(-1)
+                                                     for v in constraint_labels.values()]
+    labelled = np.union1d(np.unique(np.concatenate(labelled)), failed_idx)
+    fclf.fit(np.asarray(X_pool[labelled], dtype=float), np.isin(labelled, failed_idx))
+    return Feasibility(known, fclf)
+
+
 def select_constrained(
     X_pool: np.ndarray,
     train_idx: np.ndarray,
@@ -423,25 +480,11 @@ def select_constrained(
     model = make_surrogate(surrogate, rng=rng, bounds=bounds if surrogate.kind == "gp" else None,
                            n_fraction_columns=n_fraction_columns)
     model.fit(np.asarray(X_pool[tr], dtype=float), target, yvar=label_noise(yvar, finite, surrogate, info))
-    cmodel = ConstraintModel(surrogate, bounds=bounds, rng=rng, n_fraction_columns=n_fraction_columns)
-    cmodel.fit(
-        {
-            name: (np.asarray(X_pool[np.asarray(idx, dtype=int)], dtype=float), vals, lo, hi)
-            for name, (idx, vals, lo, hi) in constraint_labels.items()
-        }
-    )
-    fclf = FailureClassifier(classifier, bounds=bounds, rng=rng)
-    labelled = [train_idx] + [np.asarray(v[0], dtype=int).reshape(-1) for v in constraint_labels.values()]
-    labelled = np.union1d(np.unique(np.concatenate(labelled)), failed_idx)
-    use_fclf = len(failed_idx) > 0
-    if use_fclf:
-        fclf.fit(np.asarray(X_pool[labelled], dtype=float), np.isin(labelled, failed_idx))
+    feas = fit_feasibility(X_pool, train_idx, constraint_labels, failed_idx, surrogate=surrogate, bounds=bounds,
+                           rng=rng, classifier=classifier, n_fraction_columns=n_fraction_columns)
+    cmodel = feas.known
     info["seconds_fit"] = time.perf_counter() - t_fit
-
-    def log_weights(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lpf = cmodel.log_prob_feasible(Xc)
-        lps = fclf.log_prob_success(Xc) if use_fclf else np.zeros(len(lpf))
-        return lpf, lps
+    log_weights = feas.log_weights
 
     # ---- 2. incumbent: best labelled candidate that is predicted feasible
     X_tr = np.asarray(X_pool[tr], dtype=float)
@@ -506,8 +549,7 @@ def select_constrained(
     info["constraints"] = {
         "weighting": "log acquisition + log P(feasible) + log P(success)"
         + ("; no feasible label yet: acquisition = 1 (feasibility search)" if search_feasibility else ""),
-        "known": cmodel.describe(),
-        "failures": fclf.describe() if use_fclf else {"model": "none", "n_failed": 0},
+        **feas.describe(),
         "pool_mean_prob_feasible": float(np.mean(np.exp(lpf))),
         "pool_mean_prob_success": float(np.mean(np.exp(lps))),
         "chosen": [
