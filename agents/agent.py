@@ -586,15 +586,8 @@ def pareto_summary(observations: list[Observation], formulas: dict[str, str], ob
             if v is not None:
                 vals.setdefault(ob.candidate_id, [math.nan] * k)[j] = v
 
-    def feasible(cid):
-        for c in constraints:
-            got = [ob.value(c.property) for ob in per.get(cid, []) if (c.oracle is None or ob.oracle == c.oracle)
-                   and ob.value(c.property) is not None]
-            if not got or not c.satisfied(got[0]):
-                return False
-        return True
-
-    ids = [cid for cid, row in vals.items() if np.isfinite(row).all() and feasible(cid)]
+    ids = [cid for cid, row in vals.items()
+           if np.isfinite(row).all() and all(c.met_by(per.get(cid, [])) for c in constraints)]
     out = {"objectives": [{"label": lab, "property": o.property, "oracle": o.oracle, "goal": str(o.goal)}
                           for lab, o in zip(labels, objectives)],
            "n_labelled": len(ids), "hypervolume": None, "ref_point_scores": None, "front": []}

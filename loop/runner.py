@@ -227,8 +227,7 @@ class Campaign:
             infos.append(
                 OracleInfo(o.name, props, o.fidelity, o.cost, o.promote.model_dump() if o.promote else None)
             )
-        objectives = [ObjectiveInfo(o.property, self.spec.oracle_of(o).name, goal_from_objective(o))
-                      for o in self.spec.objectives or []]
+        objectives = self._objective_infos()
         fidelity = None
         fs = self.spec.agent.fidelity
         if fs.strategy == "multi_fidelity":
@@ -252,12 +251,16 @@ class Campaign:
         )
         return DefaultAgent(cfg)
 
+    def _objective_infos(self) -> list[ObjectiveInfo]:
+        """Several objectives: each one's property, the oracle whose value counts and its goal."""
+        return [ObjectiveInfo(o.property, self.spec.oracle_of(o).name, goal_from_objective(o))
+                for o in self.spec.objectives or []]
+
     def _pareto(self, store: Store, arm: str = "agent") -> dict | None:
         """Several objectives: the current Pareto front of an arm (``pareto_summary``); None otherwise."""
         if not self.spec.objectives:
             return None
-        objectives = [ObjectiveInfo(o.property, self.spec.oracle_of(o).name, goal_from_objective(o))
-                      for o in self.spec.objectives]
+        objectives = self._objective_infos()
         formulas = {c.id: c.formula for c in store.candidates()}
         return pareto_summary(store.observations(arm=arm), formulas, objectives, self.spec.constraints)
 
@@ -478,13 +481,7 @@ class Campaign:
             main = per.get(oname)
             if main is None or main.value(obj.property) is None:
                 continue
-            feasible = True
-            for c in self.spec.constraints:
-                srcs = [per[c.oracle]] if c.oracle else list(per.values())
-                vals = [s.value(c.property) for s in srcs if s is not None and s.value(c.property) is not None]
-                if not vals or not c.satisfied(vals[0]):
-                    feasible = False
-            if feasible:
+            if all(c.met_by(per.values()) for c in self.spec.constraints):
                 out.append((cid, main.value(obj.property)))
         return out
 

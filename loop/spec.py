@@ -64,6 +64,14 @@ class Constraint(_Model):
             return False
         return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
 
+    def met_by(self, observations) -> bool:
+        """Whether a candidate's successful observations meet this constraint: the first value
+        of the property from ``oracle`` (or any oracle) must be ``satisfied``."""
+        for ob in observations:
+            if (self.oracle is None or ob.oracle == self.oracle) and ob.value(self.property) is not None:
+                return self.satisfied(ob.value(self.property))
+        return False
+
 
 class SourceSpec(_Model):
     """A candidate source: a file pool, prototype enumeration, or a registered generator."""
