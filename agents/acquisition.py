@@ -481,7 +481,7 @@ def select_batch(
     cs = acquisition.chunk_size
     gp_model = isinstance(model, GPSurrogate)
     if gp_model and acquisition.pool_precision == "float32" and model.screening_device().type == "cuda":
-        cs = max(cs, 262144)  # one host-to-GPU copy per 262144 candidates
+        cs = model.screening_chunk_size(cs)
         info["screening_device"] = "cuda"
     for a in range(0, len(available), cs):
         chunk = X_pool[available[a : a + cs]]

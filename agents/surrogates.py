@@ -355,6 +355,11 @@ class GPSurrogate:
             raise RuntimeError("surrogate device 'cuda' was asked for but torch sees no GPU")
         return torch.device(dev)
 
+    def screening_chunk_size(self, chunk_size: int) -> int:
+        """Rows per float32 screening chunk: at least 262144 on the GPU (one host-to-GPU copy
+        each; 262144 x 500 float32 cross-covariances are 0.5 GB), ``chunk_size`` on the CPU."""
+        return max(chunk_size, 262144) if self.screening_device().type == "cuda" else chunk_size
+
     def _cache32(self) -> dict:
         """float32 copies of the kernel module, the input scaling and the predictive cache on
         the screening device, for pool screening."""
@@ -402,8 +407,8 @@ class GPSurrogate:
         cs = self.settings.chunk_size
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if f32 and cache["device"].type == "cuda":
-                cs = max(cs, 131072)  # the GPU wants big chunks; 131072 x 500 floats = 256 MB
+            if f32:
+                cs = self.screening_chunk_size(cs)
             for a in range(0, m, cs):
                 if f32:
                     xb = torch.as_tensor(np.asarray(X[a : a + cs], dtype=np.float32)).to(cache["device"])
