@@ -1,11 +1,7 @@
 """The closed loop end to end: retrospective runs, resume after kill -9, failures as data."""
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +10,7 @@ from matloop.loop.runner import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 
-from .helpers import write_campaign
+from .helpers import run_and_kill_mid_iteration, write_campaign
 
 
 def _agent_pairs(store_path):
@@ -61,26 +57,7 @@ def test_resume_after_kill_9_mid_iteration(tmp_path, grid_csv):
         budget={"evaluations": 16},
     )
     store_path = tmp_path / "store.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "matloop.loop.cli", "run", str(path), "--quiet"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if store_path.exists():
-            try:
-                db = sqlite3.connect(str(store_path), timeout=5)
-                n_obs = db.execute("SELECT COUNT(*) FROM observations").fetchone()[0]
-                n_req = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
-                db.close()
-            except sqlite3.OperationalError:
-                n_obs = n_req = 0
-            if n_obs >= 5 and n_req > n_obs:  # mid-iteration: requests recorded, some unanswered
-                os.killpg(proc.pid, signal.SIGKILL)
-                killed_at = n_obs
-                break
-        time.sleep(0.05)
-    proc.wait(timeout=30)
-    assert killed_at is not None, proc.stderr.read().decode()[-2000:]
+    killed_at = run_and_kill_mid_iteration(path, store_path, min_observations=5, timeout_s=240)
     before = _agent_pairs(store_path)
     assert len(before) >= killed_at
     spec = load_campaign(path)
