@@ -70,11 +70,11 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=2000, help="VAE samples drawn in the rediscovery test")
     args = ap.parse_args(argv)
 
-    from matloop.agents.base import CampaignState
-    from matloop.agents.enumeration import OptimadeGenerator, reference_server
-    from matloop.agents.mutation import MutationGenerator
-    from matloop.agents.vae import VaeGenerator, rediscovery
-    from matloop.oracles.records import Candidate
+    from matloop.core.protocols import CampaignState
+    from matloop.agents.generation.enumeration import OptimadeGenerator, reference_server
+    from matloop.agents.generation.mutation import MutationGenerator
+    from matloop.agents.generation.vae import VaeGenerator, rediscovery
+    from matloop.core.records import Candidate
 
     t_start = time.perf_counter()
     root = np.random.default_rng(args.seed)

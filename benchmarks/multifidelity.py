@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from matloop.agents.multifidelity import MultiFidelitySettings
+    from matloop.agents.modelling.multifidelity import MultiFidelitySettings
     from matloop.loop.mf_benchmark import MODELS, compare_models, load_bandgap_pool, run_mf_benchmark
 
     pool = load_bandgap_pool(a.csv, a.goal, pbe_source=a.pbe_source, n_components=a.components, max_pool=a.max_pool)

@@ -55,8 +55,8 @@ def _baseline(X, train, y, pending, a, surrogate, acquisition, sel, seconds) -> 
     from botorch.optim import optimize_acqf_discrete
     from botorch.sampling import SobolQMCNormalSampler
 
-    from matloop.agents.acquisition import pool_bounds
-    from matloop.agents.surrogates import GPSurrogate
+    from matloop.agents.decision.acquisition import pool_bounds
+    from matloop.agents.modelling.surrogates import GPSurrogate
 
     # select_batch's first draw from its rng seeds the surrogate: the same fitting subset here
     gp = GPSurrogate(surrogate, bounds=pool_bounds(X), seed=int(np.random.default_rng(a.seed + 1).integers(2**31 - 1)))
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from matloop.agents.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+    from matloop.agents.decision.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
 
     rng = np.random.default_rng(a.seed)
     X = make_pool(a.pool_size, a.features, rng)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from matloop.oracles.gpaw import GpawHse06Oracle, GpawPbeOracle
-    from matloop.oracles.records import Candidate, Request
+    from matloop.core.records import Candidate, Request
 
     classes = {"gpaw-pbe": GpawPbeOracle, "gpaw-hse06": GpawHse06Oracle}
     tmp = None if args.cache_dir else tempfile.TemporaryDirectory(prefix="matloop-dft-validate-")

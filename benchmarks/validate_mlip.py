@@ -114,7 +114,7 @@ def formation_benchmark(data_dir: Path, device: str, cache_dir: str | None) -> d
     import pandas as pd
 
     from matloop.oracles.chgnet import ChgnetOracle
-    from matloop.oracles.records import Candidate, Request
+    from matloop.core.records import Candidate, Request
 
     csv = data_dir / "mp" / "mp-formation.csv"
     if not csv.exists():
@@ -144,7 +144,7 @@ def formation_benchmark(data_dir: Path, device: str, cache_dir: str | None) -> d
 
 def md_benchmark(args) -> dict:
     from matloop.oracles.md import MlipMdOracle
-    from matloop.oracles.records import Candidate, Request
+    from matloop.core.records import Candidate, Request
 
     ref = CONDUCTORS[args.material]
     structure = obelix_structure(args.data_dir, ref["obelix_id"])

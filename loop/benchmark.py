@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.agents.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
-from matloop.agents.features import FeaturePreprocessor, FeatureSettings, featurize, fraction_block, pool_fractions
-from matloop.oracles.records import Candidate, InputError
+from matloop.agents.decision.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+from matloop.agents.modelling.features import FeaturePreprocessor, FeatureSettings, featurize, fraction_block, pool_fractions
+from matloop.core.records import Candidate, InputError
 
 STRATEGIES = ("matloop", "random", "rf_ucb", "greedy_rf")
 RF_UCB_BETA = 1.0  # botorch convention: mean + sqrt(beta) * spread across trees

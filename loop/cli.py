@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from matloop.oracles.records import InputError, MatloopError
+from matloop.core.records import InputError, MatloopError
 
 
 def _parse_sets(items: list[str] | None) -> dict:
@@ -239,7 +239,7 @@ def cmd_tell(args) -> int:
 
     import pandas as pd
 
-    from matloop.oracles.records import Observation, Status
+    from matloop.core.records import Observation, Status
 
     path = Path(args.results)
     if not path.exists():
@@ -320,8 +320,8 @@ def cmd_tell(args) -> int:
 def cmd_evaluate(args) -> int:
     from pydantic import ValidationError
 
-    from matloop.oracles.records import Candidate, Request
-    from matloop.oracles.registry import RegistryError, oracle_class
+    from matloop.core.records import Candidate, Request
+    from matloop.core.registry import RegistryError, oracle_class
 
     try:
         cls = oracle_class(args.oracle)

@@ -59,10 +59,12 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import time
 
-from matloop.oracles.records import Observation, Request
+from matloop.core.oracle import failed_observation
+from matloop.core.records import Observation, Request
 
-from .executors import Handle, _failed
+from .handles import Handle
 
 log = logging.getLogger("matloop")
 
@@ -119,8 +121,8 @@ class DaskHandle(Handle):
             )
         except Exception as exc:  # e.g. the scheduler is gone: the job fails, the loop goes on
             self.future = None
-            self.value = _failed(self.oracle, self.request, f"dask submission failed: {type(exc).__name__}: {exc}",
-                                 self.submitted_at)
+            self.value = failed_observation(self.oracle, self.request, f"dask submission failed: {type(exc).__name__}: {exc}",
+                                            time.time() - self.submitted_at)
 
     def _settle(self, timeout: float | None) -> None:
         """Read the future (blocking up to ``timeout``): set ``value``, or resubmit after a loss."""
@@ -130,13 +132,13 @@ class DaskHandle(Handle):
         except (Exception, asyncio.CancelledError) as exc:
             loss = _worker_loss(exc)
             if loss is None:  # Oracle.run never raises; this is e.g. an oracle that cannot be pickled
-                self.value = _failed(self.oracle, self.request, f"{type(exc).__name__}: {exc}", self.submitted_at)
+                self.value = failed_observation(self.oracle, self.request, f"{type(exc).__name__}: {exc}", time.time() - self.submitted_at)
             else:
                 self.losses.append(f"attempt {self.attempts}: {loss}")
                 log.warning("dask job %s: %s", self.keys[-1], loss)
                 if self.attempts >= MAX_ATTEMPTS:
                     reason = "worker lost twice: " + "; ".join(self.losses)
-                    self.value = _failed(self.oracle, self.request, reason, self.submitted_at)
+                    self.value = failed_observation(self.oracle, self.request, reason, time.time() - self.submitted_at)
                 else:
                     fut.release()
                     self._start()

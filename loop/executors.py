@@ -10,49 +10,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ProcessPoolExecutor
 
-from matloop.oracles.records import Observation, Request, Status
+from matloop.core.records import Observation, Request
 
-
-def _failed(oracle, request: Request, reason: str, t0: float) -> Observation:
-    return Observation(
-        request_id=request.id,
-        candidate_id=request.candidate.id,
-        oracle=oracle.name,
-        oracle_version=oracle.version,
-        fidelity=oracle.fidelity,
-        status=Status.FAILED,
-        cost=oracle.cost,
-        wall_time_s=time.time() - t0,
-        reason=reason,
-    )
-
-
-class Handle:
-    """A submitted job."""
-
-    def __init__(self, oracle, request: Request, future: Future | None = None, value: Observation | None = None):
-        self.oracle = oracle
-        self.request = request
-        self.future = future
-        self.value = value
-        self.submitted_at = time.time()
-
-    def done(self) -> bool:
-        return self.value is not None or (self.future is not None and self.future.done())
-
-    def result(self) -> Observation:
-        if self.value is not None:
-            return self.value
-        try:
-            self.value = self.future.result()
-        except BrokenProcessPool as exc:
-            self.value = _failed(self.oracle, self.request, f"worker process crashed: {exc}", self.submitted_at)
-        except Exception as exc:  # the job itself should never raise (Oracle.run catches); belt and braces
-            self.value = _failed(self.oracle, self.request, f"{type(exc).__name__}: {exc}", self.submitted_at)
-        return self.value
+from .handles import Handle
 
 
 class InlineExecutor:
@@ -83,7 +45,7 @@ def _worker_init(threads: int) -> None:
 def _ping() -> int:
     import time as _t
 
-    import matloop.oracles.base  # noqa: F401  (the import cost is paid here, once per worker)
+    import matloop.core.oracle  # noqa: F401  (the import cost is paid here, once per worker)
 
     _t.sleep(0.2)  # keep this worker busy so that the next ping goes to another one
     return os.getpid()

@@ -42,7 +42,7 @@ Agents (same ``n_init`` random candidates per seed; rounds until the budget is s
 Model comparison (``compare_models``): held-out RMSE and Gaussian NLL of the experimental
 gap, given every pool candidate's PBE gap plus a fraction of the training candidates'
 experimental gaps; ``splits`` random 80/20 splits (fractions nested within a split).
-Figures: ``matloop.agents.multifidelity``.
+Figures: ``matloop.agents.modelling.multifidelity``.
 
 Measured (``python benchmarks/multifidelity.py campaign --out DIR``: MP PBE, N = 1118,
 |G| = 78, costs 1 / 10, budget 3000, rounds of 100, 10 initial candidates, funnel window
@@ -82,12 +82,12 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.agents.acquisition import Goal, select_batch
-from matloop.agents.features import FeatureSettings
-from matloop.agents.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings, choose_requests
-from matloop.agents.surrogates import GPSurrogate, SurrogateSettings, fit_pca
+from matloop.agents.decision.acquisition import Goal, select_batch
+from matloop.agents.modelling.features import FeatureSettings
+from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings, choose_requests
+from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings, fit_pca
 from matloop.loop.benchmark import deduplicate, good_mask, mean_ci, pool_features, read_table
-from matloop.oracles.records import Candidate, InputError
+from matloop.core.records import Candidate, InputError
 
 AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
 MODELS = ("mtgp", "mtgp_point", "mtgp_lcm2", "smfgp", "single", "single_pbe_feature", "pbe_linear")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.oracles.records import Candidate, InputError, Observation
+from matloop.core.records import Candidate, InputError, Observation
 
 from .store import Store
 

@@ -15,46 +15,21 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.agents.acquisition import AcquisitionSettings, SurrogateSettings
-from matloop.agents.agent import (
-    AgentConfig,
-    DefaultAgent,
-    MultiFidelityConfig,
-    ObjectiveInfo,
-    OracleInfo,
-    goal_from_objective,
-    pareto_summary,
-)
-from matloop.agents.features import FeaturePreprocessor, featurize
-from matloop.agents.sources import SOURCE_KINDS, make_source
-from matloop.oracles.records import Candidate, InputError, Observation, Request, Status
-from matloop.oracles.registry import oracle_class
+from matloop.agents.decision.acquisition import SurrogateSettings
+from matloop.agents.decision.agent import pareto_summary
+from matloop.core.goals import Goal
+from matloop.core.protocols import PlanningState
+from matloop.agents.modelling.features import FeaturePreprocessor, featurize
+from matloop.agents.generation.sources import SOURCE_KINDS, make_source
+from matloop.core.records import Candidate, InputError, Observation, Request, Status
 
 from .executors import make_executor
+from .planning import build_agent, objective_infos, planning_state
 from .spec import CampaignSpec
 from .store import Store
+from .tiers import build_oracles, oracle_properties
 
 log = logging.getLogger("matloop")
-
-
-def build_oracles(spec: CampaignSpec) -> dict:
-    """Oracle objects by name, in spec order."""
-    out = {}
-    for o in spec.oracles:
-        cls = oracle_class(o.kind)
-        kwargs = dict(name=o.name, settings=o.settings, cost=o.cost, fidelity=o.fidelity, timeout_s=o.timeout_s, cost_unit=o.cost_unit)
-        if o.kind == "lookup":
-            kwargs["base_dir"] = spec.base_dir
-        try:
-            out[o.name] = cls(**kwargs)
-        except TypeError:
-            kwargs.pop("base_dir", None)
-            out[o.name] = cls(**kwargs)
-    return out
-
-
-def _oracle_properties(oracle) -> tuple[str, ...]:
-    return tuple(getattr(oracle, "properties", ()) or ())
 
 
 @dataclass
@@ -74,7 +49,7 @@ class Campaign:
         self.store_path = Path(store_path) if store_path else spec.resolve(spec.store)
         self.console = console
         self.quiet = quiet
-        self.goal = goal_from_objective(spec.primary_objective)  # best-so-far ranks by the (first) objective
+        self.goal = Goal.from_objective(spec.primary_objective.goal, spec.primary_objective.window)  # best-so-far ranks by the (first) objective
         self.rng = np.random.default_rng(spec.seed)
         self.n_fraction_columns = 0  # width of the fraction block _features appends (additive_fractions)
 
@@ -111,7 +86,7 @@ class Campaign:
 
     # -- generators ---------------------------------------------------------------------------
     def _generators(self) -> list[tuple]:
-        from matloop.oracles.registry import load
+        from matloop.core.registry import load
 
         out = []
         for s in self.spec.sources:
@@ -122,7 +97,7 @@ class Campaign:
         return out
 
     def _state(self, store: Store, candidates: list[Candidate], iteration: int):
-        from matloop.agents.base import CampaignState
+        from matloop.core.protocols import CampaignState
 
         vals = self._objective_values(store, "agent", None)
         fitness = {}
@@ -205,7 +180,7 @@ class Campaign:
             self._say(f"featurized {len(todo)} candidates in {time.perf_counter() - t0:.1f} s ({n_err} failures recorded)")
             X, _ = store.get_features(key, ids)
         if "fractions" in self.spec.features.composition:
-            from matloop.agents.features import pool_fractions
+            from matloop.agents.modelling.features import pool_fractions
 
             F, _ = pool_fractions(candidates)
             X = np.hstack([X, F])
@@ -213,56 +188,20 @@ class Campaign:
         self.n_fraction_columns = 0
         if SurrogateSettings(**self.spec.agent.surrogate).fraction_block:
             # kernel_structure 'additive_fractions': the element fractions go last, as their own block
-            from matloop.agents.features import fraction_block
+            from matloop.agents.modelling.features import fraction_block
 
             F = fraction_block(candidates)
             X = np.hstack([X, F])
             self.n_fraction_columns = F.shape[1]
         return X
 
-    def _agent(self, oracles: dict) -> DefaultAgent:
-        infos = []
-        for o in self.spec.oracles:
-            props = _oracle_properties(oracles[o.name])
-            infos.append(
-                OracleInfo(o.name, props, o.fidelity, o.cost, o.promote.model_dump() if o.promote else None)
-            )
-        objectives = self._objective_infos()
-        fidelity = None
-        fs = self.spec.agent.fidelity
-        if fs.strategy == "multi_fidelity":
-            from matloop.agents.multifidelity import ChoiceSettings, MultiFidelitySettings
-
-            fidelity = MultiFidelityConfig(
-                oracles=[o.name for o in self.spec.fidelity_oracles()], model=MultiFidelitySettings(**fs.model),
-                choice=ChoiceSettings(**fs.choice), init=fs.init, pca_variance=fs.pca_variance,
-            )
-        cfg = AgentConfig(
-            goal=self.goal,
-            objective_property=self.spec.primary_objective.property,
-            objective_oracle=self.spec.objective_oracle.name,
-            oracles=infos,
-            surrogate=SurrogateSettings(**self.spec.agent.surrogate),
-            acquisition=AcquisitionSettings(**self.spec.agent.acquisition),
-            constraints=self.spec.constraints,
-            objectives=objectives,
-            fidelity=fidelity,
-            n_fraction_columns=self.n_fraction_columns,
-        )
-        return DefaultAgent(cfg)
-
-    def _objective_infos(self) -> list[ObjectiveInfo]:
-        """Several objectives: each one's property, the oracle whose value counts and its goal."""
-        return [ObjectiveInfo(o.property, self.spec.oracle_of(o).name, goal_from_objective(o))
-                for o in self.spec.objectives or []]
-
     def _pareto(self, store: Store, arm: str = "agent") -> dict | None:
         """Several objectives: the current Pareto front of an arm (``pareto_summary``); None otherwise."""
         if not self.spec.objectives:
             return None
-        objectives = self._objective_infos()
+        objectives = objective_infos(self.spec)
         formulas = {c.id: c.formula for c in store.candidates()}
-        return pareto_summary(store.observations(arm=arm), formulas, objectives, self.spec.constraints)
+        return pareto_summary(store.observations(arm=arm), formulas, objectives, [c.as_core() for c in self.spec.constraints])
 
     # -- evaluation ---------------------------------------------------------------------------
     def _execute(self, store: Store, executor, oracles: dict, requests: list[Request]) -> list[Observation]:
@@ -356,7 +295,8 @@ class Campaign:
 
         def plan(snapshot_obs, requested, pending, q):
             t0 = time.perf_counter()
-            p = agent.propose(-1, candidates, X, snapshot_obs, requested, pending, q, self.rng, None)
+            p = agent.propose(PlanningState(-1, candidates, X, snapshot_obs, requested, pending, q, self.rng,
+                                            fraction_columns=self.n_fraction_columns))
             p.rationale["planning_seconds"] = time.perf_counter() - t0
             return p
 
@@ -448,7 +388,7 @@ class Campaign:
 
     def _as_promoted(self, store: Store, cand: Candidate, oracle: str) -> Candidate:
         """A resumed funnel request sees the same (relaxed) structure as when it was planned."""
-        from matloop.agents.agent import promoted_candidate
+        from matloop.agents.decision.agent import promoted_candidate
 
         spec = next((o for o in self.spec.oracles if o.name == oracle), None)
         if spec is None or spec.promote is None:
@@ -481,7 +421,7 @@ class Campaign:
             main = per.get(oname)
             if main is None or main.value(obj.property) is None:
                 continue
-            if all(c.met_by(per.values()) for c in self.spec.constraints):
+            if all(c.as_core().met_by(per.values()) for c in self.spec.constraints):
                 out.append((cid, main.value(obj.property)))
         return out
 
@@ -564,9 +504,9 @@ class Campaign:
             oracles = build_oracles(self.spec)
             self._setup_oracles(oracles, candidates)
             X = self._features(store, candidates)
-            agent = self._agent(oracles)
+            agent = build_agent(self.spec, oracles)
             store.set_meta("oracles", {n: {"kind": o.kind, "version": o.version, "fidelity": o.fidelity, "cost": o.cost,
-                                           "properties": list(_oracle_properties(o))} for n, o in oracles.items()})
+                                           "properties": list(oracle_properties(o))} for n, o in oracles.items()})
             executor = make_executor(self.spec.executor)
             if hasattr(executor, "warm_up"):
                 executor.warm_up()
@@ -600,17 +540,15 @@ class Campaign:
                     cand_by_id = {c.id: c for c in candidates}
                     self._setup_oracles(oracles, candidates)
                     X = self._features(store, candidates)
-                    agent.config.n_fraction_columns = self.n_fraction_columns  # new elements widen the block
-                obs = store.observations(arm="agent")
-                requested = {(c, o) for c, o in store.requested_pairs()}
                 t_plan = time.perf_counter()
                 q = self.spec.batch_size
                 left_evals = None
                 if self.spec.budget.evaluations is not None:
                     left_evals = self.spec.budget.evaluations - self._spent(store)[1]
                     q = min(q, left_evals)
-                plan = agent.propose(idx, candidates, X, obs, requested, set(), q, self.rng, self._budget_left(store),
-                                     max_requests=left_evals)
+                plan = agent.propose(planning_state(store, idx, candidates, X, q, self.rng,
+                                                    budget_left=self._budget_left(store), max_requests=left_evals,
+                                                    fraction_columns=self.n_fraction_columns))
                 plan.rationale["planning_seconds"] = time.perf_counter() - t_plan
                 if not plan.requests:
                     stop_reason = plan.rationale.get("stop_reason", "no candidates left to request")

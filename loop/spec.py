@@ -14,8 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from matloop.agents.features import FeatureSettings
-from matloop.oracles.records import InputError
+from matloop.agents.modelling.features import FeatureSettings
+from matloop.core.goals import Constraint as CoreConstraint
+from matloop.core.records import InputError
 
 
 class _Model(BaseModel):
@@ -59,18 +60,9 @@ class Constraint(_Model):
             raise ValueError("a constraint needs min and/or max")
         return self
 
-    def satisfied(self, value: float | None) -> bool:
-        if value is None or not math.isfinite(value):
-            return False
-        return (self.max is None or value <= self.max) and (self.min is None or value >= self.min)
-
-    def met_by(self, observations) -> bool:
-        """Whether a candidate's successful observations meet this constraint: the first value
-        of the property from ``oracle`` (or any oracle) must be ``satisfied``."""
-        for ob in observations:
-            if (self.oracle is None or ob.oracle == self.oracle) and ob.value(self.property) is not None:
-                return self.satisfied(ob.value(self.property))
-        return False
+    def as_core(self) -> CoreConstraint:
+        """This constraint as the agent and the runner use it (``matloop.core.goals.Constraint``)."""
+        return CoreConstraint(self.property, self.oracle, self.min, self.max)
 
 
 class SourceSpec(_Model):
@@ -407,8 +399,8 @@ def _apply_override(data: dict, dotted: str, value: Any) -> None:
 
 def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
     """Registered names and per-kind settings, reported with YAML paths like the rest."""
-    from matloop.agents.sources import SOURCE_KINDS, source_settings_model
-    from matloop.oracles.registry import RegistryError, names, oracle_class
+    from matloop.agents.generation.sources import SOURCE_KINDS, source_settings_model
+    from matloop.core.registry import RegistryError, names, oracle_class
 
     problems = []
 
@@ -511,7 +503,7 @@ def _check_objectives(spec: CampaignSpec, where) -> list[str]:
 
 def _check_fidelity(spec: CampaignSpec, where) -> list[str]:
     """agent.fidelity: its settings, and the oracles a multi-fidelity campaign can use."""
-    from matloop.agents.multifidelity import ChoiceSettings, MultiFidelitySettings
+    from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelitySettings
 
     fid = spec.agent.fidelity
     out = []
@@ -563,7 +555,7 @@ def _properties_or_empty(o: OracleSpec) -> set[str]:
 
 
 def _oracle_properties(o: OracleSpec) -> set[str]:
-    from matloop.oracles.registry import oracle_class
+    from matloop.core.registry import oracle_class
 
     cls = oracle_class(o.kind)
     if o.kind == "lookup":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.oracles.records import Candidate, Observation, Request, Status
+from matloop.core.records import Candidate, Observation, Request, Status
 
 SCHEMA_VERSION = 1
 

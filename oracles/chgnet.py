@@ -49,8 +49,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from .base import Oracle, OracleSettings
-from .records import Candidate, InputError, OracleError, OracleResult, stable_hash
+from matloop.core.oracle import Oracle, OracleSettings
+from matloop.core.records import Candidate, InputError, OracleError, OracleResult, stable_hash
 
 #: bump when the elemental-reference rule or protocol changes (invalidates caches)
 REFERENCE_PROTOCOL = 1

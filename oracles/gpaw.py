@@ -32,8 +32,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from .base import Oracle, OracleSettings
-from .records import Candidate, OracleError, OracleResult, stable_hash
+from matloop.core.oracle import Oracle, OracleSettings
+from matloop.core.records import Candidate, OracleError, OracleResult, stable_hash
 
 NOT_INSTALLED = (
     "GPAW is not installed: run `make setup` (installs the `dft` extra: libxc/openblas/fftw + siteconfig) "

@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from .base import Oracle, OracleSettings
-from .records import Candidate, Observation, OracleError, OracleResult, Request, Status
+from matloop.core.oracle import Oracle, OracleSettings
+from matloop.core.records import Candidate, Observation, OracleError, OracleResult, Request, Status
 
 #: keys of a flat result dict that are not property values
 _META_KEYS = frozenset({"status", "reason", "uncertainties", "cost", "idempotency_key"})

@@ -37,7 +37,7 @@ from urllib.parse import unquote
 import numpy as np
 
 from .lookup import LookupOracle
-from .records import Candidate, OracleError
+from matloop.core.records import Candidate, OracleError
 
 MAX_BODY_BYTES = 4_000_000
 FAILURE_REASONS = (

@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import Oracle, OracleSettings
-from .records import Candidate, InputError, OracleError, OracleResult, stable_hash
+from matloop.core.oracle import Oracle, OracleSettings
+from matloop.core.records import Candidate, InputError, OracleError, OracleResult, stable_hash
 
 
 class LookupSettings(OracleSettings):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Oracle, OracleSettings
-from .records import Candidate, OracleError, OracleResult, Request
+from matloop.core.oracle import Oracle, OracleSettings
+from matloop.core.records import Candidate, OracleError, OracleResult, Request
 
 
 class ManualSettings(OracleSettings):

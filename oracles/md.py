@@ -39,7 +39,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from .base import Oracle, OracleSettings
+from matloop.core.oracle import Oracle, OracleSettings
 from .chgnet import (
     check_elements,
     compute_threads,
@@ -49,7 +49,7 @@ from .chgnet import (
     relax_atoms,
     resolve_device,
 )
-from .records import Candidate, OracleError, OracleResult, stable_hash
+from matloop.core.records import Candidate, OracleError, OracleResult, stable_hash
 
 #: Boltzmann constant in eV/K and in J/K, elementary charge in C
 KB_EV_PER_K = 8.617333262e-5

@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from scipy.special import log_ndtr
 
 from matloop.agents import acquisition as acq
-from matloop.agents.acquisition import (
+from matloop.agents.decision.acquisition import (
     AcquisitionSettings,
     Goal,
     SurrogateSettings,
@@ -15,7 +15,7 @@ from matloop.agents.acquisition import (
     pool_bounds,
     select_batch,
 )
-from matloop.oracles.records import InputError
+from matloop.core.records import InputError
 
 # -- goals ---------------------------------------------------------------------------------------
 
@@ -73,7 +73,7 @@ def test_log_window_probability_by_hand():
 
 
 def test_rank_warp_by_hand():
-    from matloop.agents.acquisition import rank_warp
+    from matloop.agents.decision.acquisition import rank_warp
 
     t = np.array([3.0, 1.0, 2.0, 2.0, 10.0])
     z, unwarp = rank_warp(t)
@@ -88,7 +88,7 @@ def test_rank_warp_by_hand():
 
 
 def test_top_threshold_by_hand():
-    from matloop.agents.acquisition import top_threshold
+    from matloop.agents.decision.acquisition import top_threshold
 
     # four N(0, 1) candidates: P(y > 1) = 0.158655 each, so 15.8655 % of the pool lies above 1
     assert top_threshold(np.zeros(4), np.ones(4), np.array([]), 0.158655) == pytest.approx(1.0, abs=1e-5)

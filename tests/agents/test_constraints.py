@@ -5,8 +5,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from matloop.agents.acquisition import AcquisitionSettings, Goal, select_batch
-from matloop.agents.constraints import (
+from matloop.agents.decision.acquisition import AcquisitionSettings, Goal, select_batch
+from matloop.agents.decision.constraints import (
     ConstraintModel,
     FailureClassifier,
     FailureClassifierSettings,

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from matloop.agents.base import CampaignState, Generator
-from matloop.agents.enumeration import (
+from matloop.core.protocols import CampaignState, Generator
+from matloop.agents.generation.enumeration import (
     AseDbGenerator,
     EnumerationError,
     MaterialsProjectGenerator,
     OptimadeGenerator,
     reference_server,
 )
-from matloop.oracles.records import Candidate, InputError
+from matloop.core.records import Candidate, InputError
 
 #: the reference server's bundled structures are synthetic (atoms 0.3 Å apart, 40 g/cm3):
 #: switch the physical checks off to exercise transport, pagination and conversion on them
@@ -176,6 +176,6 @@ def test_ase_db_and_extxyz(tmp_path):
 
 
 def test_registered_under_entry_point():
-    from matloop.oracles.registry import load
+    from matloop.core.registry import load
 
     assert load("matloop.generators", "optimade") is OptimadeGenerator

@@ -1,9 +1,9 @@
 import numpy as np
 from pymatgen.core import Composition
 
-from matloop.agents.features import (FeaturePreprocessor, FeatureSettings, _composition_featurizers, feature_labels,
+from matloop.agents.modelling.features import (FeaturePreprocessor, FeatureSettings, _composition_featurizers, feature_labels,
                                      featurize, pool_fractions)
-from matloop.oracles.records import Candidate
+from matloop.core.records import Candidate
 
 
 def test_fast_features_equal_matminer():
@@ -65,8 +65,8 @@ def test_site_stats_coordination_numbers():
 
 
 def test_fraction_block_keeps_fractions_and_drops_constant_columns():
-    from matloop.agents.features import fraction_block
-    from matloop.oracles.records import Candidate
+    from matloop.agents.modelling.features import fraction_block
+    from matloop.core.records import Candidate
 
     cands = [Candidate.from_composition(c, source="t") for c in ("Fe0.5Ni0.3O0.2", "Fe0.3Ni0.5O0.2", "Fe0.8O0.2")]
     B = fraction_block(cands)  # Fe, Ni, O: O is 0.2 everywhere and dropped

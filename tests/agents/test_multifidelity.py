@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from matloop.agents.acquisition import Goal
-from matloop.agents.multifidelity import (
+from matloop.agents.decision.acquisition import Goal
+from matloop.agents.modelling.multifidelity import (
     ChoiceSettings,
     MultiFidelityGP,
     MultiFidelitySettings,
     choose_requests,
 )
-from matloop.agents.surrogates import GPSurrogate
+from matloop.agents.modelling.surrogates import GPSurrogate
 
 torch.set_num_threads(1)
 

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Composition, Lattice, Structure
 
-from matloop.agents.base import CampaignState, Generator
-from matloop.agents.mutation import (
+from matloop.core.protocols import CampaignState, Generator
+from matloop.agents.generation.mutation import (
     MutationGenerator,
     SubstitutionTable,
     add_interstitial,
@@ -24,8 +24,8 @@ from matloop.agents.mutation import (
     substitute,
     swap_sites,
 )
-from matloop.agents.validity import ValidityFilter
-from matloop.oracles.records import Candidate
+from matloop.agents.generation.validity import ValidityFilter
+from matloop.core.records import Candidate
 
 
 @lru_cache(maxsize=None)
@@ -212,7 +212,7 @@ def test_generator_respects_filters():
     # charge balance on: every structure returned is charge balanced
     gen = MutationGenerator("mut", {"rates": {"composition": 0.0}, "validity": {"charge_balance": True}})
     out = gen.generate(6, state, rng(1))
-    from matloop.agents.validity import charge_balanced
+    from matloop.agents.generation.validity import charge_balanced
 
     assert out and all(charge_balanced(c.pmg_composition()) for c in out)
 
@@ -260,6 +260,6 @@ def test_settings_are_validated():
 
 
 def test_registered_under_entry_point():
-    from matloop.oracles.registry import load
+    from matloop.core.registry import load
 
     assert load("matloop.generators", "mutation") is MutationGenerator

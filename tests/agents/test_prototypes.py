@@ -2,7 +2,7 @@ from collections import Counter
 
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from matloop.agents.prototypes import PrototypeSource
+from matloop.agents.generation.prototypes import PrototypeSource
 
 
 def test_charge_balanced_prototypes():

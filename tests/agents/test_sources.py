@@ -3,8 +3,8 @@ import json
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from matloop.agents.sources import FileSource
-from matloop.oracles.records import InputError
+from matloop.agents.generation.sources import FileSource
+from matloop.core.records import InputError
 
 
 def _nacl():

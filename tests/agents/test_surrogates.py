@@ -3,8 +3,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from matloop.agents.base import Surrogate
-from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, make_surrogate
+from matloop.core.protocols import Surrogate
+from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, make_surrogate
 
 
 def _data(n=40, d=3, seed=0):
@@ -101,7 +101,7 @@ def test_factory_and_protocol():
 
 
 def test_pca_keeps_the_components_that_explain_the_variance():
-    from matloop.agents.surrogates import fit_pca
+    from matloop.agents.modelling.surrogates import fit_pca
 
     rng = np.random.default_rng(0)
     t = rng.standard_normal(4000)
@@ -159,7 +159,7 @@ def _spread(n, n_el=4, n_noise=20, seed=0):
     """A composition spread: the objective depends on the element fractions only; the
     descriptors are the majority element's properties (piecewise constant in the fractions)
     and irrelevant columns. Returns ``[descriptors | fractions]`` (``n x d``), k, y."""
-    from matloop.agents.features import FeaturePreprocessor
+    from matloop.agents.modelling.features import FeaturePreprocessor
 
     rng = np.random.default_rng(seed)
     W = rng.dirichlet(np.full(n_el, 0.7), size=n)

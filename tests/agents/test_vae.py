@@ -11,10 +11,10 @@ from pydantic import ValidationError
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-from matloop.agents.base import CampaignState, Generator
-from matloop.agents.validity import Deduplicator, ValidityFilter
-from matloop.agents.vae import CellEncoding, VaeGenerator, rediscovery
-from matloop.oracles.records import Candidate
+from matloop.core.protocols import CampaignState, Generator
+from matloop.agents.generation.validity import Deduplicator, ValidityFilter
+from matloop.agents.generation.vae import CellEncoding, VaeGenerator, rediscovery
+from matloop.core.records import Candidate
 
 PEROV5 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "perov5" / "val.csv"
 
@@ -151,7 +151,7 @@ def test_nothing_to_train_on_gives_nothing():
 def test_settings_are_validated_and_registered():
     with pytest.raises(ValidationError):
         VaeGenerator("vae", {"latent": 4})
-    from matloop.oracles.registry import load
+    from matloop.core.registry import load
 
     assert load("matloop.generators", "vae") is VaeGenerator
 

@@ -10,14 +10,14 @@ from pydantic import ValidationError
 from pymatgen.core import Lattice, Structure
 from pymatgen.core.operations import SymmOp
 
-from matloop.agents.validity import (
+from matloop.agents.generation.validity import (
     Deduplicator,
     ValidityFilter,
     ValiditySettings,
     charge_balanced,
     sample_quality,
 )
-from matloop.oracles.records import Candidate
+from matloop.core.records import Candidate
 
 
 @lru_cache(maxsize=None)

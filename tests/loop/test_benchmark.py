@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from matloop.agents.acquisition import Goal
+from matloop.agents.decision.acquisition import Goal
 from matloop.loop import benchmark as bm
-from matloop.oracles.records import InputError
+from matloop.core.records import InputError
 
 # -- metrics by hand ------------------------------------------------------------------------------
 
@@ -199,7 +199,7 @@ def test_benchmark_from_campaign_with_a_constraint(tmp_path):
 
 
 def test_additive_fractions_benchmark_appends_the_fraction_block_for_matloop_only(grid_csv, tmp_path, monkeypatch):
-    from matloop.agents.acquisition import SurrogateSettings
+    from matloop.agents.decision.acquisition import SurrogateSettings
 
     seen = []
     real = bm.select_batch

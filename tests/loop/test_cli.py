@@ -57,7 +57,7 @@ def test_unparseable_composition_names_row(tmp_path, grid_csv):
 
 
 def test_unparseable_rows_skipped_by_rule(tmp_path, grid_csv):
-    from matloop.agents.sources import FileSource
+    from matloop.agents.generation.sources import FileSource
 
     bad = tmp_path / "bad.csv"
     bad.write_text("composition,target\nFe2O3,1\nNotAnElement42,2\nNiO,3\n")
@@ -69,7 +69,7 @@ def test_unparseable_rows_skipped_by_rule(tmp_path, grid_csv):
 def test_nan_and_inf_labels_become_failed_observations(tmp_path, grid_csv):
     """A NaN/inf label is not a value: the lookup reports a failed observation naming it."""
     from matloop.oracles.lookup import LookupOracle
-    from matloop.oracles.records import Candidate, Request, Status
+    from matloop.core.records import Candidate, Request, Status
 
     t = tmp_path / "t.csv"
     t.write_text("composition,y\nFe2O3,nan\nNiO,inf\nZnO,1.5\n")

@@ -12,7 +12,7 @@ from matloop.loop.runner import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 from matloop.oracles.lookup import LookupOracle
-from matloop.oracles.records import Candidate, Request
+from matloop.core.records import Candidate, Request
 
 from .helpers import write_campaign
 

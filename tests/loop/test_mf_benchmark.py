@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from matloop.agents.acquisition import Goal
-from matloop.agents.multifidelity import MultiFidelitySettings
+from matloop.agents.decision.acquisition import Goal
+from matloop.agents.modelling.multifidelity import MultiFidelitySettings
 from matloop.loop.mf_benchmark import MFPool, cost_metrics, load_bandgap_pool, run_mf_benchmark
-from matloop.oracles.records import Candidate, InputError
+from matloop.core.records import Candidate, InputError
 
 torch.set_num_threads(1)
 

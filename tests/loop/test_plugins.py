@@ -96,7 +96,7 @@ def _density_campaign(tmp_path, mgo_cif, prop="density_g_per_cm3"):
 
 def test_registry_loads_installed_plugin(plugin_dir):
     code = (
-        "from matloop.oracles.registry import oracle_class, names\n"
+        "from matloop.core.registry import oracle_class, names\n"
         "cls = oracle_class('demo-density')\n"
         "print(cls.__module__, cls.__name__, cls.kind, list(cls.properties), 'demo-density' in names('matloop.oracles'))"
     )
@@ -132,7 +132,7 @@ def test_campaign_naming_plugin_validates(plugin_dir, mgo_cif, tmp_path):
 
 def test_duplicate_name_from_two_distributions_is_an_error(plugin_dir, twin_dir, mgo_cif, tmp_path):
     code = (
-        "from matloop.oracles.registry import RegistryError, oracle_class\n"
+        "from matloop.core.registry import RegistryError, oracle_class\n"
         "try:\n"
         "    oracle_class('demo-density')\n"
         "except RegistryError as exc:\n"

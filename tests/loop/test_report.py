@@ -20,7 +20,7 @@ from matloop.loop.report import add_arguments, cmd_report, write_report
 from matloop.loop.runner import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
-from matloop.oracles.records import Candidate, InputError
+from matloop.core.records import Candidate, InputError
 
 from .helpers import write_campaign
 
@@ -305,7 +305,7 @@ def test_structures_written_as_cif(campaign_store, tmp_path):
     """Top candidates with structures get a CIF: the oracle's relaxed structure when it made one."""
     from pymatgen.core import Lattice, Structure
 
-    from matloop.oracles.records import Observation, Request, Status
+    from matloop.core.records import Observation, Request, Status
 
     store_path, _ = campaign_store
     copy = tmp_path / "store.sqlite"

@@ -1,7 +1,7 @@
 import pytest
 
 from matloop.loop.spec import load_campaign
-from matloop.oracles.records import InputError
+from matloop.core.records import InputError
 
 from .helpers import write_campaign
 

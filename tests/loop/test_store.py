@@ -1,7 +1,7 @@
 import numpy as np
 
 from matloop.loop.store import Store
-from matloop.oracles.records import Candidate, Observation, Request, Status
+from matloop.core.records import Candidate, Observation, Request, Status
 
 
 def _obs(req, value=1.0, status=Status.SUCCESS):

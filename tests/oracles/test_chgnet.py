@@ -19,7 +19,7 @@ from matloop.oracles.chgnet import (  # noqa: E402
     hull_energies,
     load_reference_entries,
 )
-from matloop.oracles.records import Candidate, InputError, OracleError, Request, Status  # noqa: E402
+from matloop.core.records import Candidate, InputError, OracleError, Request, Status  # noqa: E402
 
 MP_FORMATION_CSV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mp" / "mp-formation.csv"
 

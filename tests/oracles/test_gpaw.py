@@ -20,7 +20,7 @@ import pytest
 from pydantic import ValidationError
 
 from matloop.oracles.gpaw import BandEdges, GpawHse06Oracle, GpawPbeOracle, band_edges
-from matloop.oracles.records import Candidate, Request, Status
+from matloop.core.records import Candidate, Request, Status
 
 needs_gpaw = pytest.mark.skipif(
     importlib.util.find_spec("gpaw") is None, reason="GPAW is not installed (scripts/setup.sh builds it)"

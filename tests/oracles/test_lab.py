@@ -17,8 +17,8 @@ from pymatgen.core import Lattice, Structure
 
 from matloop.oracles.lab import CommandOracle, FolderOracle, HttpOracle, LabHandle
 from matloop.oracles.labsim import FAILURE_REASONS, LabService
-from matloop.oracles.records import Candidate, Request, Status
-from matloop.oracles.registry import oracle_class
+from matloop.core.records import Candidate, Request, Status
+from matloop.core.registry import oracle_class
 
 TABLE = {"Fe2O3": 2.1, "NiO": 3.7, "ZnO": 3.3, "TiO2": 3.0, "MgO": 7.8, "CuO": 1.4}
 TOKEN = "s3cret-token"

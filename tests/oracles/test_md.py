@@ -20,7 +20,7 @@ from matloop.oracles.md import (
     supercell_for,
     tracer_diffusivity,
 )
-from matloop.oracles.records import Candidate, OracleError, Request, Status
+from matloop.core.records import Candidate, OracleError, Request, Status
 
 
 def li2o_primitive() -> Structure:

@@ -6,8 +6,8 @@ declared in this distribution's ``pyproject.toml`` under ``[project.entry-points
 
 from __future__ import annotations
 
-from matloop.oracles.base import Oracle
-from matloop.oracles.records import Candidate, OracleResult
+from matloop.core.oracle import Oracle
+from matloop.core.records import Candidate, OracleResult
 
 
 class DensityOracle(Oracle):

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.oracles.records import Candidate
+from matloop.core.records import Candidate
 
 PrototypeName = Literal["rocksalt", "zincblende", "wurtzite", "fluorite", "antifluorite", "perovskite", "half_heusler"]
 

@@ -32,9 +32,9 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.oracles.records import Candidate, InputError, MatloopError
+from matloop.core.records import Candidate, InputError, MatloopError
 
-from .base import CampaignState
+from matloop.core.protocols import CampaignState
 from .validity import Deduplicator, MatcherSettings, ValidityFilter, ValiditySettings
 
 

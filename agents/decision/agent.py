@@ -23,29 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from matloop.oracles.records import Candidate, Observation, Request
+from matloop.core.protocols import OracleInfo, Plan, PlanningState
+from matloop.core.records import Candidate, Observation, Request
 
-from .acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
-from .multifidelity import ChoiceSettings, MultiFidelitySettings
-
-
-@dataclass
-class OracleInfo:
-    """What the agent knows about one oracle (no handle on the oracle itself)."""
-
-    name: str
-    properties: tuple[str, ...]
-    fidelity: int
-    cost: float
-    promote: dict | None = None  # PromotionRule as a dict
-
-
-@dataclass
-class Plan:
-    requests: list[Request]
-    acquisition: dict[str, float]
-    rationale: dict
-    expected_cost: float = 0.0
+from matloop.agents.decision.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelitySettings
 
 
 @dataclass
@@ -84,9 +66,6 @@ class AgentConfig:
     constraints: list = field(default_factory=list)  # spec Constraint objects
     objectives: list[ObjectiveInfo] = field(default_factory=list)  # two or more: Pareto search
     fidelity: MultiFidelityConfig | None = None  # None: funnel (promote rules)
-    # trailing columns of the pool matrix X holding the element-fraction block, set by the caller
-    # that builds X when surrogate.kernel_structure is 'additive_fractions' (funnel campaigns only)
-    n_fraction_columns: int = 0
 
 
 def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candidate:
@@ -106,12 +85,8 @@ def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candi
 
 
 def goal_from_objective(objective) -> Goal:
-    if objective.goal == "maximize":
-        return Goal("max")
-    if objective.goal == "minimize":
-        return Goal("min")
-    lo, hi = objective.window
-    return Goal("window", float(lo), float(hi))
+    """The ``Goal`` of a spec objective (``goal`` and ``window`` fields)."""
+    return Goal.from_objective(objective.goal, objective.window)
 
 
 class DefaultAgent:
@@ -187,34 +162,20 @@ class DefaultAgent:
         exclude = np.setdiff1d(np.arange(X.shape[0]), allowed)
         acq = self.config.acquisition.model_copy(update={"init": 0})
         sel = select_batch(X, train_idx, y, k, self.config.goal, exclude=exclude, surrogate=self.config.surrogate,
-                           acquisition=acq, rng=rng, n_fraction_columns=self.config.n_fraction_columns, yvar=yvar)
+                           acquisition=acq, rng=rng, n_fraction_columns=self.n_fraction_columns, yvar=yvar)
         chosen = set(int(i) for i in sel.indices)
         return [ob for ob in passed if index[ob.candidate_id] in chosen]
 
-    def propose(
-        self,
-        iteration: int,
-        candidates: list[Candidate],
-        X: np.ndarray,
-        observations: list[Observation],
-        requested: set[tuple[str, str]],
-        pending: set[tuple[str, str]],
-        q: int,
-        rng: np.random.Generator,
-        budget_left: float | None = None,
-        max_requests: int | None = None,
-    ) -> Plan:
-        """Plan the next iteration.
+    def propose(self, state: PlanningState) -> Plan:
+        """Plan the next iteration: funnel promotions, then a surrogate-ranked batch per entry tier
+        (or a Pareto batch, or multi-fidelity (candidate, oracle) pairs)."""
+        return self._propose(state.iteration, state.candidates, state.X, state.observations, state.requested,
+                             state.pending, state.batch_size, state.rng, state.budget_left, state.max_requests,
+                             state.fraction_columns)
 
-        Args:
-            candidates: the pool, row-aligned with ``X`` (``N x d`` preprocessed features).
-            observations: every observation of the agent's arm so far.
-            requested: (candidate id, oracle) pairs ever requested (never asked again).
-            pending: pairs still running (fantasised).
-            q: batch size for the entry tier.
-            budget_left: remaining cost; the batch is cut to fit.
-            max_requests: remaining evaluations (all tiers); promotions count too.
-        """
+    def _propose(self, iteration, candidates, X, observations, requested, pending, q, rng, budget_left=None,
+                 max_requests=None, n_fraction_columns=0) -> Plan:
+        self.n_fraction_columns = n_fraction_columns
         cfg = self.config
         if cfg.fidelity is not None:
             return self._propose_multi_fidelity(
@@ -310,12 +271,12 @@ class DefaultAgent:
             has_failures = bool(np.isnan(y).any()) if len(y) else False
             if (constraint_labels or has_failures) and cfg.acquisition.kind not in ("ucb", "thompson"):
                 # unknown constraints (oracle failures) and known ones (e.g. stability) weight the acquisition
-                from .constraints import select_constrained
+                from matloop.agents.decision.constraints import select_constrained
 
                 sel = select_constrained(
                     X, train_idx, y, n_afford, cfg.goal, constraint_labels=constraint_labels or None,
                     exclude=exclude, surrogate=cfg.surrogate, acquisition=cfg.acquisition, rng=rng, pending_idx=pend,
-                    n_fraction_columns=cfg.n_fraction_columns, yvar=yvar,
+                    n_fraction_columns=self.n_fraction_columns, yvar=yvar,
                 )
             else:
                 sel = select_batch(
@@ -329,7 +290,7 @@ class DefaultAgent:
                     acquisition=cfg.acquisition,
                     rng=rng,
                     pending_idx=pend,
-                    n_fraction_columns=cfg.n_fraction_columns,
+                    n_fraction_columns=self.n_fraction_columns,
                     yvar=yvar,
                 )
             chosen = []
@@ -360,7 +321,7 @@ class DefaultAgent:
     def _pareto_batch(self, iteration, candidates, X, observations, requested, pending, q, rng, left, max_requests,
                       index, requests, acq, rationale, expected_cost) -> float:
         """Step 2 with several objectives: a qLogNEHVI batch, each pick requested at every entry oracle."""
-        from .multiobjective import select_pareto
+        from matloop.agents.decision.multiobjective import select_pareto
 
         cfg = self.config
         entry = self._entry_oracles()
@@ -440,8 +401,8 @@ class DefaultAgent:
 
     def _feasibility_log_weights(self, X, observations, index, train_idx, failed, rng):
         """``N`` log P(feasible) + log P(oracle success) over the pool, or None without constraints or failures."""
-        from .acquisition import pool_bounds
-        from .constraints import fit_feasibility
+        from matloop.agents.decision.acquisition import pool_bounds
+        from matloop.agents.decision.constraints import fit_feasibility
 
         cfg = self.config
         labels = self._constraint_labels(observations, index)
@@ -468,8 +429,8 @@ class DefaultAgent:
         first. Then the model is refitted on every label of the objective property and
         ``choose_requests`` fills the batch within ``q`` requests and the remaining cost.
         """
-        from .acquisition import pool_bounds
-        from .multifidelity import MultiFidelityGP, choose_requests
+        from matloop.agents.decision.acquisition import pool_bounds
+        from matloop.agents.modelling.multifidelity import MultiFidelityGP, choose_requests
 
         cfg = self.config
         mf = cfg.fidelity
@@ -515,7 +476,7 @@ class DefaultAgent:
         else:
             Xm = X
             if mf.pca_variance is not None:
-                from .surrogates import fit_pca
+                from matloop.agents.modelling.surrogates import fit_pca
 
                 Xm = fit_pca(X, mf.pca_variance)
                 rationale["fidelity"]["pca_components"] = int(Xm.shape[1])
@@ -571,7 +532,7 @@ def pareto_summary(observations: list[Observation], formulas: dict[str, str], ob
         ``objectives``, ``n_labelled``, ``hypervolume``, ``ref_point_scores`` and ``front``:
         one ``{candidate, formula, values: {objective label: value}}`` per front member.
     """
-    from .multiobjective import hypervolume, pareto_front
+    from matloop.agents.decision.multiobjective import hypervolume, pareto_front
 
     k = len(objectives)
     labels = [o.label(objectives) for o in objectives]

@@ -19,9 +19,9 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.oracles.records import Candidate
+from matloop.core.records import Candidate
 
-from .base import CampaignState
+from matloop.core.protocols import CampaignState
 from .validity import Deduplicator, MatcherSettings, ValidityFilter, ValiditySettings
 
 STRUCTURE_OPERATORS = ("substitution", "swap", "strain", "displacement", "crossover", "vacancy", "interstitial")

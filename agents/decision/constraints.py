@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import log_ndtr
 
-from matloop.agents.acquisition import (
+from matloop.agents.decision.acquisition import (
     AcquisitionSettings,
     Goal,
     Selection,
@@ -34,7 +34,7 @@ from matloop.agents.acquisition import (
     pool_bounds,
     select_batch,
 )
-from matloop.agents.surrogates import GPSurrogate, SurrogateSettings, fit_pca, make_surrogate
+from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings, fit_pca, make_surrogate
 
 __all__ = [
     "FailureClassifierSettings",

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.agents.acquisition import Goal, log_expected_improvement, log_window_probability
+from matloop.agents.decision.acquisition import Goal, log_expected_improvement, log_window_probability
 
 _DTYPE = torch.float64
 

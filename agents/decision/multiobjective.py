@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from matloop.agents.acquisition import Goal, Selection, _greedy_mc, log_expected_improvement, pool_bounds
-from matloop.agents.surrogates import GPSurrogate, SurrogateSettings
+from matloop.agents.decision.acquisition import Goal, Selection, greedy_mc_batch, log_expected_improvement, pool_bounds
+from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings
 
 __all__ = ["pareto_front", "hypervolume", "default_ref_point", "log_ehvi", "select_pareto"]
 
@@ -354,7 +354,7 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log
         )
         if log_w is not None:
             X_pending = None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE)
-            return _greedy_mc(acqf, choices, q, X_pending, max_batch=256, log_w=log_w)
+            return greedy_mc_batch(acqf, choices, q, X_pending, max_batch=256, log_w=log_w)
         cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
     # map the returned rows back to shortlist positions (the first unused identical row)
     used = np.zeros(len(X_short), dtype=bool)

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from matloop.oracles.records import Candidate, structure_hash
+from matloop.core.records import Candidate, structure_hash
 
 
 class ValiditySettings(BaseModel):

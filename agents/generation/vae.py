@@ -26,9 +26,9 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.oracles.records import Candidate, stable_hash
+from matloop.core.records import Candidate, stable_hash
 
-from .base import CampaignState
+from matloop.core.protocols import CampaignState
 from .validity import Deduplicator, MatcherSettings, ValidityFilter, ValiditySettings, sample_quality
 
 __all__ = ["CellEncoding", "VaeGenerator", "VaeSettings", "rediscovery", "sample_quality"]

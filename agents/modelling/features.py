@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.oracles.records import Candidate
+from matloop.core.records import Candidate
 
 
 class FeatureSettings(BaseModel):

@@ -45,8 +45,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erfcx, log_ndtr, ndtr
 
-from matloop.agents.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, fit_pca, make_surrogate
-from matloop.oracles.records import InputError
+from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, fit_pca, make_surrogate
+from matloop.core.goals import Goal
+from matloop.core.records import InputError
 
 __all__ = [
     "label_noise",
@@ -61,69 +62,6 @@ __all__ = [
     "rank_warp",
     "top_threshold",
 ]
-
-
-@dataclass(frozen=True)
-class Goal:
-    """What "better" means for one scalar property.
-
-    Attributes:
-        kind: ``max``, ``min``, or ``window`` (the target should lie in ``[lo, hi]``).
-        lo: lower edge of the window (``-inf`` allowed); window goals only.
-        hi: upper edge of the window (``inf`` allowed); window goals only.
-    """
-
-    kind: Literal["max", "min", "window"]
-    lo: float | None = None
-    hi: float | None = None
-
-    def __post_init__(self):
-        if self.kind not in ("max", "min", "window"):
-            raise ValueError(f"goal kind must be max, min or window, not {self.kind!r}")
-        if self.kind == "window":
-            if self.lo is None or self.hi is None:
-                raise ValueError("a window goal needs lo and hi")
-            if math.isnan(self.lo) or math.isnan(self.hi) or self.lo > self.hi:
-                raise ValueError(f"window needs lo <= hi, got [{self.lo}, {self.hi}]")
-            if math.isinf(self.lo) and math.isinf(self.hi):
-                raise ValueError("a window needs at least one finite edge")
-
-    @classmethod
-    def parse(cls, text: str) -> Goal:
-        """Parse ``max``, ``min`` or ``window:LO:HI`` (``inf``/``-inf`` allowed as edges).
-
-        Raises:
-            InputError: the text is none of these.
-        """
-        t = str(text).strip().lower()
-        if t in ("max", "min"):
-            return cls(t)
-        parts = t.split(":")
-        if len(parts) == 3 and parts[0] == "window":
-            try:
-                return cls("window", float(parts[1]), float(parts[2]))
-            except ValueError as exc:
-                raise InputError(f"bad window goal {text!r}: {exc}", where="goal") from None
-        raise InputError(f"unparseable goal {text!r}; expected max, min or window:LO:HI", where="goal")
-
-    def __str__(self) -> str:
-        return self.kind if self.kind != "window" else f"window:{self.lo:g}:{self.hi:g}"
-
-    def score(self, y: np.ndarray) -> np.ndarray:
-        """Maximisation score: ``y`` (max), ``-y`` (min), ``-distance to [lo, hi]`` (window)."""
-        y = np.asarray(y, dtype=float)
-        if self.kind == "max":
-            return y.copy()
-        if self.kind == "min":
-            return -y
-        return -(np.maximum(self.lo - y, 0.0) + np.maximum(y - self.hi, 0.0))
-
-    def contains(self, y: np.ndarray) -> np.ndarray:
-        """Boolean mask of values inside the window (window goals only)."""
-        if self.kind != "window":
-            raise ValueError("contains() is defined for window goals only")
-        y = np.asarray(y, dtype=float)
-        return (y >= self.lo) & (y <= self.hi)
 
 
 class AcquisitionSettings(BaseModel):
@@ -332,7 +270,7 @@ def _window_objective(lo: float, hi: float, tau: float):
     return GenericMCObjective(obj)
 
 
-def _greedy_mc(
+def greedy_mc_batch(
     acqf, X_short: torch.Tensor, q: int, X_pending: torch.Tensor | None, max_batch: int = 512,
     log_w: np.ndarray | None = None,
 ):
@@ -705,4 +643,4 @@ def _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal,
             tau = 1e-2 * float(np.std(target) + 1e-12)
             acqf = qSimpleRegret(gp, sampler=sampler, objective=_window_objective(lo, hi, tau))
         X_short = torch.as_tensor(X_short_np, dtype=dt)
-        return _greedy_mc(acqf, X_short, q, X_pending)
+        return greedy_mc_batch(acqf, X_short, q, X_pending)

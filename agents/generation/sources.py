@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.oracles.records import Candidate, InputError
+from matloop.core.records import Candidate, InputError
 
 log = logging.getLogger("matloop")
 

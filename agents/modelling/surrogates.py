@@ -2,7 +2,7 @@
 
 Both predict in chunks so that a pool of 10^6 candidates never needs more than one chunk
 of cross-covariances in memory. The GP keeps its fitted botorch model in ``.model`` for
-the Monte-Carlo batch acquisitions in ``matloop.agents.acquisition``.
+the Monte-Carlo batch acquisitions in ``matloop.agents.decision.acquisition``.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class GPSurrogate:
                 raise ValueError(
                     f"kernel_structure 'additive_fractions' needs the element-fraction block as the last "
                     f"n_fraction_columns of the {d} features, with descriptors before it; got "
-                    f"n_fraction_columns={k} (append matloop.agents.features.fraction_block to the pool and "
+                    f"n_fraction_columns={k} (append matloop.agents.modelling.features.fraction_block to the pool and "
                     "pass its width to select_batch / make_surrogate)"
                 )
             # two scaled kernels with their own priors (each for its block's dimension), sharing the

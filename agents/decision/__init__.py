@@ -1,0 +1,1 @@
+"""Decision: acquisition, feasibility, Pareto and multi-fidelity choice, and the agent policies."""

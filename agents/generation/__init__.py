@@ -1,0 +1,1 @@
+"""Candidate generation: pool sources, prototypes, database enumeration, mutation, generative decoding, validity."""

@@ -1,0 +1,1 @@
+"""Modelling: matminer features, surrogates (GP, random forest) and the multi-fidelity GP."""
