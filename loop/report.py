@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matloop.core.goals import Goal, pareto_front
 from matloop.core.records import Candidate, InputError, Observation
 
 from .store import Store
@@ -56,15 +57,14 @@ class ReportObjective:
     window: tuple[float, float] | None = None
     origin: str = ""
 
+    @property
+    def as_goal(self) -> Goal:
+        """This objective's ``matloop.core.goals.Goal`` (the one scoring rule)."""
+        return Goal.from_objective(self.goal, self.window)
+
     def score(self, y) -> np.ndarray:
         """Higher is better: ``-y`` (minimize), ``y`` (maximize), ``-distance to window`` (window)."""
-        y = np.asarray(y, dtype=float)
-        if self.goal == "maximize":
-            return y.copy()
-        if self.goal == "minimize":
-            return -y
-        lo, hi = self.window
-        return -(np.maximum(lo - y, 0.0) + np.maximum(y - hi, 0.0))
+        return self.as_goal.score(y)
 
     def describe(self) -> str:
         if self.goal == "window":
@@ -72,25 +72,16 @@ class ReportObjective:
         return f"{self.goal} {self.property} ({self.oracle})"
 
 
-_GOAL_WORDS = {"min": "minimize", "minimize": "minimize", "max": "maximize", "maximize": "maximize", "window": "window"}
-
-
 def _parse_goal(entry: dict, where: str) -> tuple[str, tuple[float, float] | None]:
-    goal = str(entry.get("goal", "minimize")).strip().lower()
-    window = entry.get("window")
-    if goal.startswith("window:"):  # the agent's spelling, window:LO:HI
-        _, lo, hi = goal.split(":")
-        goal, window = "window", (lo, hi)
-    if goal not in _GOAL_WORDS:
-        raise InputError(f"goal must be minimize, maximize or window, not {entry.get('goal')!r}", where=where)
-    goal = _GOAL_WORDS[goal]
-    if goal == "window":
-        if not window or len(window) != 2:
-            raise InputError("goal window needs window: [lo, hi]", where=where)
-        window = (float(window[0]), float(window[1]))
-    else:
-        window = None
-    return goal, window
+    """(goal word, window) of a stored objective entry, through ``Goal`` (also accepts ``window:LO:HI``)."""
+    text = str(entry.get("goal", "minimize")).strip().lower()
+    try:
+        goal = Goal.parse(text) if text.startswith("window:") else Goal.from_objective(text, entry.get("window"))
+    except (InputError, ValueError, TypeError) as exc:
+        raise InputError(f"bad goal {entry.get('goal')!r}: {exc}", where=where) from None
+    if goal.kind == "window":
+        return "window", (goal.lo, goal.hi)
+    return ("maximize" if goal.kind == "max" else "minimize"), None
 
 
 # -- what the store holds ---------------------------------------------------------------------
@@ -284,15 +275,6 @@ def _parity_pairs(data: _Data, obj: ReportObjective) -> tuple[list[dict], str, i
                 pairs.append({"iteration": it["idx"], "mean": mu, "std": sd, "observed": y, "formula": c.get("formula"),
                               "oracle": label})
     return pairs, units or "property", dropped
-
-
-def _pareto_front(scores: np.ndarray) -> np.ndarray:
-    """Mask of non-dominated rows of ``scores`` (``n x 2``, higher is better)."""
-    keep = np.ones(len(scores), dtype=bool)
-    for i in range(len(scores)):
-        dominated = np.all(scores >= scores[i], axis=1) & np.any(scores > scores[i], axis=1)
-        keep[i] = not dominated.any()
-    return keep
 
 
 def _best_values(data: _Data) -> dict[str, dict[tuple[str, str], float | str]]:
@@ -530,7 +512,7 @@ def _plot_pareto(data: _Data, objs: list[dict], values: dict, out_dir: Path) -> 
     xy = np.array([(a, b) for _, a, b in pts])
     ro = [ReportObjective(o["property"], o["goal"], "", o["window"]) for o in objs]
     scores = np.column_stack([ro[0].score(xy[:, 0]), ro[1].score(xy[:, 1])])
-    front = _pareto_front(scores)
+    front = pareto_front(scores)
     fig, ax = _figure(7.6, 4.4)
     ax.scatter(xy[~front, 0], xy[~front, 1], s=16, color="0.7", label="evaluated")
     order = np.argsort(xy[front, 0])
