@@ -38,6 +38,8 @@ class OracleError(MatloopError):
 
 
 class Status(str, Enum):
+    """Outcome of an observation: ``success`` or ``failed`` (stored as the string value)."""
+
     SUCCESS = "success"
     FAILED = "failed"
 
@@ -70,6 +72,14 @@ class Candidate:
 
     @classmethod
     def from_composition(cls, composition, source: str = "", provenance: dict | None = None) -> Candidate:
+        """Candidate from a formula string or pymatgen ``Composition`` (no structure).
+
+        The id (``c-...``) hashes the fractional composition, so ``Fe2O3`` and ``Fe4O6`` are the
+        same candidate; ``composition`` keeps the string as given.
+
+        Raises:
+            ValueError: if the composition is empty or (from pymatgen) unparseable.
+        """
         from pymatgen.core import Composition
 
         comp = Composition(composition) if not isinstance(composition, Composition) else composition
@@ -90,6 +100,7 @@ class Candidate:
 
     @classmethod
     def from_structure(cls, structure, source: str = "", provenance: dict | None = None) -> Candidate:
+        """Candidate from a pymatgen ``Structure``; its id (``s-...``) is its ``structure_hash``."""
         return cls(
             id="s-" + structure_hash(structure),
             formula=structure.composition.reduced_formula,
@@ -100,11 +111,13 @@ class Candidate:
         )
 
     def pmg_composition(self):
+        """This candidate's composition as a pymatgen ``Composition``."""
         from pymatgen.core import Composition
 
         return Composition(self.composition)
 
     def pmg_structure(self):
+        """This candidate's structure as a pymatgen ``Structure``, or None if it is composition-only."""
         if self.structure is None:
             return None
         from pymatgen.core import Structure
@@ -112,10 +125,12 @@ class Candidate:
         return Structure.from_dict(self.structure)
 
     def to_json(self) -> dict:
+        """The fields as a JSON-able dict (inverse of ``from_json``)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> Candidate:
+        """Candidate from a ``to_json`` dict."""
         return cls(**d)
 
 
@@ -154,6 +169,7 @@ class Request:
 
     @staticmethod
     def make_id(candidate_id: str, oracle: str, iteration: int) -> str:
+        """Deterministic request id (``r-...``) from candidate id, oracle name and iteration."""
         return "r-" + stable_hash([candidate_id, oracle, iteration], 14)
 
 
@@ -186,21 +202,25 @@ class Observation:
 
     @property
     def ok(self) -> bool:
+        """True if the evaluation succeeded."""
         return self.status == Status.SUCCESS
 
     def value(self, prop: str) -> float | None:
+        """Value of property ``prop`` as a float, or None when it is missing or not finite (NaN, inf)."""
         v = self.properties.get(prop)
         if v is None or not math.isfinite(v):
             return None
         return float(v)
 
     def to_json(self) -> dict:
+        """The fields as a JSON-able dict, ``status`` as its string value (inverse of ``from_json``)."""
         d = asdict(self)
         d["status"] = self.status.value
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> Observation:
+        """Observation from a ``to_json`` dict (the dict is not modified)."""
         d = dict(d)
         d["status"] = Status(d["status"])
         return cls(**d)

@@ -17,6 +17,7 @@ GROUPS = ("matloop.oracles", "matloop.generators", "matloop.surrogates")
 
 
 class RegistryError(MatloopError):
+    """A name is not registered in its group, or two distributions register it."""
     pass
 
 
@@ -33,6 +34,7 @@ def _entries(group: str) -> dict:
 
 
 def names(group: str) -> list[str]:
+    """Sorted names registered in entry-point ``group``; raises RegistryError if two distributions claim one."""
     return sorted(_entries(group))
 
 
@@ -45,4 +47,5 @@ def load(group: str, name: str):
 
 
 def oracle_class(kind: str):
+    """The oracle class registered as ``kind`` (group ``matloop.oracles``); raises RegistryError if unknown."""
     return load("matloop.oracles", kind)

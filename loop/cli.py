@@ -31,6 +31,7 @@ def _parse_sets(items: list[str] | None) -> dict:
 
 
 def cmd_validate(args) -> int:
+    """``matloop validate``: load and check a campaign file (with ``--set`` overrides) and print a summary; returns 0."""
     from .spec import load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
@@ -39,6 +40,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """``matloop run``: run or resume a campaign until it stops; ``--json`` prints the final summary. Returns 0."""
     from rich.console import Console
 
     from .runner import Campaign
@@ -61,6 +63,7 @@ def _open_store(path: str):
 
 
 def cmd_status(args) -> int:
+    """``matloop status``: print spend per oracle, observed ranges, failures, the Pareto front and the last plans; returns 0."""
     from rich.console import Console
     from rich.table import Table
 
@@ -157,6 +160,7 @@ def _fmt(x) -> str:
 
 
 def cmd_export(args) -> int:
+    """``matloop export``: write one row per observation as CSV or JSON to ``--out`` or stdout; returns 0."""
     store = _open_store(args.store)
     rows = store.export_rows()
     front = store.get_meta("pareto_front")
@@ -318,6 +322,14 @@ def cmd_tell(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """``matloop evaluate``: run one oracle on one structure file and print the observation as JSON.
+
+    Returns:
+        Exit status: 0 if the evaluation succeeded, 1 if it failed.
+
+    Raises:
+        InputError: unknown oracle kind, missing or unreadable structure file, or bad ``--set`` settings.
+    """
     from pydantic import ValidationError
 
     from matloop.core.records import Candidate, Request
@@ -381,6 +393,14 @@ def unit_of(prop: str) -> str:
 
 
 def cmd_benchmark(args) -> int:
+    """``matloop benchmark``: replay a labelled dataset with its labels hidden and print the summary; returns 0.
+
+    Uses the campaign FILE if given (multi-fidelity campaigns get the multi-fidelity benchmark),
+    else ``--dataset`` with its columns and ``--goal`` (two-fidelity with ``--cheap-column``).
+
+    Raises:
+        InputError: FILE has several objectives, or without FILE a required option is missing.
+    """
     from matloop.loop import benchmark as bm
 
     if args.file:
@@ -450,6 +470,7 @@ def _mf_benchmark_from_csv(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``matloop`` argument parser; each subcommand sets ``func`` to its ``cmd_*`` handler."""
     p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -523,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``matloop`` CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status (2 on a matloop error, 130 on Ctrl-C)."""
     import warnings
 
     warnings.filterwarnings("ignore")

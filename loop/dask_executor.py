@@ -151,6 +151,11 @@ class DaskHandle(Handle):
         self.future = None
 
     def done(self) -> bool:
+        """True once the job has an observation.
+
+        Fetching a finished future's result may wait up to ``FETCH_TIMEOUT_S`` seconds; after a
+        worker loss the job is resubmitted and this returns False.
+        """
         if self.value is not None:
             return True
         if not self.future.done():
@@ -159,6 +164,7 @@ class DaskHandle(Handle):
         return self.value is not None
 
     def result(self) -> Observation:
+        """The observation, blocking until the job (and any resubmission) finishes; never raises."""
         while self.value is None:
             self._settle(None)
         return self.value
@@ -221,6 +227,7 @@ class DaskExecutor:
             )
 
     def submit(self, oracle, request: Request) -> Handle:
+        """Submit one job and return its handle at once; an ``inline`` oracle runs here, synchronously."""
         if getattr(oracle, "inline", False):
             return Handle(oracle, request, value=oracle.run(request))
         return DaskHandle(self, oracle, request)

@@ -23,9 +23,11 @@ class InlineExecutor:
     workers = 1
 
     def submit(self, oracle, request: Request) -> Handle:
+        """Run the job now, in this process, and return an already finished handle."""
         return Handle(oracle, request, value=oracle.run(request))
 
     def shutdown(self) -> None:
+        """Nothing to release (no-op)."""
         pass
 
 
@@ -83,6 +85,7 @@ class LocalExecutor:
             f.result()
 
     def submit(self, oracle, request: Request) -> Handle:
+        """Submit one job to the pool (rebuilt if broken) and return its handle at once; ``inline`` oracles run here."""
         if getattr(oracle, "inline", False):
             return Handle(oracle, request, value=oracle.run(request))
         try:
@@ -93,6 +96,7 @@ class LocalExecutor:
         return Handle(oracle, request, future=fut)
 
     def shutdown(self) -> None:
+        """Cancel queued jobs, wait for running ones and stop the worker processes."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

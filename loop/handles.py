@@ -26,9 +26,11 @@ class Handle:
         self.submitted_at = time.time()
 
     def done(self) -> bool:
+        """True once the observation is available; never blocks."""
         return self.value is not None or (self.future is not None and self.future.done())
 
     def result(self) -> Observation:
+        """The observation, blocking until the job finishes; a crashed worker or raising job gives a failed observation."""
         if self.value is not None:
             return self.value
         try:

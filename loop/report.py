@@ -67,6 +67,7 @@ class ReportObjective:
         return self.as_goal.score(y)
 
     def describe(self) -> str:
+        """One-line description for the page, e.g. ``minimize gap_ev (chgnet)`` or ``gap_ev in [1, 2] (chgnet)``."""
         if self.goal == "window":
             return f"{self.property} in [{self.window[0]:g}, {self.window[1]:g}] ({self.oracle})"
         return f"{self.goal} {self.property} ({self.oracle})"

@@ -95,10 +95,15 @@ class Store:
             self.set_meta("schema_version", SCHEMA_VERSION)
 
     def close(self) -> None:
+        """Close the database connection."""
         self.db.close()
 
     @contextmanager
     def transaction(self):
+        """Context manager for one ``BEGIN IMMEDIATE`` transaction; yields the connection.
+
+        Commits on exit and rolls back on any exception. Not re-entrant: do not nest it.
+        """
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -110,10 +115,12 @@ class Store:
 
     # -- meta -------------------------------------------------------------------------------
     def get_meta(self, key: str, default=None):
+        """The JSON-decoded meta value under ``key``, or ``default`` if it is absent."""
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def set_meta(self, key: str, value) -> None:
+        """Store ``value`` (JSON-encoded) under ``key``, replacing any earlier value."""
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     # -- candidates -------------------------------------------------------------------------
@@ -160,6 +167,7 @@ class Store:
         return out
 
     def candidate(self, cid: str) -> Candidate | None:
+        """The candidate with id ``cid``, or None if it is not stored."""
         row = self.db.execute(
             "SELECT id, formula, composition, structure, source, provenance FROM candidates WHERE id=?", (cid,)
         ).fetchone()
@@ -168,10 +176,19 @@ class Store:
         return Candidate(row[0], row[1], row[2], json.loads(row[3]) if row[3] else None, row[4], json.loads(row[5]))
 
     def n_candidates(self) -> int:
+        """Number of stored candidates."""
         return self.db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0]
 
     # -- features ---------------------------------------------------------------------------
     def put_features(self, key: str, ids: list[str], X: np.ndarray, errors: list[str | None]) -> None:
+        """Cache feature rows under featurizer ``key`` (as float64), replacing rows already stored.
+
+        Args:
+            key: featurizer key (``FeatureSettings.key``).
+            ids: candidate ids, one per row of ``X``.
+            X: feature matrix, ``len(ids) x d``.
+            errors: per candidate, the featurization error or None, aligned with ``ids``.
+        """
         X = np.asarray(X, dtype=np.float64)
         with self.transaction() as db:
             db.executemany(
@@ -196,10 +213,12 @@ class Store:
         return X, missing
 
     def feature_errors(self, key: str) -> dict[str, str]:
+        """Recorded featurization errors under ``key``: candidate id -> reason."""
         return dict(self.db.execute("SELECT candidate_id, error FROM features WHERE key=? AND error IS NOT NULL", (key,)))
 
     # -- iterations and requests ------------------------------------------------------------
     def next_iteration(self) -> int:
+        """Index for a new iteration: one past the highest recorded in any arm, 0 in a fresh store."""
         row = self.db.execute("SELECT MAX(idx) FROM iterations").fetchone()
         return 0 if row[0] is None else row[0] + 1
 
@@ -220,6 +239,7 @@ class Store:
             )
 
     def finish_iteration(self, idx: int, status: str = "done") -> None:
+        """Mark iteration ``idx`` finished now, with ``status``."""
         self.db.execute("UPDATE iterations SET finished_at=?, status=? WHERE idx=?", (time.time(), status, idx))
 
     def open_requests(self) -> list[tuple[str, int, str, str, str]]:
@@ -232,9 +252,16 @@ class Store:
         )
 
     def running_iterations(self) -> list[int]:
+        """Indices of iterations (any arm) still marked ``running``, ascending."""
         return [r[0] for r in self.db.execute("SELECT idx FROM iterations WHERE status='running' ORDER BY idx")]
 
     def iterations(self, arm: str | None = "agent") -> list[dict]:
+        """Iterations of ``arm`` (every arm if None) in index order.
+
+        Returns:
+            Dicts with ``idx``, ``arm``, ``started_at`` and ``finished_at`` (Unix time, s; ``finished_at``
+            None while running), ``status`` and the decoded ``rationale``.
+        """
         q = "SELECT idx, arm, started_at, finished_at, status, rationale FROM iterations"
         args: tuple = ()
         if arm:
@@ -274,6 +301,7 @@ class Store:
         return cur.rowcount == 1
 
     def observations(self, oracle: str | None = None, arm: str | None = None) -> list[Observation]:
+        """Observations in arrival order, optionally only of ``oracle`` and/or ``arm`` (any without a stored request are left out)."""
         q = (
             "SELECT o.request_id, o.candidate_id, o.oracle, o.oracle_version, o.fidelity, o.status, o.properties,"
             " o.uncertainties, o.extra, o.cost, o.wall_time_s, o.reason FROM observations o"

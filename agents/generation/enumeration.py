@@ -172,6 +172,7 @@ class OptimadeGenerator(_EnumeratingGenerator):
 
     @property
     def first_url(self) -> str:
+        """URL of the first page: ``{base_url}/{version}/structures`` with page_limit, filter and response_fields."""
         s = self.settings
         query = {"page_limit": s.page_limit}
         if s.filter:

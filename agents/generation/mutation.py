@@ -95,6 +95,17 @@ class SubstitutionTable:
         return self._sp
 
     def targets(self, element: str, oxidation_state: float | None = None) -> tuple[list[str], np.ndarray]:
+        """Elements that may replace ``element``, with their probabilities (cached per argument pair).
+
+        Args:
+            element: symbol of the element to replace.
+            oxidation_state: its oxidation state; None, or a state missing from the table, averages
+                over the element's species in the table.
+
+        Returns:
+            Sorted symbols whose probability is at least ``min_probability``, and their probabilities
+            renormalised to sum to 1 (both empty when none qualify).
+        """
         key = (element, oxidation_state)
         if key in self._cache:
             return self._cache[key]

@@ -34,6 +34,8 @@ PrototypeName = Literal["rocksalt", "zincblende", "wurtzite", "fluorite", "antif
 
 
 class PrototypeSettings(BaseModel):
+    """Settings of ``PrototypeSource``: the prototypes to decorate and the elements allowed on each site role."""
+
     model_config = ConfigDict(extra="forbid")
 
     prototypes: list[PrototypeName] = Field(
@@ -160,6 +162,7 @@ class PrototypeSource:
         self.settings = PrototypeSettings(**settings)
 
     def load(self) -> list[Candidate]:
+        """Decorated prototypes (charge-balanced if set), one per structure id; a seeded subset if ``max_candidates``."""
         s = self.settings
         out: dict[str, Candidate] = {}
         for proto in s.prototypes:

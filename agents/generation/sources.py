@@ -24,6 +24,8 @@ log = logging.getLogger("matloop")
 
 
 class FileSourceSettings(BaseModel):
+    """Settings of ``FileSource``: the file, its format, and which rows or structures to keep."""
+
     model_config = ConfigDict(extra="forbid")
 
     path: str = Field(description="CSV file, folder of CIF/POSCAR files, pymatgen JSON, or extxyz file")
@@ -67,6 +69,7 @@ class FileSource:
 
     @property
     def path(self) -> Path:
+        """The pool's path: ``~`` expanded, a relative path taken from ``base_dir``."""
         p = Path(self.settings.path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
@@ -88,6 +91,12 @@ class FileSource:
         raise InputError(f"cannot tell the format from the name; set format: csv|cif_dir|json|extxyz", file=str(p))
 
     def load(self) -> list[Candidate]:
+        """Read the pool: candidates in file order, less those filtered by ``max_atoms``/``ordered_only``, at most ``limit``.
+
+        Raises:
+            InputError: the file is missing or unreadable, its format cannot be told, a row is
+                unparseable with ``on_bad_row: error``, or no candidate is left.
+        """
         p = self.path
         if not p.exists():
             raise InputError("candidate file not found", file=str(p))
@@ -238,6 +247,7 @@ SOURCE_KINDS = ("file", "prototypes")
 
 
 def source_settings_model(kind: str):
+    """The pydantic settings class of built-in source kind ``kind`` (``file`` or ``prototypes``); raises KeyError otherwise."""
     if kind == "file":
         return FileSourceSettings
     if kind == "prototypes":

@@ -41,6 +41,7 @@ class FeatureSettings(BaseModel):
 
     @property
     def key(self) -> str:
+        """Cache key of the featurizer choice, e.g. ``magpie+stoichiometry|density+symmetry`` (``n_jobs`` not included)."""
         return "+".join(self.composition) + "|" + "+".join(self.structure)
 
 
@@ -177,6 +178,7 @@ def _featurize_chunk(args) -> tuple[np.ndarray, list[str | None]]:
 
 
 def feature_labels(settings: FeatureSettings) -> list[str]:
+    """Column labels of the matminer featurizers in ``settings``: composition, then structure (``fractions`` not included)."""
     labels = []
     for f in _composition_featurizers(settings.composition):
         labels.extend(f.feature_labels())
@@ -251,6 +253,7 @@ class FeaturePreprocessor:
     dropped: dict = field(default_factory=dict)
 
     def fit(self, X: np.ndarray) -> FeaturePreprocessor:
+        """Learn medians of every column, which columns to keep and their mean and std from ``X`` (``n x d``); returns self."""
         X = np.asarray(X, dtype=float)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -276,9 +279,11 @@ class FeaturePreprocessor:
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
+        """Impute non-finite entries with the fitted medians, keep the fitted columns and standardise them (``n x k``)."""
         X = np.asarray(X, dtype=float)
         Xi = np.where(np.isfinite(X), X, self.medians)
         return (Xi[:, self.keep] - self.center) / self.scale
 
     def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        """``fit(X)``, then ``transform(X)``."""
         return self.fit(X).transform(X)
