@@ -1,4 +1,5 @@
-"""CHGNet relaxation oracle: formation energies against Materials Project, hulls, failures."""
+"""MLIP relaxation oracle (CHGNet by default): formation energies against Materials Project, hulls,
+failures, the model setting and its older spellings, site settings apart from the version."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ pytest.importorskip("chgnet")
 
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
-from matloop.oracles import chgnet as mlip  # noqa: E402
-from matloop.oracles.chgnet import (  # noqa: E402
-    ChgnetOracle,
+from matloop.core.oracle import SiteSettings  # noqa: E402
+from matloop.core.records import Candidate, InputError, OracleError, Request, Status  # noqa: E402
+from matloop.core.registry import oracle_class  # noqa: E402
+from matloop.oracles import mlip  # noqa: E402
+from matloop.oracles.mlip import (  # noqa: E402
+    MlipOracle,
     formation_energy_ev_per_atom,
     hull_energies,
     load_reference_entries,
 )
-from matloop.core.records import Candidate, InputError, OracleError, Request, Status  # noqa: E402
 
 MP_FORMATION_CSV = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mp" / "mp-formation.csv"
 
@@ -40,17 +43,23 @@ def antifluorite(cation: str, anion: str, lattice_a: float) -> Structure:
 
 
 def request(structure: Structure) -> Request:
-    return Request("r-test", Candidate.from_structure(structure, source="test"), "chgnet", 0)
+    return Request("r-test", Candidate.from_structure(structure, source="test"), "mlip", 0)
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("mlip-refs")
+    """The site's cache root; the MLIP references go to its mlip-references subfolder."""
+    return tmp_path_factory.mktemp("mlip-cache")
 
 
 @pytest.fixture(scope="module")
-def oracle(cache_dir) -> ChgnetOracle:
-    return ChgnetOracle(settings={"cache_dir": str(cache_dir)})
+def site(cache_dir) -> SiteSettings:
+    return SiteSettings(cache_dir=str(cache_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def oracle(site) -> MlipOracle:
+    return MlipOracle(site=site)
 
 
 @pytest.fixture(scope="module")
@@ -102,12 +111,10 @@ def test_li2o_formation_energy_matches_shared_mp_table(oracle):
     assert abs(obs.properties["formation_energy_ev_per_atom"] - float(row.formation_energy_per_atom.iloc[0])) < 0.3
 
 
-def test_lower_reference_entry_puts_candidate_above_hull(cache_dir, nacl_obs):
+def test_lower_reference_entry_puts_candidate_above_hull(site, nacl_obs):
     # a NaCl phase 0.1 eV/atom below the candidate must put it exactly 0.1 eV/atom above the hull
     e = nacl_obs.properties["energy_ev_per_atom"]
-    oracle = ChgnetOracle(
-        settings={"cache_dir": str(cache_dir), "extra_entries": [{"formula": "NaCl", "energy_per_atom": e - 0.1}]}
-    )
+    oracle = MlipOracle(settings={"extra_entries": [{"formula": "NaCl", "energy_per_atom": e - 0.1}]}, site=site)
     obs = oracle.run(request(rocksalt("Na", "Cl", 5.85)))
     assert obs.ok, obs.reason
     assert obs.properties["e_above_hull_ev_per_atom"] == pytest.approx(0.1, abs=2e-3)
@@ -139,7 +146,7 @@ def test_element_outside_model_fails_with_reason(oracle):
 
 
 def test_composition_only_candidate_fails(oracle):
-    obs = oracle.run(Request("r", Candidate.from_composition("NaCl"), "chgnet", 0))
+    obs = oracle.run(Request("r", Candidate.from_composition("NaCl"), "mlip", 0))
     assert obs.status == Status.FAILED
     assert "needs a structure" in obs.reason
 
@@ -149,13 +156,13 @@ def test_exploding_relaxation_is_caught(oracle):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     atoms = AseAtomsAdaptor.get_atoms(rocksalt("Na", "Cl", 8.5))
-    calc = mlip.load_calculator("chgnet", "0.3.0", "cpu")
+    calc = mlip.load_calculator("chgnet", None, "cpu")
     with mlip.compute_threads(1), pytest.raises(OracleError, match="exploded"):
         mlip.relax_atoms(atoms, calc, fmax=0.05, max_steps=200, relax_cell=True, max_volume_ratio=1.2)
 
 
 def test_elemental_references_are_cached_on_disk(cache_dir, nacl_obs, monkeypatch):
-    files = list(cache_dir.glob("elemental-chgnet-0.3.0-v*.json"))
+    files = list((cache_dir / "mlip-references").glob("elemental-chgnet-0.3.0-v*.json"))
     assert len(files) == 1
     cached = json.loads(files[0].read_text())
     assert {"Na", "Cl"} <= set(cached)
@@ -165,21 +172,108 @@ def test_elemental_references_are_cached_on_disk(cache_dir, nacl_obs, monkeypatc
         raise AssertionError("the model must not be loaded for cached references")
 
     monkeypatch.setattr(mlip, "load_calculator", no_model)
-    refs = mlip.elemental_references(["Na", "Cl"], cache_dir=cache_dir)
+    refs = mlip.elemental_references(["Na", "Cl"], cache_dir=cache_dir / "mlip-references")
     assert refs["Na"]["energy_ev_per_atom"] == cached["Na"]["energy_ev_per_atom"]
 
 
 def test_version_ignores_site_settings(cache_dir):
-    a = ChgnetOracle(settings={"cache_dir": str(cache_dir), "torch_threads": 1})
-    b = ChgnetOracle(settings={"cache_dir": "/elsewhere", "torch_threads": 2, "device": "cpu"})
-    c = ChgnetOracle(settings={"cache_dir": str(cache_dir), "fmax": 0.01})
+    a = MlipOracle(site={"cache_dir": str(cache_dir), "torch_threads": 1})
+    b = MlipOracle(site={"cache_dir": "/elsewhere", "torch_threads": 2, "device": "cpu", "base_dir": "/tmp"})
+    c = MlipOracle(settings={"fmax": 0.01}, site={"cache_dir": str(cache_dir)})
     assert a.version == b.version
     assert a.version != c.version
 
 
 def test_unknown_setting_is_rejected():
     with pytest.raises(Exception, match="extra"):
-        ChgnetOracle(settings={"fmax_typo": 0.1})
+        MlipOracle(settings={"fmax_typo": 0.1})
+
+
+@pytest.mark.parametrize("key", ["device", "torch_threads", "cache_dir"])
+def test_site_keys_in_settings_name_their_new_place(key):
+    with pytest.raises(ValueError, match=rf"{key} is a site setting, not science: give it as site\.{key}"):
+        MlipOracle(settings={key: "cpu" if key == "device" else 1})
+
+
+# -- the model setting -----------------------------------------------------------------------
+def test_one_oracle_under_three_kind_names():
+    """mlip, chgnet and sevennet are one oracle; the older kinds only change the default model."""
+    mlip_cls, chgnet_cls, sevennet_cls = (oracle_class(k) for k in ("mlip", "chgnet", "sevennet"))
+    assert mlip_cls is MlipOracle and issubclass(chgnet_cls, MlipOracle) and issubclass(sevennet_cls, MlipOracle)
+    assert chgnet_cls.__dict__.keys() <= {"kind", "default_model", "__doc__", "__module__", "__qualname__"}
+    assert sevennet_cls.__dict__.keys() <= {"kind", "default_model", "__doc__", "__module__", "__qualname__"}
+    for cls, model, version in [(mlip_cls, "chgnet", "0.3.0"), (chgnet_cls, "chgnet", "0.3.0"),
+                                (sevennet_cls, "sevennet", "7net-0")]:
+        s = cls().settings
+        assert (s.model, s.model_version) == (model, version)
+    # equal science under kind mlip and kind sevennet: only the kind name in the version differs
+    a, b = MlipOracle(settings={"model": "sevennet"}), sevennet_cls()
+    assert a.version.split("-", 1)[1] == b.version.split("-", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "expected"),
+    [
+        ("chgnet", "r2scan", ("chgnet", "r2scan")),
+        ("chgnet", "0.3.0", ("chgnet", "0.3.0")),
+        ("chgnet", "0.2.0", ("chgnet", "0.2.0")),
+        ("sevennet", "7net-0", ("sevennet", "7net-0")),
+        ("mlip", "chgnet:r2scan", ("chgnet", "r2scan")),
+        ("mlip", "sevennet", ("sevennet", "7net-0")),
+    ],
+)
+def test_older_model_spellings_still_work(kind, model, expected):
+    s = oracle_class(kind)(settings={"model": model}).settings
+    assert (s.model, s.model_version) == expected
+
+
+def test_model_and_model_version_are_validated():
+    with pytest.raises(ValueError, match="unknown model 'mace'.*matloop.calculators"):
+        MlipOracle(settings={"model": "mace"})
+    with pytest.raises(ValueError, match="names version 'r2scan' but model_version is '0.3.0'"):
+        MlipOracle(settings={"model": "chgnet:r2scan", "model_version": "0.3.0"})
+    obs = MlipOracle(settings={"model_version": "9.9.9"}).run(request(rocksalt("Na", "Cl", 5.64)))
+    assert not obs.ok and "CHGNet has no pretrained model '9.9.9'" in obs.reason
+
+
+def test_a_plugin_calculator_is_found_through_the_registry(monkeypatch, site):
+    """A ``matloop.calculators`` entry point: factory(model_name, device) -> ASE calculator."""
+    from ase.calculators.emt import EMT
+
+    from matloop.core import registry
+
+    calls = []
+
+    def emt_factory(model_name, device):
+        calls.append((model_name, device))
+        return EMT()
+
+    real_names, real_factory = registry.names, registry.calculator_factory
+    monkeypatch.setattr(mlip, "names", lambda group: [*real_names(group), "emt"] if group == registry.CALCULATORS
+                        else real_names(group))
+    monkeypatch.setattr(mlip, "calculator_factory", lambda name: emt_factory if name == "emt" else real_factory(name))
+    monkeypatch.setattr(mlip, "distribution", lambda group, name: "emt-plugin 1.0")
+    oracle = MlipOracle(settings={"model": "emt", "model_version": "effective-medium", "formation_energy": False},
+                        site=site)
+    assert oracle.properties == ("energy_ev_per_atom",)
+    cu = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.7), ["Cu"], [[0, 0, 0]])
+    obs = oracle.run(request(cu))
+    assert obs.ok, obs.reason
+    assert calls == [("effective-medium", "cpu")]
+    assert set(obs.properties) == {"energy_ev_per_atom"}
+    assert obs.extra["model"] == "emt (emt-plugin 1.0) model effective-medium"
+    assert 3.55 < Structure.from_dict(obs.extra["relaxed_structure"]).lattice.a < 3.65  # EMT copper: 3.59 A
+
+
+def test_relative_references_resolve_against_the_site_base_dir(tmp_path, monkeypatch):
+    (tmp_path / "refs.csv").write_text("formula,energy_per_atom\nNaCl,-3.5\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    oracle = MlipOracle(settings={"references": "refs.csv"}, site={"base_dir": str(tmp_path)})
+    assert [(e.formula, e.energy_ev_per_atom) for e in oracle.reference_entries()] == [("NaCl", -3.5)]
+    with pytest.raises(InputError, match="not found"):
+        MlipOracle(settings={"references": "refs.csv"}).reference_entries()
 
 
 # -- pure functions ------------------------------------------------------------------------
@@ -214,11 +308,9 @@ def test_reference_entries_from_json_and_csv(tmp_path):
 
 
 @pytest.mark.slow
-def test_sevennet_shares_the_code_path(cache_dir):
+def test_sevennet_shares_the_code_path(site):
     pytest.importorskip("sevenn")
-    from matloop.oracles.chgnet import SevennetOracle
-
-    oracle = SevennetOracle(settings={"cache_dir": str(cache_dir)})
+    oracle = oracle_class("sevennet")(site=site)
     obs = oracle.run(request(rocksalt("Na", "Cl", 5.85)))
     assert obs.ok, obs.reason
     assert abs(obs.properties["formation_energy_ev_per_atom"] - MP_NACL) < 0.3
@@ -226,9 +318,9 @@ def test_sevennet_shares_the_code_path(cache_dir):
     assert oracle.version.startswith("sevennet-")
 
 
-def test_campaign_phases_join_the_hull(cache_dir, nacl_obs):
+def test_campaign_phases_join_the_hull(site, nacl_obs):
     """Phases the campaign computed earlier are on the hull of later evaluations (and survive pickling)."""
-    o = ChgnetOracle("chgnet", settings={"cache_dir": str(cache_dir)})
+    o = MlipOracle("mlip", site=site)
     lower = nacl_obs.properties["energy_ev_per_atom"] - 0.15
     o.observe_phases([("NaCl", lower)])
     o = pickle.loads(pickle.dumps(o))
