@@ -9,7 +9,7 @@ from .spec import CampaignSpec
 
 
 def build_oracles(spec: CampaignSpec) -> dict:
-    """Oracle objects by name, in spec order; each gets its ``site:`` with the campaign file's folder as ``base_dir``."""
+    """Oracle objects by name, in spec order; each gets its ``site:``, ``base_dir`` the campaign file's folder."""
     out = {}
     for o in spec.oracles:
         site = SiteSettings(**o.site.model_dump(exclude={"base_dir"}), base_dir=spec.base_dir)

@@ -221,7 +221,9 @@ class HttpSettings(OracleSettings):
         None, description="environment variable holding the bearer token (read at submit and poll time)"
     )
     token_file: str | None = Field(
-        None, description="file holding the bearer token, used when token_env is unset or empty (relative: from the campaign file's folder)"
+        None,
+        description="file holding the bearer token, used when token_env is unset or empty "
+        "(relative: from the campaign file's folder)",
     )
     timeout_s: float = Field(10.0, gt=0, description="limit on one HTTP call")
     retries: int = Field(2, ge=0, description="retries of a call that could not connect or got HTTP 5xx/429")
@@ -431,8 +433,13 @@ class HttpOracle(_AsyncLabOracle):
 class FolderSettings(OracleSettings):
     """Settings of the folder (file-exchange robot) oracle."""
 
-    outbox: str = Field(description="folder the robot reads request files from (relative: from the campaign file's folder)")
-    inbox: str = Field(description="folder the robot writes result files to, named <request id>.<format> (relative: from the campaign file's folder)")
+    outbox: str = Field(
+        description="folder the robot reads request files from (relative: from the campaign file's folder)"
+    )
+    inbox: str = Field(
+        description="folder the robot writes result files to, named <request id>.<format> "
+        "(relative: from the campaign file's folder)"
+    )
     format: Literal["csv", "json"] = Field("json", description="file format of requests and results")
     properties: list[str] = Field(min_length=1, description="property names each result must hold")
     cif: Literal["inline", "file"] = Field(
@@ -657,7 +664,10 @@ class CommandSettings(OracleSettings):
         description="argv, run without a shell in the job folder; "
         "{structure}, {job_dir}, {output} and {base_dir} are replaced",
     )
-    workdir: str = Field(description="root folder of the job folders (<workdir>/<request id>) (relative: from the campaign file's folder)")
+    workdir: str = Field(
+        description="root folder of the job folders (<workdir>/<request id>; relative: from the campaign "
+        "file's folder)"
+    )
     structure_format: Literal["cif", "poscar"] = Field("cif", description="file format the candidate is written in")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock limit; the command's process group is killed")
     properties: list[str] = Field(min_length=1, description="property names the output JSON must hold")

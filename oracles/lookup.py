@@ -20,7 +20,9 @@ from matloop.core.records import Candidate, InputError, OracleError, OracleResul
 class LookupSettings(OracleSettings):
     """Settings of the table-lookup oracle."""
 
-    table: str = Field(description="CSV file holding the labels (a relative path is taken from the campaign file's folder)")
+    table: str = Field(
+        description="CSV file holding the labels (a relative path is taken from the campaign file's folder)"
+    )
     key_column: str = Field("composition", description="column with compositions (or CIF paths with key='structure')")
     columns: dict[str, str] = Field(
         description="reported property name -> column of the table, e.g. {overpotential_v: overpotential_V}"
