@@ -583,11 +583,12 @@ def _properties_or_empty(o: OracleSpec) -> set[str]:
 
 
 def _oracle_properties(o: OracleSpec) -> set[str]:
+    """What the oracle reports with these settings (many declare it per instance: lookup columns,
+    lab properties, no formation energy when it is switched off); the class's list if it cannot be built."""
     from matloop.core.registry import oracle_class
 
     cls = oracle_class(o.kind)
-    if o.kind == "lookup":
-        return set((o.settings.get("columns") or {}).keys())
-    if o.kind in ("http", "folder", "command", "manual"):
-        return set(o.settings.get("properties") or [])
-    return set(cls.properties)
+    try:
+        return set(cls(name=o.name, settings=o.settings).properties)
+    except Exception:  # invalid settings are reported by _check_kinds
+        return set(cls.properties)

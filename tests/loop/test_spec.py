@@ -147,3 +147,12 @@ def test_older_mlip_kinds_and_model_spellings_validate(tmp_path, grid_csv):
     path = write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(settings={"model": "mace"}))
     with pytest.raises(InputError, match=r"oracles\[1\]\.settings\.model \(line \d+\): .*unknown model 'mace'"):
         load_campaign(path)
+
+
+def test_objective_checked_against_what_the_oracle_reports_with_its_settings(tmp_path, grid_csv):
+    oracles = _mlip_oracle(settings={"formation_energy": False})
+    path = write_campaign(tmp_path, grid_csv, oracles=oracles,
+                          objective={"property": "formation_energy_ev_per_atom", "goal": "minimize", "oracle": "mlip"})
+    with pytest.raises(InputError, match=r"oracle 'mlip' \(mlip\) does not report 'formation_energy_ev_per_atom'; "
+                                         r"it reports \['energy_ev_per_atom'\]"):
+        load_campaign(path)

@@ -327,3 +327,33 @@ def test_campaign_phases_join_the_hull(site, nacl_obs):
     obs = o.run(request(rocksalt("Na", "Cl", 5.64)))
     assert obs.ok, obs.reason
     assert obs.properties["e_above_hull_ev_per_atom"] == pytest.approx(0.15, abs=0.02)
+
+
+def test_installed_plugin_calculator_runs_through_matloop_evaluate(tmp_path):
+    """The demo plug-in, installed as a real distribution, gives the MLIP oracle ``model: demo-emt``."""
+    import importlib.util
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("pip") is None or importlib.util.find_spec("setuptools") is None:
+        pytest.skip("pip and setuptools are needed to build the demo plug-in offline")
+    src = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "plugins" / "matloop_demo_plugin", src)
+    target = tmp_path / "site"
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--target",
+                          str(target), str(src)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    cu = tmp_path / "Cu.cif"
+    Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.7), ["Cu"], [[0, 0, 0]]).to(filename=str(cu))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)
+    res = subprocess.run([sys.executable, "-m", "matloop.loop.cli", "evaluate", "--oracle", "mlip", str(cu),
+                          "--set", "model=demo-emt", "--set", "formation_energy=false"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["status"] == "success" and list(out["properties"]) == ["energy_ev_per_atom"]
+    assert out["extra"]["model"] == "demo-emt (matloop-demo-plugin 0.1.0) model default"
+    assert out["oracle_description"]["settings"]["model"] == "demo-emt"
