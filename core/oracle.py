@@ -92,7 +92,8 @@ class OracleSettings(BaseModel):
             if moved:
                 raise ValueError(
                     f"{', '.join(moved)} {'is a site setting' if len(moved) == 1 else 'are site settings'}, "
-                    f"not science: give {'it' if len(moved) == 1 else 'them'} as site.{moved[0]} "
+                    f"not science: give {'it' if len(moved) == 1 else 'them'} as "
+                    f"{', '.join('site.' + k for k in moved)} "
                     "(YAML: the oracle's site: mapping; Python: Oracle(site={...}))"
                 )
         return data
