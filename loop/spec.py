@@ -115,7 +115,7 @@ class OracleSpec(_Model):
     @field_validator("site", mode="before")
     @classmethod
     def _no_base_dir(cls, v: Any) -> Any:
-        if isinstance(v, dict) and "base_dir" in v:
+        if isinstance(v, dict) and v.get("base_dir") is not None:  # None: a dumped spec read back
             raise ValueError("base_dir is set by matloop (the campaign file's folder), not in the campaign")
         return v
 

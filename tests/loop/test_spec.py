@@ -156,3 +156,11 @@ def test_objective_checked_against_what_the_oracle_reports_with_its_settings(tmp
     with pytest.raises(InputError, match=r"oracle 'mlip' \(mlip\) does not report 'formation_energy_ev_per_atom'; "
                                          r"it reports \['energy_ev_per_atom'\]"):
         load_campaign(path)
+
+
+def test_spec_with_site_round_trips_through_json(tmp_path, grid_csv):
+    from matloop.loop.spec import CampaignSpec
+
+    spec = load_campaign(write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(site={"torch_threads": 2})))
+    again = CampaignSpec.model_validate_json(spec.model_dump_json())
+    assert again.oracles[1].site == spec.oracles[1].site
