@@ -1,6 +1,6 @@
 """Validate the MLIP tiers against reference data.
 
-1. ``ChgnetOracle`` formation energies of simple binaries (built from their prototypes and
+1. ``MlipOracle`` (CHGNet) formation energies of simple binaries (built from their prototypes and
    relaxed) against the Materials Project values in ``mp/mp-formation.csv``: per compound
    and the mean absolute error.
 2. ``MlipMdOracle`` Li migration energy of a known conductor against its experimental
@@ -113,14 +113,14 @@ def obelix_conductivity(data_dir: Path, entry_id: str) -> float | None:
 def formation_benchmark(data_dir: Path, device: str, cache_dir: str | None) -> dict:
     import pandas as pd
 
-    from matloop.oracles.chgnet import ChgnetOracle
+    from matloop.oracles.mlip import MlipOracle
     from matloop.core.records import Candidate, Request
 
     csv = data_dir / "mp" / "mp-formation.csv"
     if not csv.exists():
         return {"skipped": f"{csv} not found"}
     table = pd.read_csv(csv).set_index("task_id")
-    oracle = ChgnetOracle(settings={"device": device, "cache_dir": cache_dir})
+    oracle = MlipOracle(site={"device": device, "cache_dir": cache_dir})
     rows = []
     for formula, (mp_id, kind, a) in BINARIES.items():
         if mp_id not in table.index:
@@ -161,10 +161,8 @@ def md_benchmark(args) -> dict:
         "production_steps": args.steps,
         "sample_every_steps": max(1, min(10, args.steps // 50)),
         "min_hops": args.min_hops,
-        "device": args.device,
-        "torch_threads": args.threads,
     }
-    oracle = MlipMdOracle(settings=settings)
+    oracle = MlipMdOracle(settings=settings, site={"device": args.device, "torch_threads": args.threads})
     t0 = time.perf_counter()
     obs = oracle.run(Request("bench-md", Candidate.from_structure(structure, source="benchmark"), oracle.name, 0))
     out = {
@@ -236,7 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="shared data folder (mp/, obelix/)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS CPU threads")
-    p.add_argument("--cache-dir", default=None, help="elemental-reference cache folder")
+    p.add_argument("--cache-dir", default=None, help="cache root (references in <root>/mlip-references; default ~/.cache/matloop)")
     p.add_argument("--model", default="chgnet", help="MD model: chgnet[:name] or sevennet[:name]")
     p.add_argument("--material", choices=sorted(CONDUCTORS), default="Li3N")
     p.add_argument("--steps", type=int, default=300, help="MD production steps per temperature")

@@ -10,8 +10,10 @@ Compute oracles are run by an executor (``matloop.loop.executors``) in worker pr
 ``collect`` read finished handles. Asynchronous lab oracles (results days later) override
 ``submit``/``poll``/``collect`` instead.
 
-Science (the settings) is separate from the site (executor, paths): settings are a pydantic
-model per oracle kind, validated from YAML, and hashed into the oracle's ``version``.
+Science is separate from the site, as in ASE's calculator profiles: the settings are a
+pydantic model per oracle kind, validated from YAML and hashed into the oracle's ``version``;
+``SiteSettings`` (the folder relative paths resolve against, device, threads, cache and log
+folders) says where and how this machine runs it, and never enters the version.
 """
 
 from __future__ import annotations
@@ -22,21 +24,83 @@ import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .records import Candidate, Observation, OracleError, OracleResult, Request, Status, stable_hash
 
 
-class OracleSettings(BaseModel):
-    """Base of every oracle's settings model. Unknown keys are rejected."""
+class SiteSettings(BaseModel):
+    """Where and how this machine runs an oracle; never part of its ``version``.
+
+    In a campaign file it is an oracle's optional ``site:`` mapping; ``base_dir`` is filled
+    by the loop with the campaign file's folder.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    base_dir: Path | None = Field(
+        None,
+        description="folder that relative paths in settings resolve against (the loop sets the campaign "
+        "file's folder); None: the working directory when the oracle is built",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device; auto: CUDA when available, else CPU")
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        description="torch and BLAS CPU threads per process; 1 is fastest for small cells and parallel workers "
+        "(2 threads on a busy 2-core machine were 14x slower than 1)",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="root folder of on-disk caches (elemental references, HSE06 shifts); each oracle kind uses "
+        "a subfolder of it; None: ~/.cache/matloop",
+    )
+    log_dir: str | None = Field(
+        None, description="folder to keep calculation logs in (GPAW text logs); None: a temporary folder"
+    )
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` with ``~`` expanded, taken from ``base_dir`` when relative."""
+        p = Path(path).expanduser()
+        if p.is_absolute():
+            return p
+        return (self.base_dir or Path.cwd()) / p
+
+    def cache_folder(self, subfolder: str) -> Path:
+        """``<cache_dir>/<subfolder>`` (``cache_dir`` resolved like any other path)."""
+        root = self.resolve(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "matloop"
+        return root / subfolder
+
+
+#: keys of ``SiteSettings`` a user may set (``base_dir`` comes from the loop)
+SITE_KEYS = tuple(k for k in SiteSettings.model_fields if k != "base_dir")
+
+
+class OracleSettings(BaseModel):
+    """Base of every oracle's settings model (the science). Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_keys_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in data if k in SITE_KEYS and k not in cls.model_fields]
+            if moved:
+                raise ValueError(
+                    f"{', '.join(moved)} {'is a site setting' if len(moved) == 1 else 'are site settings'}, "
+                    f"not science: give {'it' if len(moved) == 1 else 'them'} as "
+                    f"{', '.join('site.' + k for k in moved)} "
+                    "(YAML: the oracle's site: mapping; Python: Oracle(site={...}))"
+                )
+        return data
+
 
 class OracleTimeout(OracleError):
-    pass
+    """An evaluation ran past the oracle's ``timeout_s``."""
 
 
 @contextlib.contextmanager
@@ -63,10 +127,12 @@ class Oracle(ABC):
 
     Args:
         name: the campaign's name for this oracle (several oracles may share a kind).
-        settings: dict validated against ``Settings``.
+        settings: dict validated against ``Settings`` (the science: hashed into ``version``).
         cost: nominal cost per evaluation in ``cost_unit``.
         fidelity: 0 = cheapest; higher is closer to the truth the campaign cares about.
         timeout_s: wall-clock limit per evaluation; exceeding it is a failed observation.
+        site: where and how it runs (``SiteSettings`` or a dict of its fields); never in ``version``.
+            A missing ``base_dir`` becomes the working directory at construction.
     """
 
     kind: ClassVar[str] = "abstract"
@@ -85,9 +151,13 @@ class Oracle(ABC):
         fidelity: int = 0,
         timeout_s: float | None = None,
         cost_unit: str = "unit",
+        site: SiteSettings | dict | None = None,
     ):
         self.name = name or self.kind
         self.settings = self.Settings(**(settings or {}))
+        site = site if isinstance(site, SiteSettings) else SiteSettings.model_validate(site or {})
+        base = site.base_dir.expanduser().resolve() if site.base_dir is not None else Path.cwd()
+        self.site = site.model_copy(update={"base_dir": base})
         self.cost = float(cost)
         self.cost_unit = cost_unit
         self.fidelity = int(fidelity)
@@ -95,7 +165,7 @@ class Oracle(ABC):
 
     @property
     def version(self) -> str:
-        """Code version plus a hash of the settings: equal versions give equal results."""
+        """Kind, code version and a hash of the science settings (never the site): equal versions give equal results."""
         return f"{self.kind}-{self.code_version}-{stable_hash(self.settings.model_dump(mode='json'), 8)}"
 
     def cache_key(self, candidate: Candidate) -> str:
@@ -153,6 +223,7 @@ class Oracle(ABC):
         return [h.result() for h in handles]
 
     def describe(self) -> dict:
+        """What this oracle is, as JSON: name, kind, properties, cost, version, settings and site."""
         return {
             "name": self.name,
             "kind": self.kind,
@@ -163,6 +234,7 @@ class Oracle(ABC):
             "version": self.version,
             "timeout_s": self.timeout_s,
             "settings": self.settings.model_dump(mode="json"),
+            "site": self.site.model_dump(mode="json"),
         }
 
 

@@ -4,8 +4,8 @@
 * ``Surrogate.fit`` / ``Surrogate.predict`` model one objective over feature vectors.
 * ``Agent.propose(state) -> Plan`` plans one iteration from a ``PlanningState``.
 
-Layering (one direction only): ``matloop.loop`` uses ``matloop.agents`` and
-``matloop.oracles``; both use this core, which imports none of them.
+Layering (one direction only): ``matloop.loop`` uses ``matloop.agents`` and the concrete
+oracles; both use this core, which imports none of them.
 """
 
 from __future__ import annotations

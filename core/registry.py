@@ -1,7 +1,8 @@
-"""One place that turns a registered name into a class, for oracles, generators and surrogates.
+"""One place that turns a registered name into a class (or factory), for every extension point.
 
-Plug-ins register through Python entry points (groups ``matloop.oracles``,
-``matloop.generators``, ``matloop.surrogates``). YAML refers to them by name only, so a
+Plug-ins register through Python entry points, one group per extension point: oracles,
+generators, surrogates, and ASE calculators for the MLIP oracle (``matloop.<point>``, e.g.
+``[project.entry-points."matloop.calculators"]``). YAML refers to them by name only, so a
 campaign file can never import arbitrary code. Two distributions claiming one name is an
 error, not a silent override.
 """
@@ -13,12 +14,14 @@ from importlib.metadata import entry_points
 
 from .records import MatloopError
 
-GROUPS = ("matloop.oracles", "matloop.generators", "matloop.surrogates")
+#: the entry-point groups: oracles, generators, surrogates, calculators
+ORACLES, GENERATORS, SURROGATES, CALCULATORS = GROUPS = tuple(
+    f"matloop.{point}" for point in ("oracles", "generators", "surrogates", "calculators")
+)
 
 
 class RegistryError(MatloopError):
-    """A name is not registered in its group, or two distributions register it."""
-    pass
+    """An unknown name, or one name claimed by two distributions."""
 
 
 @lru_cache(maxsize=None)
@@ -34,18 +37,32 @@ def _entries(group: str) -> dict:
 
 
 def names(group: str) -> list[str]:
-    """Sorted names registered in entry-point ``group``; raises RegistryError if two distributions claim one."""
+    """The names registered in ``group``, sorted."""
     return sorted(_entries(group))
 
 
 def load(group: str, name: str):
-    """The class registered under ``name`` in ``group``; raises RegistryError if unknown."""
+    """The object registered under ``name`` in ``group``; raises RegistryError if unknown."""
     entries = _entries(group)
     if name not in entries:
         raise RegistryError(f"unknown {group.split('.')[-1][:-1]} kind {name!r}; known: {', '.join(sorted(entries))}")
     return entries[name].load()
 
 
+def distribution(group: str, name: str) -> str:
+    """``"<distribution> <version>"`` that registered ``name`` in ``group`` (for provenance)."""
+    entries = _entries(group)
+    if name not in entries:
+        raise RegistryError(f"unknown {group.split('.')[-1][:-1]} kind {name!r}; known: {', '.join(sorted(entries))}")
+    dist = entries[name].dist
+    return f"{dist.name} {dist.version}" if dist is not None else "unknown distribution"
+
+
 def oracle_class(kind: str):
-    """The oracle class registered as ``kind`` (group ``matloop.oracles``); raises RegistryError if unknown."""
-    return load("matloop.oracles", kind)
+    """The oracle class registered as ``kind``."""
+    return load(ORACLES, kind)
+
+
+def calculator_factory(name: str):
+    """The ASE-calculator factory registered as ``name``: called as ``factory(model_name, device)``."""
+    return load(CALCULATORS, name)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from matloop.agents.modelling.features import FeatureSettings
 from matloop.core.goals import Constraint as CoreConstraint
+from matloop.core.oracle import SITE_KEYS, SiteSettings
 from matloop.core.records import InputError
 
 
@@ -90,16 +91,33 @@ class PromotionRule(_Model):
 
 
 class OracleSpec(_Model):
-    """One oracle (an evaluation tier)."""
+    """One oracle (an evaluation tier): its science in ``settings``, how this machine runs it in ``site``."""
 
     name: str = Field(description="unique name used in the store and in objective/constraints")
-    kind: str = Field(description="registered oracle kind: lookup, chgnet, gpaw-pbe, gpaw-hse06, mlip-md, http, ...")
-    settings: dict[str, Any] = Field(default_factory=dict, description="the oracle kind's settings")
+    kind: str = Field(
+        description="registered oracle kind: lookup, mlip (chgnet and sevennet: the same oracle with that model "
+        "as default), gpaw-pbe, gpaw-hse06, mlip-md, http, folder, command, manual, or a plug-in's"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="the oracle kind's science settings (hashed into its version)"
+    )
+    site: SiteSettings = Field(
+        default_factory=SiteSettings,
+        description="where and how this machine runs it: device, torch_threads, cache_dir, log_dir (never in the "
+        "version); relative paths in settings are taken from the campaign file's folder",
+    )
     cost: float = Field(1.0, ge=0, description="cost charged per evaluation, in cost_unit")
     cost_unit: str = Field("unit", description="seconds, core-hours, or a user unit")
     fidelity: int = Field(0, ge=0, description="0 = cheapest tier; higher = closer to the truth")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock limit per evaluation")
     promote: PromotionRule | None = Field(None, description="funnel rule; without it the agent chooses candidates for this oracle directly")
+
+    @field_validator("site", mode="before")
+    @classmethod
+    def _no_base_dir(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("base_dir") is not None:  # None: a dumped spec read back
+            raise ValueError("base_dir is set by matloop (the campaign file's folder), not in the campaign")
+        return v
 
 
 class Budget(_Model):
@@ -417,8 +435,13 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
         except Exception as exc:  # a plug-in that fails to import
             problems.append(f"  {where(('oracles', i, 'kind'))}: oracle kind {o.kind!r} failed to load: {exc}")
             continue
+        declared = getattr(cls.Settings, "model_fields", {})
+        moved = [k for k in o.settings if k in SITE_KEYS and k not in declared]
+        for k in moved:
+            problems.append(f"  {_key_where(root, ('oracles', i, 'settings', k))}: a site setting now, not science: "
+                            f"move it to oracles[{i}].site.{k}")
         try:
-            cls.Settings.model_validate(o.settings)
+            cls.Settings.model_validate({k: v for k, v in o.settings.items() if k not in moved})
         except ValidationError as exc:
             for err in exc.errors():
                 loc = ("oracles", i, "settings", *err["loc"])
@@ -465,6 +488,11 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
         problems += _check_fidelity(spec, where)
     if problems:
         raise InputError(f"{len(problems)} problem(s) in the campaign:\n" + "\n".join(problems), file=str(path))
+
+
+def _key_where(root, loc) -> str:
+    """``loc`` and the line of its key (the key's own line, where ``where`` gives its value's)."""
+    return f"{_fmt_loc(loc)} (line {_key_node(root, loc).start_mark.line + 1})"
 
 
 def _objective_locs(spec: CampaignSpec) -> list[tuple[tuple, Objective]]:
@@ -555,11 +583,12 @@ def _properties_or_empty(o: OracleSpec) -> set[str]:
 
 
 def _oracle_properties(o: OracleSpec) -> set[str]:
+    """What the oracle reports with these settings (many declare it per instance: lookup columns,
+    lab properties, no formation energy when it is switched off); the class's list if it cannot be built."""
     from matloop.core.registry import oracle_class
 
     cls = oracle_class(o.kind)
-    if o.kind == "lookup":
-        return set((o.settings.get("columns") or {}).keys())
-    if o.kind in ("http", "folder", "command", "manual"):
-        return set(o.settings.get("properties") or [])
-    return set(cls.properties)
+    try:
+        return set(cls(name=o.name, settings=o.settings).properties)
+    except Exception:  # invalid settings are reported by _check_kinds
+        return set(cls.properties)

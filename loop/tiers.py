@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
+from matloop.core.oracle import SiteSettings
 from matloop.core.registry import oracle_class
 
 from .spec import CampaignSpec
 
 
 def build_oracles(spec: CampaignSpec) -> dict:
-    """Oracle objects by name, in spec order."""
+    """Oracle objects by name, in spec order; each gets its ``site:``, ``base_dir`` the campaign file's folder."""
     out = {}
     for o in spec.oracles:
-        cls = oracle_class(o.kind)
-        kwargs = dict(name=o.name, settings=o.settings, cost=o.cost, fidelity=o.fidelity, timeout_s=o.timeout_s, cost_unit=o.cost_unit)
-        if o.kind == "lookup":
-            kwargs["base_dir"] = spec.base_dir
-        try:
-            out[o.name] = cls(**kwargs)
-        except TypeError:
-            kwargs.pop("base_dir", None)
-            out[o.name] = cls(**kwargs)
+        site = SiteSettings(**o.site.model_dump(exclude={"base_dir"}), base_dir=spec.base_dir)
+        out[o.name] = oracle_class(o.kind)(
+            name=o.name, settings=o.settings, cost=o.cost, fidelity=o.fidelity, timeout_s=o.timeout_s,
+            cost_unit=o.cost_unit, site=site,
+        )
     return out
-
-
-def _oracle_properties(oracle) -> tuple[str, ...]:
-    return tuple(getattr(oracle, "properties", ()) or ())
 
 
 def oracle_properties(oracle) -> tuple[str, ...]:

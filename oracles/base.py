@@ -3,6 +3,6 @@
 The contract itself lives in ``matloop.core.oracle``.
 """
 
-from matloop.core.oracle import Oracle, OracleSettings, OracleTimeout
+from matloop.core.oracle import Oracle, OracleSettings, OracleTimeout, SiteSettings
 
-__all__ = ["Oracle", "OracleSettings", "OracleTimeout"]
+__all__ = ["Oracle", "OracleSettings", "OracleTimeout", "SiteSettings"]

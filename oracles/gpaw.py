@@ -27,7 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -104,15 +104,10 @@ class GpawPbeSettings(OracleSettings):
     elemental_references: dict[str, str] = Field(
         default_factory=dict,
         description="element -> structure file (CIF/POSCAR) for elements without a built-in reference "
-        "(built in: fcc/bcc/hcp/diamond elements of ASE's reference states, and H2 N2 O2 F2 Cl2)",
+        "(built in: fcc/bcc/hcp/diamond elements of ASE's reference states, and H2 N2 O2 F2 Cl2); "
+        "relative paths are taken from the campaign file's folder",
     )
     molecule_box_angstrom: float = Field(10.0, gt=4, description="edge of the box for molecular references (A)")
-    cache_dir: str = Field(
-        "~/.cache/matloop/gpaw", description="folder for cached elemental references and HSE06 shifts (site setting)"
-    )
-    log_dir: str | None = Field(
-        None, description="folder to keep GPAW text logs in (site setting); None = a temporary folder"
-    )
 
     @field_validator("elemental_references")
     @classmethod
@@ -136,7 +131,8 @@ class GpawHse06Settings(GpawPbeSettings):
     bulk_reference: str | None = Field(
         None,
         description="band_edge_correction only: structure file of the bulk host whose shifts are applied "
-        "(for defect/large cells; its k-mesh comes from kpt_density); None = the candidate itself",
+        "(for defect/large cells; its k-mesh comes from kpt_density; a relative path is taken from the "
+        "campaign file's folder); None = the candidate itself",
     )
     formation_energy: bool = Field(False, description="also report the PBE formation energy (see the PBE tier)")
 
@@ -402,10 +398,9 @@ def _atoms_of(structure, spinpol: bool | None):
     return atoms, bool(spinpol)
 
 
-def _read_structure(path: str):
+def _read_structure(p: Path):
     from pymatgen.core import Structure
 
-    p = Path(path).expanduser()
     if not p.is_file():
         raise OracleError(f"structure file not found: {p}")
     try:
@@ -417,8 +412,8 @@ def _read_structure(path: str):
 class _DiskCache:
     """JSON records in ``folder``; one writer per key (file lock), rank 0 only under MPI."""
 
-    def __init__(self, folder: str, world):
-        self.folder = Path(folder).expanduser()
+    def __init__(self, folder: Path, world):
+        self.folder = folder
         self.world = world
 
     def get_or_compute(self, kind: str, key: str, compute) -> tuple[dict, bool]:
@@ -473,8 +468,6 @@ class GpawPbeOracle(Oracle):
     code_version = "1"
     Settings = GpawPbeSettings
     needs_structure = True
-    #: settings that say where things go, not what is computed: left out of ``version``
-    site_settings: ClassVar[frozenset[str]] = frozenset({"cache_dir", "log_dir"})
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -482,12 +475,13 @@ class GpawPbeOracle(Oracle):
             self.properties = tuple(p for p in type(self).properties if p != "formation_energy_ev_per_atom")
 
     @property
-    def version(self) -> str:
-        science = self.settings.model_dump(mode="json", exclude=set(self.site_settings))
-        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+    def cache_folder(self) -> Path:
+        """Where elemental references and HSE06 shifts are cached: ``<site cache_dir>/gpaw``."""
+        return self.site.cache_folder("gpaw")
 
     # -- entry point -------------------------------------------------------------------------
     def evaluate(self, candidate: Candidate) -> OracleResult:
+        """PBE (and, for HSE06, hybrid) band edges and energies of ``candidate``'s structure."""
         import_gpaw()
         structure = candidate.pmg_structure()
         if structure is None:
@@ -503,14 +497,14 @@ class GpawPbeOracle(Oracle):
             mpi_ranks=run.world.size,
             versions=_versions(),
         )
-        if self.settings.log_dir:
+        if self.site.log_dir:
             extra["log_dir"] = str(log_dir)
         return OracleResult(properties=props, extra=extra)
 
     @contextlib.contextmanager
     def _log_dir(self):
-        if self.settings.log_dir:
-            path = Path(self.settings.log_dir).expanduser()
+        if self.site.log_dir:
+            path = self.site.resolve(self.site.log_dir)
             path.mkdir(parents=True, exist_ok=True)
             yield path
         else:
@@ -634,7 +628,7 @@ class GpawPbeOracle(Oracle):
                 return self.elemental_reference(element, _Run(self.settings, f"ref-{element}", log_dir))
         atoms, spinpol, source, is_molecule = self._reference_atoms(element)
         key = self._reference_key(element, source)
-        cache = _DiskCache(self.settings.cache_dir, run.world)
+        cache = _DiskCache(self.cache_folder, run.world)
 
         def compute() -> dict[str, Any]:
             calc, kpts = run.ground_state(
@@ -661,7 +655,7 @@ class GpawPbeOracle(Oracle):
         from ase.data import atomic_numbers, reference_states
 
         if element in self.settings.elemental_references:
-            path = self.settings.elemental_references[element]
+            path = self.site.resolve(self.settings.elemental_references[element])
             structure = _read_structure(path)
             if {el.symbol for el in structure.composition.elements} != {element}:
                 raise OracleError(f"elemental reference {path} for {element} is not pure {element}")
@@ -743,7 +737,7 @@ class GpawHse06Oracle(GpawPbeOracle):
         """HSE06 minus PBE shifts of VBM and CBM at the PBE band-edge k-points of the bulk (cached)."""
         s: GpawHse06Settings = self.settings
         if s.bulk_reference:
-            bulk = _read_structure(s.bulk_reference)
+            bulk = _read_structure(self.site.resolve(s.bulk_reference))
             source = f"file:{Path(s.bulk_reference).name}"
         else:
             bulk, source = structure, "candidate"
@@ -782,7 +776,7 @@ class GpawHse06Oracle(GpawPbeOracle):
             return {"vbm_shift_ev": dv, "cbm_shift_ev": dc, "source": source, "kpts": list(bulk_pbe["kpts"]),
                     "pbe_gap_ev": mesh.gap_ev, "edge_kpt_indices": kidx, **_versions()}
 
-        cache = _DiskCache(s.cache_dir, run.world)
+        cache = _DiskCache(self.cache_folder, run.world)
         record, cached = cache.get_or_compute("hse06_shifts", key, compute)
         return {**record, "cached": cached}
 

@@ -166,14 +166,9 @@ class _AsyncLabOracle(Oracle):
 
     properties = ()  # declared per instance from settings.properties
 
-    def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.properties = tuple(self.settings.properties)
-
-    def _path(self, p: str) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
         raise OracleError(f"{self.kind} oracle {self.name!r} is asynchronous: use submit/poll/collect")
@@ -217,6 +212,8 @@ class _AsyncLabOracle(Oracle):
 
 # -- http -------------------------------------------------------------------------------------
 class HttpSettings(OracleSettings):
+    """Settings of the HTTP lab oracle (the token itself never goes into settings)."""
+
     url: str = Field(description="base URL of the lab service; requests go to {url}/requests")
     measurement: str = Field(description="name of the measurement asked for, as the lab knows it")
     properties: list[str] = Field(min_length=1, description="property names the lab returns in `result`")
@@ -224,7 +221,9 @@ class HttpSettings(OracleSettings):
         None, description="environment variable holding the bearer token (read at submit and poll time)"
     )
     token_file: str | None = Field(
-        None, description="file holding the bearer token, used when token_env is unset or empty"
+        None,
+        description="file holding the bearer token, used when token_env is unset or empty "
+        "(relative: from the campaign file's folder)",
     )
     timeout_s: float = Field(10.0, gt=0, description="limit on one HTTP call")
     retries: int = Field(2, ge=0, description="retries of a call that could not connect or got HTTP 5xx/429")
@@ -276,7 +275,7 @@ class HttpOracle(_AsyncLabOracle):
         if s.token_env and os.environ.get(s.token_env, "").strip():
             return os.environ[s.token_env].strip()
         if s.token_file:
-            path = self._path(s.token_file)
+            path = self.site.resolve(s.token_file)
             try:
                 token = path.read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -432,8 +431,15 @@ class HttpOracle(_AsyncLabOracle):
 
 # -- folder -----------------------------------------------------------------------------------
 class FolderSettings(OracleSettings):
-    outbox: str = Field(description="folder the robot reads request files from")
-    inbox: str = Field(description="folder the robot writes result files to, named <request id>.<format>")
+    """Settings of the folder (file-exchange robot) oracle."""
+
+    outbox: str = Field(
+        description="folder the robot reads request files from (relative: from the campaign file's folder)"
+    )
+    inbox: str = Field(
+        description="folder the robot writes result files to, named <request id>.<format> "
+        "(relative: from the campaign file's folder)"
+    )
     format: Literal["csv", "json"] = Field("json", description="file format of requests and results")
     properties: list[str] = Field(min_length=1, description="property names each result must hold")
     cif: Literal["inline", "file"] = Field(
@@ -485,15 +491,15 @@ class FolderOracle(_AsyncLabOracle):
 
     @property
     def outbox(self) -> Path:
-        return self._path(self.settings.outbox)
+        return self.site.resolve(self.settings.outbox)
 
     @property
     def inbox(self) -> Path:
-        return self._path(self.settings.inbox)
+        return self.site.resolve(self.settings.inbox)
 
     @property
     def ledger(self) -> Path:
-        return self._path(self.settings.ledger) if self.settings.ledger else self.outbox / ".matloop-sent"
+        return self.site.resolve(self.settings.ledger) if self.settings.ledger else self.outbox / ".matloop-sent"
 
     def _result_path(self, request_id: str) -> Path:
         return self.inbox / f"{request_id}.{self.settings.format}"
@@ -651,12 +657,17 @@ class FolderOracle(_AsyncLabOracle):
 
 # -- command ----------------------------------------------------------------------------------
 class CommandSettings(OracleSettings):
+    """Settings of the command oracle: the argv to run per candidate and what it must write."""
+
     command: list[str] = Field(
         min_length=1,
         description="argv, run without a shell in the job folder; "
         "{structure}, {job_dir}, {output} and {base_dir} are replaced",
     )
-    workdir: str = Field(description="root folder of the job folders (<workdir>/<request id>)")
+    workdir: str = Field(
+        description="root folder of the job folders (<workdir>/<request id>; relative: from the campaign "
+        "file's folder)"
+    )
     structure_format: Literal["cif", "poscar"] = Field("cif", description="file format the candidate is written in")
     timeout_s: float | None = Field(None, gt=0, description="wall-clock limit; the command's process group is killed")
     properties: list[str] = Field(min_length=1, description="property names the output JSON must hold")
@@ -695,7 +706,8 @@ class CommandOracle(Oracle):
     id>``, together with ``request.json``; the command runs there (cwd) with stdout and
     stderr in ``stdout.log`` and ``stderr.log``, and must write ``{output}`` holding
     ``{"properties": {...}, "uncertainties": {...}, "cost": ...}`` or a flat ``{prop: value}``.
-    Relative paths in settings (``workdir``, the executable) are taken from ``base_dir``;
+    Relative paths in settings (``workdir``, an executable given as a path such as
+    ``scripts/run.sh``) are taken from the site's ``base_dir`` (the campaign file's folder);
     other relative argv entries are relative to the job folder, so use ``{base_dir}``.
     A non-zero exit, a timeout, or a missing or malformed output is a failed observation
     whose reason names the job folder's logs.
@@ -707,15 +719,14 @@ class CommandOracle(Oracle):
     properties = ()  # declared per instance from settings.properties
     needs_structure = True
 
-    def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.properties = tuple(self.settings.properties)
 
     @property
     def workdir(self) -> Path:
-        p = Path(self.settings.workdir).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
+        """Root of the job folders (a relative ``workdir`` is taken from the site's ``base_dir``)."""
+        return self.site.resolve(self.settings.workdir)
 
     def run(self, request: Request) -> Observation:
         token = _RUNNING.set(request)
@@ -729,7 +740,7 @@ class CommandOracle(Oracle):
             "{structure}": str(structure),
             "{job_dir}": str(job_dir),
             "{output}": str(output),
-            "{base_dir}": str(self.base_dir.resolve()),
+            "{base_dir}": str(self.site.base_dir),
         }
         argv = []
         for arg in self.settings.command:
@@ -738,7 +749,7 @@ class CommandOracle(Oracle):
             argv.append(arg)
         exe = Path(argv[0]).expanduser()
         if not exe.is_absolute() and len(exe.parts) > 1:  # a path, not a name looked up on PATH
-            argv[0] = str((self.base_dir / exe).resolve())
+            argv[0] = str(self.site.resolve(exe).resolve())
         return argv
 
     def evaluate(self, candidate: Candidate) -> OracleResult:

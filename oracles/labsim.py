@@ -128,7 +128,7 @@ class LabService:
                 "uncertainty_columns": dict(uncertainty_columns or {}),
             }
         )
-        self._lookup._load()  # a bad table or column fails here, not on the first request
+        self._lookup.load()  # a bad table or column fails here, not on the first request
         self._token = token.encode()
         self.latency_s = latency_s
         self.failure_rate = float(failure_rate)

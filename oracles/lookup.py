@@ -18,7 +18,11 @@ from matloop.core.records import Candidate, InputError, OracleError, OracleResul
 
 
 class LookupSettings(OracleSettings):
-    table: str = Field(description="CSV file holding the labels")
+    """Settings of the table-lookup oracle."""
+
+    table: str = Field(
+        description="CSV file holding the labels (a relative path is taken from the campaign file's folder)"
+    )
     key_column: str = Field("composition", description="column with compositions (or CIF paths with key='structure')")
     columns: dict[str, str] = Field(
         description="reported property name -> column of the table, e.g. {overpotential_v: overpotential_V}"
@@ -49,18 +53,22 @@ class LookupOracle(Oracle):
         """Without simulated latency, evaluation is a dict lookup: run it in the planning process."""
         return self.settings.latency_s == 0
 
-    def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self.properties = tuple(self.settings.columns)
         self._table: dict[str, dict[str, float]] | None = None
 
     @property
     def table_path(self) -> Path:
-        p = Path(self.settings.table)
-        return p if p.is_absolute() else self.base_dir / p
+        """The table file (a relative ``table`` is taken from the site's ``base_dir``)."""
+        return self.site.resolve(self.settings.table)
 
-    def _load(self) -> dict[str, dict[str, float]]:
+    def load(self) -> dict[str, dict[str, float]]:
+        """The parsed table, candidate id -> property values; read once per process.
+
+        Raises:
+            InputError: naming the file when it is missing or lacks a column.
+        """
         if self._table is not None:
             return self._table
         path = self.table_path
@@ -121,7 +129,8 @@ class LookupOracle(Oracle):
         return table
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
-        table = self._load()
+        """The table's row for ``candidate``'s composition; a missing row is an ``OracleError``."""
+        table = self.load()
         if self.settings.latency_s > 0:
             import time
 

@@ -15,6 +15,8 @@ from matloop.core.records import Candidate, OracleError, OracleResult, Request
 
 
 class ManualSettings(OracleSettings):
+    """Settings of the human-in-the-loop oracle."""
+
     properties: list[str] = Field(min_length=1, description="properties the person reports, units in the names")
     instructions: str = Field("", description="what to measure and how; printed by `matloop ask`")
 
@@ -35,6 +37,8 @@ class ManualHandle:
 
 
 class ManualOracle(Oracle):
+    """A person measures; ``matloop tell`` records the result (``submit`` only marks the request as waiting)."""
+
     kind = "manual"
     Settings = ManualSettings
     #: the runner does not wait for these: it pauses the campaign until `matloop tell`

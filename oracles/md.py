@@ -39,17 +39,19 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from matloop.core.oracle import Oracle, OracleSettings
-from .chgnet import (
+from matloop.core.oracle import Oracle
+from matloop.core.records import Candidate, OracleError, OracleResult
+
+from .mlip import (
+    MlipModelSettings,
     check_elements,
     compute_threads,
     load_calculator,
     min_distance_a,
-    model_version,
+    model_provenance,
     relax_atoms,
     resolve_device,
 )
-from matloop.core.records import Candidate, OracleError, OracleResult, stable_hash
 
 #: Boltzmann constant in eV/K and in J/K, elementary charge in C
 KB_EV_PER_K = 8.617333262e-5
@@ -57,7 +59,6 @@ KB_J_PER_K = 1.380649e-23
 E_CHARGE_C = 1.602176634e-19
 #: 1 A^2/fs = 1e-16 cm^2 / 1e-15 s
 A2_PER_FS_TO_CM2_PER_S = 0.1
-_DEFAULT_MODELS = {"chgnet": "0.3.0", "sevennet": "7net-0"}
 _ION_CHARGE = {"Li": 1, "Na": 1, "K": 1, "Ag": 1, "Cu": 1, "H": 1, "F": -1, "Mg": 2, "Zn": 2, "Ca": 2, "O": -2}
 
 
@@ -272,12 +273,9 @@ def supercell_for(lattice_matrix: np.ndarray, n_atoms: int, min_atoms: int) -> l
 
 
 # -- settings ------------------------------------------------------------------------------
-class MlipMdSettings(OracleSettings):
-    """Settings of the MLIP molecular-dynamics oracle."""
+class MlipMdSettings(MlipModelSettings):
+    """Science settings of the MLIP molecular-dynamics oracle (``model``, ``model_version`` as for ``mlip``)."""
 
-    model: str = Field(
-        "chgnet", description="backend[:pretrained model], e.g. chgnet, chgnet:0.3.0, sevennet:7net-0"
-    )
     mobile_ion: str = Field("Li", description="element whose diffusion is measured")
     temperatures_k: list[float] = Field(
         default_factory=lambda: [800.0, 1000.0, 1200.0, 1400.0],
@@ -314,8 +312,6 @@ class MlipMdSettings(OracleSettings):
     min_distance_a: float = Field(0.6, ge=0, description="two atoms closer than this (A) during MD is an explosion")
     guard_every_steps: int = Field(10, ge=1, description="stride (steps) of the explosion checks")
     seed: int = Field(0, description="seed of the velocity draws and thermostat noise")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
-    torch_threads: int = Field(1, ge=1, description="torch/BLAS CPU threads per process")
 
     @field_validator("temperatures_k")
     @classmethod
@@ -323,15 +319,6 @@ class MlipMdSettings(OracleSettings):
         if any(t <= 0 for t in v):
             raise ValueError("temperatures must be positive")
         return sorted(v)
-
-    def backend_and_model(self) -> tuple[str, str]:
-        backend, _, name = self.model.partition(":")
-        if backend not in _DEFAULT_MODELS:
-            raise OracleError(f"unknown MLIP backend {backend!r}; known: {sorted(_DEFAULT_MODELS)}")
-        return backend, name or _DEFAULT_MODELS[backend]
-
-
-_SITE_FIELDS = {"device", "torch_threads"}
 
 
 # -- the MD driver -------------------------------------------------------------------------
@@ -424,14 +411,16 @@ class MlipMdOracle(Oracle):
     code_version = "1"
     Settings = MlipMdSettings
     needs_structure = True
+    #: the model when the settings leave ``model`` unset
+    default_model = "chgnet"
 
-    @property
-    def version(self) -> str:
-        science = {k: v for k, v in self.settings.model_dump(mode="json").items() if k not in _SITE_FIELDS}
-        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = self.settings.with_defaults(self.default_model)
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
-        with compute_threads(self.settings.torch_threads):
+        """Relax, run NVT MD at each temperature and fit the Arrhenius line (see the module docstring)."""
+        with compute_threads(self.site.torch_threads):
             return self._evaluate(candidate)
 
     def _evaluate(self, candidate: Candidate) -> OracleResult:
@@ -446,10 +435,10 @@ class MlipMdOracle(Oracle):
         unit = AseAtomsAdaptor.get_atoms(structure)
         if min_distance_a(unit) < s.min_distance_a:
             raise OracleError(f"atoms overlap: shortest distance {min_distance_a(unit):.3f} A")
-        backend, model = s.backend_and_model()
-        calc = load_calculator(backend, model, resolve_device(s.device))
-        md_calc = load_calculator(backend, model, resolve_device(s.device), stress=False)
-        check_elements([str(el) for el in structure.composition.elements], backend, calc)
+        device = resolve_device(self.site.device)
+        calc = load_calculator(s.model, s.model_version, device)
+        md_calc = load_calculator(s.model, s.model_version, device, stress=False)
+        check_elements([str(el) for el in structure.composition.elements], s.model, calc)
 
         t_start = time.perf_counter()
         if s.relax:
@@ -523,7 +512,7 @@ class MlipMdOracle(Oracle):
                 "mobile_ion_density_per_cm3": density,
                 "ion_charge": charge,
                 "haven_ratio": 1.0,
-                "model": model_version(backend, model),
+                "model": model_provenance(s.model, s.model_version),
                 "md_wall_s": time.perf_counter() - t_start,
             },
         )

@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from matloop.core.records import Candidate, stable_hash
+from matloop.core.records import Candidate, Request, stable_hash
 
 from matloop.core.protocols import CampaignState
 from .validity import Deduplicator, MatcherSettings, ValidityFilter, ValiditySettings, sample_quality
@@ -69,10 +69,13 @@ class VaeSettings(BaseModel):
         description="torch CPU threads while training and decoding (restored afterwards); a small MLP is fastest "
         "on one thread, and more threads oversubscribe shared machines. None: leave torch's setting",
     )
-    prerelax: bool = Field(False, description="relax decoded structures with the MLIP tier (CHGNet) before returning them")
+    prerelax: bool = Field(
+        False, description="relax decoded structures with the registered mlip oracle before returning them"
+    )
     prerelax_settings: dict = Field(
         default_factory=lambda: {"fmax": 0.1, "max_steps": 100},
-        description="ChgnetOracle settings used for the pre-relaxation (fmax, max_steps, relax_cell, model, device)",
+        description="settings of the mlip oracle that pre-relaxes (fmax, max_steps, relax_cell, model, "
+        "model_version, ...); formation_energy is off unless set; it runs on this generator's device and threads",
     )
     validity: ValiditySettings = Field(default_factory=ValiditySettings, description="validity filter")
     matcher: MatcherSettings = Field(default_factory=MatcherSettings, description="duplicate criterion")
@@ -275,10 +278,7 @@ class VaeGenerator:
         self._known = Deduplicator(matcher=self.settings.matcher)
         self._known_ids: set[str] = set()
         self._structures: dict = {}  # candidate id -> pymatgen Structure, parsed once
-        if self.settings.prerelax:
-            from matloop.oracles.chgnet import MlipSettings
-
-            self._relax_settings = MlipSettings(**self.settings.prerelax_settings)
+        self.relaxer = self._prerelax_oracle() if self.settings.prerelax else None
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, structures: list, fitness: list[float | None] | None = None, seed: int = 0) -> None:
@@ -499,21 +499,25 @@ class VaeGenerator:
             found.sort(key=lambda t: -t[0])
         return [c for _, c in found[:n]]
 
-    def _prerelax(self, structure):
-        """MLIP relaxation with ChgnetOracle's calculator and protocol; None when it fails."""
-        from matloop.oracles.chgnet import ChgnetOracle, atoms_to_structure, load_calculator, relax_atoms, resolve_device
-        from pymatgen.io.ase import AseAtomsAdaptor
+    def _prerelax_oracle(self):
+        """The registered ``mlip`` oracle that pre-relaxes, built through the oracle contract."""
+        import torch
 
-        rs = self._relax_settings
-        try:
-            calc = load_calculator(ChgnetOracle.backend, rs.model, resolve_device(rs.device))
-            out = relax_atoms(
-                AseAtomsAdaptor.get_atoms(structure), calc, fmax=rs.fmax, max_steps=rs.max_steps,
-                relax_cell=rs.relax_cell, max_volume_ratio=rs.max_volume_ratio, relax=True,
-            )
-            return atoms_to_structure(out.atoms)
-        except Exception:  # an exploding relaxation is a rejected sample, not a crash
-            return None
+        from matloop.core.registry import oracle_class
+
+        s = self.settings
+        site = {"device": s.device, "torch_threads": s.torch_threads or torch.get_num_threads()}
+        settings = {"formation_energy": False, **s.prerelax_settings}
+        return oracle_class("mlip")(name=f"{self.name}-prerelax", settings=settings, site=site)
+
+    def _prerelax(self, structure):
+        """``structure`` relaxed by the mlip oracle (its ``relaxed_structure``); None when that fails."""
+        from pymatgen.core import Structure
+
+        cand = Candidate.from_structure(structure, source=self.name)
+        obs = self.relaxer.run(Request(Request.make_id(cand.id, self.relaxer.name, 0), cand, self.relaxer.name, 0))
+        # a failed relaxation (exploding, overlapping atoms) is a rejected sample, not a crash
+        return Structure.from_dict(obs.extra["relaxed_structure"]) if obs.ok else None
 
 
 def rediscovery(structures: list, holdout_fraction: float, n_samples: int, rng: np.random.Generator,

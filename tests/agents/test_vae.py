@@ -160,7 +160,7 @@ def test_settings_are_validated_and_registered():
 def test_prerelax_with_chgnet():
     structures, fitness = perov5(16)
     state = state_of(structures, fitness)
-    gen = VaeGenerator("vae", {"epochs": 40, "hidden": 64, "oversample": 1, "prerelax": True,
-                               "prerelax_settings": {"fmax": 0.2, "max_steps": 30, "device": "cpu"}})
+    gen = VaeGenerator("vae", {"epochs": 40, "hidden": 64, "oversample": 1, "prerelax": True, "device": "cpu",
+                               "prerelax_settings": {"fmax": 0.2, "max_steps": 30}})
     out = gen.generate(2, state, np.random.default_rng(0))
     assert out and all(c.provenance["operator"] == "vae_sample+prerelax" for c in out)

@@ -94,3 +94,73 @@ def test_surrogate_kernel_structure_is_validated_with_its_path(tmp_path, grid_cs
         load_campaign(path)
     spec = load_campaign(write_campaign(tmp_path, grid_csv, agent={"surrogate": {"kernel_structure": "additive_fractions"}}))
     assert spec.agent.surrogate == {"kernel_structure": "additive_fractions"}
+
+
+# -- site settings ------------------------------------------------------------------------------
+def _mlip_oracle(**entry) -> list[dict]:
+    lookup = {"name": "table", "kind": "lookup", "settings": {"table": "pool.csv", "columns": {"target": "target"}}}
+    return [lookup, {"name": "mlip", "kind": "mlip", **entry}]
+
+
+@pytest.mark.parametrize("key", ["device", "torch_threads", "cache_dir"])
+def test_site_keys_under_settings_name_their_new_place(tmp_path, grid_csv, key):
+    path = write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(settings={"fmax": 0.05, key: 1}))
+    with pytest.raises(InputError) as exc:
+        load_campaign(path)
+    line = next(i + 1 for i, text in enumerate(path.read_text().splitlines()) if text.strip().startswith(f"{key}:"))
+    assert (f"oracles[1].settings.{key} (line {line}): a site setting now, not science: "
+            f"move it to oracles[1].site.{key}") in str(exc.value)
+    assert "1 problem(s)" in str(exc.value)  # fmax is fine: only the moved key is reported
+
+
+def test_site_mapping_is_validated_with_its_path(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(site={"device": "tpu", "threads": 2}))
+    with pytest.raises(InputError) as exc:
+        load_campaign(path)
+    msg = str(exc.value)
+    assert "oracles[1].site.device (line" in msg and "'auto', 'cpu' or 'cuda'" in msg
+    assert "oracles[1].site.threads (line" in msg and "unknown key" in msg
+
+
+def test_base_dir_is_filled_by_the_loop_not_the_campaign(tmp_path, grid_csv):
+    path = write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(site={"base_dir": "/elsewhere"}))
+    with pytest.raises(InputError, match=r"oracles\[1\]\.site \(line \d+\): .*base_dir is set by matloop"):
+        load_campaign(path)
+    spec = load_campaign(write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(site={"device": "cpu"})))
+    assert spec.oracles[1].site.device == "cpu" and spec.oracles[1].site.base_dir is None
+
+
+def test_moved_key_exits_2_without_traceback(tmp_path, grid_csv, capsys):
+    from matloop.loop.cli import main
+
+    path = write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(settings={"device": "cpu"}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "move it to oracles[1].site.device" in err and "Traceback" not in err
+
+
+def test_older_mlip_kinds_and_model_spellings_validate(tmp_path, grid_csv):
+    oracles = _mlip_oracle(settings={"model": "r2scan"})
+    oracles += [{"name": "seven", "kind": "sevennet", "settings": {"model": "7net-0"}},
+                {"name": "chg", "kind": "chgnet", "settings": {"model": "0.3.0"}}]
+    assert len(load_campaign(write_campaign(tmp_path, grid_csv, oracles=oracles)).oracles) == 4
+    path = write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(settings={"model": "mace"}))
+    with pytest.raises(InputError, match=r"oracles\[1\]\.settings\.model \(line \d+\): .*unknown model 'mace'"):
+        load_campaign(path)
+
+
+def test_objective_checked_against_what_the_oracle_reports_with_its_settings(tmp_path, grid_csv):
+    oracles = _mlip_oracle(settings={"formation_energy": False})
+    path = write_campaign(tmp_path, grid_csv, oracles=oracles,
+                          objective={"property": "formation_energy_ev_per_atom", "goal": "minimize", "oracle": "mlip"})
+    with pytest.raises(InputError, match=r"oracle 'mlip' \(mlip\) does not report 'formation_energy_ev_per_atom'; "
+                                         r"it reports \['energy_ev_per_atom'\]"):
+        load_campaign(path)
+
+
+def test_spec_with_site_round_trips_through_json(tmp_path, grid_csv):
+    from matloop.loop.spec import CampaignSpec
+
+    spec = load_campaign(write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(site={"torch_threads": 2})))
+    again = CampaignSpec.model_validate_json(spec.model_dump_json())
+    assert again.oracles[1].site == spec.oracles[1].site

@@ -51,7 +51,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def pbe(cache_dir):
     """PBE on the mesh plus a band path, with the Si elemental reference (computed and cached)."""
     path = {"band_path": True, "band_path_labels": "GX", "band_path_npoints": 8}
-    oracle = GpawPbeOracle(settings={**FAST, **path, "cache_dir": str(cache_dir)})
+    oracle = GpawPbeOracle(settings={**FAST, **path}, site={"cache_dir": str(cache_dir)})
     obs = oracle.run(request(silicon(), "pbe"))
     assert obs.ok, obs.reason
     return obs
@@ -59,7 +59,7 @@ def pbe(cache_dir):
 
 @pytest.fixture(scope="module")
 def hse_nscf(cache_dir):
-    oracle = GpawHse06Oracle(settings={**FAST, "cache_dir": str(cache_dir)})
+    oracle = GpawHse06Oracle(settings=FAST, site={"cache_dir": str(cache_dir)})
     obs = oracle.run(request(silicon(), "hse"))
     assert obs.ok, obs.reason
     return obs
@@ -97,10 +97,13 @@ def test_settings_validation_and_version_ignores_site_settings(tmp_path):
         GpawHse06Oracle(settings={"mode": "nscf", "bulk_reference": "bulk.cif"})
     with pytest.raises(ValidationError):
         GpawPbeOracle(settings={"ecut": 300})  # unknown key
-    a = GpawPbeOracle(settings={"cache_dir": str(tmp_path / "a")})
-    b = GpawPbeOracle(settings={"cache_dir": str(tmp_path / "b"), "log_dir": str(tmp_path)})
+    with pytest.raises(ValidationError, match=r"log_dir is a site setting, not science: give it as site\.log_dir"):
+        GpawPbeOracle(settings={"log_dir": str(tmp_path)})
+    a = GpawPbeOracle(site={"cache_dir": str(tmp_path / "a")})
+    b = GpawPbeOracle(site={"cache_dir": str(tmp_path / "b"), "log_dir": str(tmp_path)})
     c = GpawPbeOracle(settings={"ecut_ev": 450})
     assert a.version == b.version != c.version
+    assert b.cache_folder == tmp_path / "b" / "gpaw"
     assert pickle.loads(pickle.dumps(a)).version == a.version
     assert "formation_energy_ev_per_atom" in a.properties
     assert "formation_energy_ev_per_atom" not in GpawHse06Oracle().properties  # off by default for HSE06
@@ -140,10 +143,10 @@ def test_pbe_formation_energy_of_an_element_is_zero_and_reference_is_cached(pbe,
     assert pbe.properties["formation_energy_ev_per_atom"] == pytest.approx(0.0, abs=2e-3)
     ref = pbe.extra["elemental_references"]["Si"]
     assert ref["source"] == "bulk:diamond" and ref["kpts"] == [4, 4, 4] and not ref["cached"]
-    assert Path(ref["file"]).is_file() and Path(ref["file"]).parent.parent == cache_dir
-    again = GpawPbeOracle(settings={**FAST, "cache_dir": str(cache_dir)}).elemental_reference("Si")
+    assert Path(ref["file"]).is_file() and Path(ref["file"]).parent.parent == cache_dir / "gpaw"
+    again = GpawPbeOracle(settings=FAST, site={"cache_dir": str(cache_dir)}).elemental_reference("Si")
     assert again["cached"] and again["energy_ev_per_atom"] == ref["energy_ev_per_atom"]
-    other = GpawPbeOracle(settings={**FAST, "ecut_ev": 210.0, "cache_dir": str(cache_dir)})
+    other = GpawPbeOracle(settings={**FAST, "ecut_ev": 210.0}, site={"cache_dir": str(cache_dir)})
     assert other._reference_key("Si", "bulk:diamond") != Path(ref["file"]).stem  # settings change the key
 
 
@@ -164,20 +167,21 @@ def test_hse06_band_edge_correction_from_a_bulk_file_matches_nscf(hse_nscf, cach
     bulk_file = tmp_path / "Si_bulk.cif"
     cand.pmg_structure().to(filename=str(bulk_file))
     oracle = GpawHse06Oracle(
-        settings={**FAST, "mode": "band_edge_correction", "bulk_reference": str(bulk_file), "cache_dir": str(cache_dir)}
+        settings={**FAST, "mode": "band_edge_correction", "bulk_reference": str(bulk_file)},
+        site={"cache_dir": str(cache_dir)},
     )
     obs = oracle.run(request(cand, "hse-bec"))
     assert obs.ok, obs.reason
     assert obs.properties["gap_ev"] == pytest.approx(hse_nscf.properties["gap_ev"], abs=0.1)
     assert obs.properties["pbe_gap_ev"] == pytest.approx(hse_nscf.properties["pbe_gap_ev"], abs=1e-3)
     assert obs.extra["bulk_reference"]["cached"] is False
-    assert list((cache_dir / "hse06_shifts").glob("Si-*.json"))
+    assert list((cache_dir / "gpaw" / "hse06_shifts").glob("Si-*.json"))
     assert len(obs.extra["bulk_reference"]["edge_kpt_indices"]) == 2  # HSE06 at Gamma and X only, not all 8
 
 
 @needs_gpaw
 def test_unconverged_scf_is_a_failed_observation_from_a_worker_process(tmp_path):
-    oracle = GpawPbeOracle(settings={**FAST, "maxiter": 2, "formation_energy": False, "cache_dir": str(tmp_path)})
+    oracle = GpawPbeOracle(settings={**FAST, "maxiter": 2, "formation_energy": False}, site={"cache_dir": str(tmp_path)})
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         obs = pool.submit(oracle.run, request(silicon(), "pbe")).result()  # pickles the oracle
     assert obs.status == Status.FAILED
@@ -192,7 +196,7 @@ def test_silicon_carbide_formation_energy(tmp_path):
 
     sic = Candidate.from_structure(AseAtomsAdaptor.get_structure(bulk("SiC", "zincblende", a=4.36)))
     # carbon needs 300 eV: at 200 eV this gives -0.42 eV/atom
-    obs = GpawPbeOracle(settings={**FAST, "ecut_ev": 300.0, "cache_dir": str(tmp_path)}).run(request(sic, "pbe"))
+    obs = GpawPbeOracle(settings={**FAST, "ecut_ev": 300.0}, site={"cache_dir": str(tmp_path)}).run(request(sic, "pbe"))
     assert obs.ok, obs.reason
     # PBE about -0.23 eV/atom (Materials Project -0.2, experiment -0.38 against graphite)
     assert -0.33 < obs.properties["formation_energy_ev_per_atom"] < -0.15
@@ -209,7 +213,7 @@ def test_iron_is_a_spin_polarized_metal(tmp_path):
 
     fe = Candidate.from_structure(AseAtomsAdaptor.get_structure(bulk("Fe")))
     settings = {"ecut_ev": 250.0, "kpt_density": 1.6, "smearing_width_ev": 0.1, "formation_energy": False}
-    obs = GpawPbeOracle(settings={**settings, "cache_dir": str(tmp_path)}).run(request(fe, "pbe"))
+    obs = GpawPbeOracle(settings=settings, site={"cache_dir": str(tmp_path)}).run(request(fe, "pbe"))
     assert obs.ok, obs.reason
     assert obs.extra["spin_polarized"] and obs.extra["metallic"]
     assert 2.0 < obs.extra["magnetic_moment_mub"] < 2.6  # PBE 2.2-2.3, experiment 2.2
@@ -223,8 +227,8 @@ def test_relaxation_finds_the_pbe_lattice_constant(tmp_path):
     from pymatgen.io.ase import AseAtomsAdaptor
 
     stretched = Candidate.from_structure(AseAtomsAdaptor.get_structure(bulk("Si", "diamond", a=5.60)))
-    settings = {**FAST, "ecut_ev": 300.0, "relax": True, "formation_energy": False, "cache_dir": str(tmp_path)}
-    obs = GpawPbeOracle(settings=settings).run(request(stretched, "pbe"))
+    settings = {**FAST, "ecut_ev": 300.0, "relax": True, "formation_energy": False}
+    obs = GpawPbeOracle(settings=settings, site={"cache_dir": str(tmp_path)}).run(request(stretched, "pbe"))
     assert obs.ok, obs.reason
     relaxed = Structure.from_dict(obs.extra["relaxed_structure"])
     a = (4 * relaxed.volume) ** (1 / 3)  # conventional cubic edge from the 2-atom cell

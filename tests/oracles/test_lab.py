@@ -237,7 +237,7 @@ def test_http_settings_are_validated():
 def folder_oracle(tmp_path, **settings) -> FolderOracle:
     base = {"outbox": "outbox", "inbox": "inbox", "properties": ["gap_ev"], "settle_s": 60.0}
     (tmp_path / "inbox").mkdir(exist_ok=True)
-    return FolderOracle(name="robot", settings={**base, **settings}, base_dir=tmp_path, cost=2.0)
+    return FolderOracle(name="robot", settings={**base, **settings}, site={"base_dir": tmp_path}, cost=2.0)
 
 
 def write_result(path: Path, text: str) -> None:
@@ -347,7 +347,7 @@ time.sleep(60)
 def command_oracle(tmp_path, script: str, args: list[str], **settings) -> CommandOracle:
     (tmp_path / "job.py").write_text(script)
     base = {"command": [sys.executable, "{base_dir}/job.py", *args], "workdir": "jobs", "properties": ["density_g_cm3"]}
-    return CommandOracle(name="site", settings={**base, **settings}, base_dir=tmp_path)
+    return CommandOracle(name="site", settings={**base, **settings}, site={"base_dir": tmp_path})
 
 
 def test_command_oracle_runs_the_script_on_a_cif(tmp_path, nacl):

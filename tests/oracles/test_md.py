@@ -192,12 +192,25 @@ def test_settings_validate_and_version_ignores_site():
         MlipMdOracle(settings={"temperatures_k": [1000.0]})
     with pytest.raises(Exception):
         MlipMdOracle(settings={"thermostat": "nose"})
-    a = MlipMdOracle(settings={"torch_threads": 1})
-    b = MlipMdOracle(settings={"torch_threads": 2, "device": "cpu"})
+    a = MlipMdOracle(site={"torch_threads": 1})
+    b = MlipMdOracle(site={"torch_threads": 2, "device": "cpu"})
     assert a.version == b.version
+    with pytest.raises(ValueError, match=r"device is a site setting, not science: give it as site\.device"):
+        MlipMdOracle(settings={"device": "cpu"})
     assert MlipMdOracle(settings={"temperatures_k": [1200, 900]}).settings.temperatures_k == [900.0, 1200.0]
     clone = pickle.loads(pickle.dumps(a))
     assert clone.version == a.version
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [({}, ("chgnet", "0.3.0")), ({"model": "chgnet:r2scan"}, ("chgnet", "r2scan")),
+     ({"model": "sevennet"}, ("sevennet", "7net-0")), ({"model": "chgnet", "model_version": "0.2.0"}, ("chgnet", "0.2.0"))],
+)
+def test_model_is_the_mlip_oracles_setting(settings, expected):
+    """The same model and model_version keys as the mlip oracle, older md spellings (backend:model) included."""
+    s = MlipMdOracle(settings=settings).settings
+    assert (s.model, s.model_version) == expected
 
 
 def test_candidate_without_mobile_ion_fails():

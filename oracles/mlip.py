@@ -1,11 +1,17 @@
 """Machine-learned interatomic potential (MLIP) tier: relaxation, formation energy, hull energy.
 
-``ChgnetOracle`` relaxes a structure with CHGNet (FIRE on atoms and, optionally, the cell
-through ASE's ``FrechetCellFilter``, the same recipe as ``chgnet.model.StructOptimizer``),
+``MlipOracle`` relaxes a structure with an ML potential (FIRE on atoms and, optionally, the
+cell through ASE's ``FrechetCellFilter``, the same recipe as ``chgnet.model.StructOptimizer``),
 then reports the energy per atom, the formation energy against elemental references
-computed by the same model, and the energy above the convex hull. ``SevennetOracle`` is the
-same oracle with SevenNet-0 as the calculator: only the calculator differs, so only a
-parameter differs.
+computed by the same model, and the energy above the convex hull. Which potential is a
+science setting, ``model`` (atomate2's ``ForceFieldRelaxMaker(force_field_name=...)``: one
+oracle, a parameter per force field): ``chgnet`` (CHGNet, default), ``sevennet`` (SevenNet),
+or any ASE calculator a plug-in registers under the ``matloop.calculators`` entry-point
+group, as a callable ``(model_name, device) -> ase.calculators.calculator.Calculator``.
+``model_version`` picks the pretrained weights of that model.
+
+The kinds ``chgnet`` and ``sevennet`` of campaigns written before ``kind: mlip`` are this
+oracle under those names, with that model as the default (``ChgnetAlias``, ``SevennetAlias``).
 
 Elemental references (the chemical potentials of the formation energy) follow one rule,
 applied by ``elemental_references`` (trial structures from ``elemental_trial_structures``):
@@ -23,11 +29,11 @@ applied by ``elemental_references`` (trial structures from ``elemental_trial_str
   entries through ``references`` where it matters (the lowest elemental entry is used).
 
 References are relaxed with a fixed protocol (fmax 0.02 eV/A, at most 500 FIRE steps,
-cell relaxed) independent of the candidate settings, and cached on disk per
-model and element (``<cache_dir>/elemental-<backend>-<model>-v<protocol>.json``), so each
-is computed once per machine; concurrent workers serialise on a lock file.
+cell relaxed) independent of the candidate settings, and cached on disk per model and
+element (``<site cache_dir>/mlip-references/elemental-<model>-<model_version>-v<protocol>.json``),
+so each is computed once per machine; concurrent workers serialise on a lock file.
 
-The model is loaded once per process (``load_calculator`` caches by backend, model and
+The model is loaded once per process (``load_calculator`` caches by model, version and
 device) and never stored on the oracle, so the oracle pickles to worker processes.
 """
 
@@ -44,13 +50,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matloop.core.oracle import Oracle, OracleSettings
-from matloop.core.records import Candidate, InputError, OracleError, OracleResult, stable_hash
+from matloop.core.records import Candidate, InputError, OracleError, OracleResult
+from matloop.core.registry import CALCULATORS, calculator_factory, distribution, names
 
 #: bump when the elemental-reference rule or protocol changes (invalidates caches)
 REFERENCE_PROTOCOL = 1
@@ -58,6 +65,16 @@ _REF_FMAX_EV_PER_A = 0.02
 _REF_MAX_STEPS = 500
 _DIATOMIC_HALOGENS = {"Cl": 1.99, "Br": 2.28, "I": 2.67}
 _SIMPLE_LATTICES = ("fcc", "bcc", "hcp", "diamond")
+
+#: the models built in, with the pretrained weights used when ``model_version`` is unset
+BUILTIN_MODELS = {"chgnet": "0.3.0", "sevennet": "7net-0"}
+#: CHGNet's pretrained weights (``CHGNet.load(model_name=...)``)
+CHGNET_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
+
+
+def known_models() -> list[str]:
+    """Every value ``model`` accepts: the built-in models and the registered calculators."""
+    return sorted(set(BUILTIN_MODELS) | set(names(CALCULATORS)))
 
 
 # -- settings ------------------------------------------------------------------------------
@@ -73,10 +90,62 @@ class ReferenceEntry(BaseModel):
     )
 
 
-class MlipSettings(OracleSettings):
-    """Settings of the MLIP relaxation oracles."""
+class MlipModelSettings(OracleSettings):
+    """Which ML potential: the ``model`` and ``model_version`` settings of every MLIP oracle."""
 
-    model: str = Field("0.3.0", description="pretrained model name (CHGNet: 0.3.0, 0.2.0, r2scan; SevenNet: 7net-0)")
+    model: str | None = Field(
+        None,
+        description="the ML potential: chgnet (CHGNet), sevennet (SevenNet), or a calculator registered by a "
+        "plug-in under the matloop.calculators entry points; None: the oracle kind's default (chgnet; "
+        "sevennet for kind sevennet). Older spellings are read too: a CHGNet version alone (0.3.0, 0.2.0, "
+        "r2scan) or a SevenNet name alone (7net-0, ...) sets both keys, and model:version "
+        "(chgnet:r2scan) as well",
+    )
+    model_version: str | None = Field(
+        None,
+        description="the pretrained weights of that model: CHGNet 0.3.0 (default), 0.2.0 or r2scan; SevenNet "
+        "7net-0 (default) or another sevenn model name or checkpoint; for a plug-in calculator, the "
+        "model_name its factory is called with (None: the factory's default)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spellings(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+            return data
+        text = data["model"]
+        model, sep, version = text.partition(":")
+        if not sep:
+            if text in CHGNET_VERSIONS:
+                model, version = "chgnet", text
+            elif text.startswith("7net"):
+                model, version = "sevennet", text
+            else:
+                return data
+        given = data.get("model_version")
+        if version and given not in (None, version):
+            raise ValueError(f"model {text!r} names version {version!r} but model_version is {given!r}")
+        return {**data, "model": model, "model_version": given or version or None}
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | None) -> str | None:
+        if v is not None and v not in known_models():
+            raise ValueError(
+                f"unknown model {v!r}; known: {', '.join(known_models())} (plug-ins add more through the "
+                f"{CALCULATORS} entry points; pretrained weights go in model_version)"
+            )
+        return v
+
+    def with_defaults(self, default_model: str):
+        """These settings with ``model`` and ``model_version`` filled in (what the version hashes)."""
+        model = self.model or default_model
+        return self.model_copy(update={"model": model, "model_version": self.model_version or BUILTIN_MODELS.get(model)})
+
+
+class MlipSettings(MlipModelSettings):
+    """Science settings of the MLIP relaxation oracle."""
+
     relax: bool = Field(True, description="relax the structure before the final energy")
     fmax: float = Field(0.05, gt=0, description="force convergence threshold of the relaxation (eV/A)")
     max_steps: int = Field(300, ge=1, description="maximum FIRE steps of the relaxation")
@@ -87,34 +156,21 @@ class MlipSettings(OracleSettings):
     min_distance_a: float = Field(
         0.5, ge=0, description="structures with two atoms closer than this (A), before or after relaxing, fail"
     )
+    formation_energy: bool = Field(
+        True,
+        description="report formation_energy_ev_per_atom and e_above_hull_ev_per_atom (elemental references "
+        "are relaxed once per element and cached); false: only the relaxation and energy_ev_per_atom "
+        "(e.g. to pre-relax generated structures)",
+    )
     references: str | None = Field(
         None,
-        description="JSON or CSV of reference entries (formula, energy_per_atom) computed with the same model; "
-        "used for the hull and, for elements, as chemical potentials when lower than the built-in ones",
+        description="JSON or CSV of reference entries (formula, energy_per_atom) computed with the same model "
+        "(a relative path is taken from the campaign file's folder); used for the hull and, for elements, as "
+        "chemical potentials when lower than the built-in ones",
     )
     extra_entries: list[ReferenceEntry] = Field(
         default_factory=list, description="further hull entries given inline (formula, energy_per_atom)"
     )
-    cache_dir: str | None = Field(
-        None, description="folder of the elemental-reference cache; default ~/.cache/matloop/mlip-references"
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
-    torch_threads: int = Field(
-        1,
-        ge=1,
-        description="torch CPU threads per process; 1 is fastest for small cells and parallel workers "
-        "(2 threads on a busy 2-core machine were 14x slower than 1)",
-    )
-
-
-class SevennetSettings(MlipSettings):
-    """The same settings; only the default model differs."""
-
-    model: str = Field("7net-0", description="SevenNet pretrained model name")
-
-
-#: settings that describe the site, not the science: excluded from the oracle version
-_SITE_FIELDS = {"cache_dir", "device", "torch_threads"}
 
 
 # -- model loading -------------------------------------------------------------------------
@@ -149,27 +205,28 @@ def compute_threads(threads: int = 1):
 
 
 @lru_cache(maxsize=4)
-def _chgnet_model(model: str, device: str):
+def _chgnet_model(model_version: str, device: str):
     from chgnet.model import CHGNet
 
-    return CHGNet.load(model_name=model, use_device=device, verbose=False)
+    return CHGNet.load(model_name=model_version, use_device=device, verbose=False)
 
 
 @lru_cache(maxsize=8)
-def load_calculator(backend: str, model: str, device: str, stress: bool = True):
+def load_calculator(model: str, model_version: str | None, device: str, stress: bool = True):
     """An ASE calculator for a pretrained model, loaded once per process and device.
 
     Args:
-        backend: ``chgnet`` or ``sevennet``.
-        model: the pretrained model name of that backend.
+        model: ``chgnet``, ``sevennet`` or a name registered under ``matloop.calculators``.
+        model_version: the pretrained weights (None: the model's default).
         device: ``cpu`` or ``cuda`` (resolve ``auto`` with ``resolve_device`` first).
         stress: False for fixed-cell work (MD): CHGNet then skips the stress, whose second
             backward pass doubles the cost of a step; asking for stress still computes it.
     """
+    version = model_version or BUILTIN_MODELS.get(model)
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if backend == "chgnet":
+        if model == "chgnet":
             from chgnet.model.dynamics import CHGNetCalculator
 
             class _Calculator(CHGNetCalculator):
@@ -181,24 +238,31 @@ def load_calculator(backend: str, model: str, device: str, stress: bool = True):
                         task += "m" if "magmoms" in props else ""
                     super().calculate(atoms, properties, system_changes, task=task)
 
-            return _Calculator(model=_chgnet_model(model, device), use_device=device, on_isolated_atoms="ignore")
-        if backend == "sevennet":
+            try:
+                chgnet = _chgnet_model(version, device)
+            except ValueError as exc:
+                raise OracleError(f"CHGNet has no pretrained model {version!r}; known: {', '.join(CHGNET_VERSIONS)}") from exc
+            return _Calculator(model=chgnet, use_device=device, on_isolated_atoms="ignore")
+        if model == "sevennet":
             try:
                 from sevenn.calculator import SevenNetCalculator
             except ImportError as exc:
                 raise OracleError("SevenNet is not installed (pip install sevenn)") from exc
-            return SevenNetCalculator(model, device=device)
-    raise OracleError(f"unknown MLIP backend {backend!r}")
+            return SevenNetCalculator(version, device=device)
+        return calculator_factory(model)(version, device)
 
 
-def model_version(backend: str, model: str) -> str:
-    """The installed package version behind a backend (part of provenance)."""
+def model_provenance(model: str, model_version: str | None) -> str:
+    """The package (or plug-in distribution) and weights behind a model, for the record."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return f"{backend} {version('chgnet' if backend == 'chgnet' else 'sevenn')} model {model}"
-    except PackageNotFoundError:
-        return f"{backend} (not installed) model {model}"
+    if model in BUILTIN_MODELS:
+        package = {"chgnet": "chgnet", "sevennet": "sevenn"}[model]
+        try:
+            return f"{model} {version(package)} model {model_version}"
+        except PackageNotFoundError:
+            return f"{model} (not installed) model {model_version}"
+    return f"{model} ({distribution(CALCULATORS, model)}) model {model_version or 'default'}"
 
 
 # -- relaxation ----------------------------------------------------------------------------
@@ -317,10 +381,6 @@ def elemental_trial_structures(symbol: str) -> list[tuple[str, Any, bool]]:
     return trials
 
 
-def _default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "matloop" / "mlip-references"
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,20 +426,26 @@ def atoms_to_structure(atoms):
 def elemental_references(
     elements: Iterable[str],
     *,
-    backend: str = "chgnet",
-    model: str = "0.3.0",
+    model: str = "chgnet",
+    model_version: str | None = None,
     device: str = "auto",
     cache_dir: str | Path | None = None,
 ) -> dict[str, dict]:
     """Relaxed elemental references by element, computed once and cached on disk.
+
+    Args:
+        model, model_version: the ML potential (see ``MlipModelSettings``).
+        cache_dir: the cache folder itself (default ``~/.cache/matloop/mlip-references``).
 
     Returns:
         element -> ``{"energy_ev_per_atom", "rule", "structure", "n_steps", "converged"}``
         where ``rule`` names the winning trial structure and ``structure`` is a pymatgen dict.
     """
     elements = sorted(set(elements))
-    folder = Path(cache_dir) if cache_dir else _default_cache_dir()
-    path = folder / f"elemental-{backend}-{model.replace('/', '_')}-v{REFERENCE_PROTOCOL}.json"
+    version = model_version or BUILTIN_MODELS.get(model) or "default"
+    folder = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "matloop" / "mlip-references"
+    tag = f"{model}-{version}".replace("/", "_").replace(os.sep, "_")
+    path = folder / f"elemental-{tag}-v{REFERENCE_PROTOCOL}.json"
     cached = _read_json(path)
     if all(el in cached for el in elements):
         return {el: cached[el] for el in elements}
@@ -387,7 +453,7 @@ def elemental_references(
         cached = _read_json(path)  # another process may have filled it meanwhile
         missing = [el for el in elements if el not in cached]
         if missing:
-            calc = load_calculator(backend, model, resolve_device(device))
+            calc = load_calculator(model, model_version, resolve_device(device))
             for el in missing:
                 best = None
                 for label, atoms, relax_cell in elemental_trial_structures(el):
@@ -501,40 +567,40 @@ def formation_energy_ev_per_atom(formula: str, energy_ev_per_atom: float, mu_ev_
 
 
 # -- the oracles ---------------------------------------------------------------------------
-class ChgnetOracle(Oracle):
-    """CHGNet relaxation, then energy, formation energy and energy above the hull per atom."""
+class MlipOracle(Oracle):
+    """MLIP relaxation, then energy, formation energy and energy above the hull per atom.
 
-    kind = "chgnet"
+    The ML potential is the ``model`` setting (``MlipModelSettings``); the site gives the
+    device, the torch threads, the reference cache's root and the folder that a relative
+    ``references`` path is taken from.
+    """
+
+    kind = "mlip"
     properties = ("energy_ev_per_atom", "formation_energy_ev_per_atom", "e_above_hull_ev_per_atom")
     code_version = "1"
     Settings: ClassVar[type[OracleSettings]] = MlipSettings
     needs_structure = True
-    #: which calculator ``load_calculator`` builds; the only thing SevennetOracle changes
-    backend: ClassVar[str] = "chgnet"
+    #: the model when the settings leave ``model`` unset
+    default_model: ClassVar[str] = "chgnet"
 
-    def __init__(self, *args, base_dir: str | Path | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base_dir = Path(base_dir) if base_dir else None
-
-    @property
-    def version(self) -> str:
-        science = {k: v for k, v in self.settings.model_dump(mode="json").items() if k not in _SITE_FIELDS}
-        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+        self.settings = self.settings.with_defaults(self.default_model)
+        if not self.settings.formation_energy:  # declare what this instance reports
+            self.properties = ("energy_ev_per_atom",)
 
     # helpers -----------------------------------------------------------------------------
     def _calculator(self):
-        return load_calculator(self.backend, self.settings.model, resolve_device(self.settings.device))
+        s = self.settings
+        return load_calculator(s.model, s.model_version, resolve_device(self.site.device))
 
     def reference_entries(self) -> list[ReferenceEntry]:
-        """Entries from ``references`` (path relative to ``base_dir`` if given) and ``extra_entries``."""
+        """Entries from ``references`` (a relative path is taken from the site's ``base_dir``) and ``extra_entries``."""
         out = list(self.settings.extra_entries)
         # phases this campaign has already computed with the same model (see observe_phases)
         out += [ReferenceEntry(formula=f, energy_ev_per_atom=e) for f, e in getattr(self, "campaign_phases", [])]
         if self.settings.references:
-            p = Path(self.settings.references)
-            if not p.is_absolute() and self.base_dir is not None:
-                p = self.base_dir / p
-            out += load_reference_entries(p)
+            out += load_reference_entries(self.site.resolve(self.settings.references))
         return out
 
     def observe_phases(self, phases: list[tuple[str, float]]) -> None:
@@ -551,14 +617,15 @@ class ChgnetOracle(Oracle):
         any elemental entry in ``references``; also returns the built-in reference records."""
         from pymatgen.core import Composition
 
+        s = self.settings
         elements = sorted(set(elements))
-        check_elements(elements, self.backend, self._calculator())
+        check_elements(elements, s.model, self._calculator())
         refs = elemental_references(
             elements,
-            backend=self.backend,
-            model=self.settings.model,
-            device=self.settings.device,
-            cache_dir=self.settings.cache_dir,
+            model=s.model,
+            model_version=s.model_version,
+            device=self.site.device,
+            cache_dir=self.site.cache_folder("mlip-references"),
         )
         mu = {el: float(r["energy_ev_per_atom"]) for el, r in refs.items()}
         for entry in self.reference_entries():
@@ -571,13 +638,14 @@ class ChgnetOracle(Oracle):
     def setup(self, candidates: list[Candidate]) -> None:
         """Compute (or load) the elemental references of the whole pool once, before workers start."""
         elements = {str(el) for c in candidates for el in c.pmg_composition().elements}
-        if elements:
-            with compute_threads(self.settings.torch_threads):
+        if elements and self.settings.formation_energy:
+            with compute_threads(self.site.torch_threads):
                 self.chemical_potentials(elements)
 
     # the contract ------------------------------------------------------------------------
     def evaluate(self, candidate: Candidate) -> OracleResult:
-        with compute_threads(self.settings.torch_threads):
+        """Relax ``candidate``'s structure and report its energies (see the class docstring)."""
+        with compute_threads(self.site.torch_threads):
             return self._evaluate(candidate)
 
     def _evaluate(self, candidate: Candidate) -> OracleResult:
@@ -589,13 +657,13 @@ class ChgnetOracle(Oracle):
             raise OracleError("disordered structure (partial occupancies); order it before an MLIP relaxation")
         elements = sorted({str(el) for el in structure.composition.elements})
         calc = self._calculator()
-        check_elements(elements, self.backend, calc)
+        check_elements(elements, s.model, calc)
         atoms = AseAtomsAdaptor.get_atoms(structure)
         d_min = min_distance_a(atoms)
         if d_min < s.min_distance_a:
             raise OracleError(f"atoms overlap: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
 
-        mu, refs = self.chemical_potentials(elements)
+        mu, refs = self.chemical_potentials(elements) if s.formation_energy else ({}, {})
         e_initial = None
         if s.relax:
             atoms.calc = calc
@@ -613,43 +681,46 @@ class ChgnetOracle(Oracle):
         if d_min < s.min_distance_a:
             raise OracleError(f"relaxation collapsed: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
 
-        formula = structure.composition.reduced_formula
         e = out.energy_ev_per_atom
-        e_form = formation_energy_ev_per_atom(formula, e, mu)
-        system = set(elements)
-        hull_refs = [(el, m) for el, m in mu.items()]
-        for entry in self.reference_entries():
-            if {str(x) for x in _composition_elements(entry.formula)} <= system:
-                hull_refs.append((entry.formula, entry.energy_ev_per_atom))
-        (e_hull,) = hull_energies([(formula, e)], hull_refs)
-
-        relaxed = atoms_to_structure(out.atoms)
-        return OracleResult(
-            properties={
-                "energy_ev_per_atom": e,
-                "formation_energy_ev_per_atom": e_form,
-                "e_above_hull_ev_per_atom": e_hull,
-            },
-            extra={
-                "relaxed_structure": relaxed.as_dict(),
-                "n_steps": out.n_steps,
-                "fmax_ev_per_a": out.fmax_ev_per_a,
-                "converged": out.converged,
-                "volume_ratio": out.volume_ratio,
-                "initial_energy_ev_per_atom": e_initial,
-                "chemical_potentials_ev_per_atom": mu,
-                "elemental_reference_rules": {el: r["rule"] for el, r in refs.items()},
-                "model": model_version(self.backend, s.model),
-            },
-        )
+        properties = {"energy_ev_per_atom": e}
+        extra = {
+            "relaxed_structure": atoms_to_structure(out.atoms).as_dict(),
+            "n_steps": out.n_steps,
+            "fmax_ev_per_a": out.fmax_ev_per_a,
+            "converged": out.converged,
+            "volume_ratio": out.volume_ratio,
+            "initial_energy_ev_per_atom": e_initial,
+            "model": model_provenance(s.model, s.model_version),
+        }
+        if s.formation_energy:
+            formula = structure.composition.reduced_formula
+            system = set(elements)
+            hull_refs = list(mu.items())
+            for entry in self.reference_entries():
+                if {str(x) for x in _composition_elements(entry.formula)} <= system:
+                    hull_refs.append((entry.formula, entry.energy_ev_per_atom))
+            (e_hull,) = hull_energies([(formula, e)], hull_refs)
+            properties["formation_energy_ev_per_atom"] = formation_energy_ev_per_atom(formula, e, mu)
+            properties["e_above_hull_ev_per_atom"] = e_hull
+            extra["chemical_potentials_ev_per_atom"] = mu
+            extra["elemental_reference_rules"] = {el: r["rule"] for el, r in refs.items()}
+        return OracleResult(properties=properties, extra=extra)
 
 
-class SevennetOracle(ChgnetOracle):
-    """The same relaxation oracle with SevenNet (``sevenn`` wheel) as the calculator."""
+class ChgnetAlias(MlipOracle):
+    """``kind: chgnet`` of campaigns written before ``kind: mlip``: ``MlipOracle``, CHGNet by default.
+
+    Only the registered name (kept in the oracle version) differs; there is no other code.
+    """
+
+    kind = "chgnet"
+
+
+class SevennetAlias(MlipOracle):
+    """``kind: sevennet``: ``MlipOracle`` with SevenNet as the default model; nothing else differs."""
 
     kind = "sevennet"
-    Settings: ClassVar[type[OracleSettings]] = SevennetSettings
-    backend: ClassVar[str] = "sevennet"
+    default_model = "sevennet"
 
 
 def _composition_elements(formula: str):
@@ -658,19 +729,25 @@ def _composition_elements(formula: str):
     return Composition(formula).elements
 
 
-def supported_atomic_numbers(backend: str, calc) -> set[int]:
-    """Atomic numbers the loaded model was trained on (CHGNet: 1-94; SevenNet: its type map)."""
-    type_map = getattr(calc, "type_map", None)
-    if backend == "sevennet" and type_map:
-        return {int(z) for z in type_map}
-    return set(range(1, 95))
+def supported_atomic_numbers(model: str, calc) -> set[int] | None:
+    """Atomic numbers the loaded model was trained on (CHGNet: 1-94; SevenNet: its type map).
+
+    None for a plug-in calculator: its own errors then become the failure reason.
+    """
+    if model == "sevennet" and getattr(calc, "type_map", None):
+        return {int(z) for z in calc.type_map}
+    if model in BUILTIN_MODELS:
+        return set(range(1, 95))
+    return None
 
 
-def check_elements(elements: Iterable[str], backend: str, calc) -> None:
+def check_elements(elements: Iterable[str], model: str, calc) -> None:
     """Raise ``OracleError`` naming the elements the model does not cover."""
     from pymatgen.core import Element
 
-    known = supported_atomic_numbers(backend, calc)
+    known = supported_atomic_numbers(model, calc)
+    if known is None:
+        return
     bad = [el for el in elements if Element(el).Z not in known]
     if bad:
-        raise OracleError(f"element(s) {bad} not covered by the {backend} model")
+        raise OracleError(f"element(s) {bad} not covered by the {model} model")
