@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from matloop.agents.decision.acquisition import Goal
 from matloop.agents.decision.multiobjective import default_ref_point, hypervolume, log_ehvi, pareto_front, select_pareto
+from matloop.core.goals import Goal
 
 torch.set_num_threads(1)
 
