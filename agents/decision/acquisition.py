@@ -1,6 +1,7 @@
-"""Batch selection over a candidate pool: fit a surrogate, score the pool, pick a q-batch.
+"""The funnel policy's selection: closed-form acquisitions and ``select_batch``.
 
-``select_batch`` runs in three steps so that 10^5-10^6 candidates plan in seconds:
+``select_batch`` runs the shared pipeline (``matloop.agents.decision.pipeline``: available,
+fit, screen, shortlist, batch) so that 10^5-10^6 candidates plan in seconds:
 
 1. **Fit** the surrogate on the labelled candidates (botorch ``SingleTaskGP`` with
    ``Normalize``/``Standardize``, hyperparameters by marginal likelihood on at most
@@ -25,8 +26,8 @@
    the window) by sequential greedy conditioning as in
    ``botorch.optim.optimize_acqf_discrete``, returning pool indices, with pending points as
    ``X_pending``. ``batch='topq'``: the q best scores. Thompson sampling draws one joint
-   posterior sample on the shortlist per batch slot. Random forests have no joint
-   posterior: top-q by score.
+   posterior sample on the shortlist per batch slot. Random forests (and plug-in
+   surrogates) have no joint posterior: top-q by score.
 
 Running botorch's ``optimize_acqf_discrete`` directly on a 10^5 pool with q=8 took 392 s
 and 7 GB; steps 2 and 3 together take seconds (see ``benchmarks/planning.py``).

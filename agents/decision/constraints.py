@@ -444,8 +444,7 @@ def select_constrained(
                            acquisition=acquisition, rng=rng, pending_idx=pending_idx,
                            n_fraction_columns=n_fraction_columns, yvar=yvar)  # fmt: skip
         why = "no constraints and no failures observed" if not constraint_labels and not len(failed_idx) else (
-            "random initial design"
-        )
+            "random initial design")
         sel.info["constraints"] = {"weighting": f"none: {why}"}
         return sel
 
@@ -458,14 +457,14 @@ def select_constrained(
     if q == 0:
         return empty_selection(info)
     t_fit = time.perf_counter()
-    X = pool.pca(surrogate.pca_variance, acquisition.chunk_size) if (
-        surrogate.kind == "gp" and surrogate.pca_variance is not None) else pool  # every model sees the view
-    if X is not pool:
+    gp = surrogate.kind == "gp"
+    X = pool.pca(surrogate.pca_variance, acquisition.chunk_size) if gp and surrogate.pca_variance is not None else pool
+    if X is not pool:  # every model (objective, constraints, failures) sees the view
         info["pca_components"] = int(X.shape[1])
     window_direct = kind == "window"
     target = y if window_direct else goal.score(y)
     sign = -1.0 if goal.kind == "min" and not window_direct else 1.0
-    model = fit_surrogate(surrogate, X, tr, target, rng=rng, bounds=X.bounds if surrogate.kind == "gp" else None,
+    model = fit_surrogate(surrogate, X, tr, target, rng=rng, bounds=X.bounds if gp else None,
                           n_fraction_columns=n_fraction_columns, yvar=label_noise(yvar, finite, surrogate, info))
     feas = fit_feasibility(X, train_idx, constraint_labels, failed_idx, surrogate=surrogate, bounds=X.bounds,
                            rng=rng, classifier=classifier, n_fraction_columns=n_fraction_columns)
@@ -480,18 +479,15 @@ def select_constrained(
     if window_direct or search_feasibility or not isinstance(model, GPSurrogate):
         pick, batch_values = np.arange(q), score[short[:q]]
         info["batch_rule"] = "top-q by weighted score" + (
-            " (expected number of valid hits is additive)" if window_direct else ""
-        )
+            " (expected number of valid hits is additive)" if window_direct else "")
     else:
-        pick, batch_values = _weighted_believer_batch(model, feas.known, np.asarray(X[avail[short]], dtype=float),
-                                                      np.asarray(X[pending_idx], dtype=float), lpf[short],
+        pick, batch_values = _weighted_believer_batch(model, feas.known, X, avail[short], pending_idx, lpf[short],
                                                       lps[short], q, best_f)
         info["batch_rule"] = "sequential greedy weighted LogEI with kriging-believer conditioning on the shortlist"
     chosen = short[pick]
-    info["shortlist_size"] = len(short)
-    info["batch_values"] = [float(v) for v in batch_values]
-    info["best_feasible_incumbent"] = None if math.isnan(best_f) else float(sign * best_f)
-    info["constraints"] = _weighting_info(feas, search_feasibility, log_acq, lpf, lps, chosen)
+    info.update(shortlist_size=len(short), batch_values=[float(v) for v in batch_values],
+                best_feasible_incumbent=None if math.isnan(best_f) else float(sign * best_f),
+                constraints=_weighting_info(feas, search_feasibility, log_acq, lpf, lps, chosen))
     t_end = time.perf_counter()
     info["seconds"] = {"fit": t_score - t_fit, "score": t_batch - t_score, "batch": t_end - t_batch, "total": t_end - t0}
     return Selection(avail[chosen].astype(int), score[chosen], sign * mean[chosen], std[chosen], info)
@@ -537,7 +533,8 @@ def _weighted_scorer(model, feas: Feasibility, goal: Goal, kind: str, best_f: fl
     return score_chunk
 
 
-def _weighted_believer_batch(model, known: ConstraintModel, X_short, X_pend, lpf_short, lps_short, q, best_f):
+def _weighted_believer_batch(model, known: ConstraintModel, X, short_rows, pending_rows, lpf_short, lps_short, q,
+                             best_f):
     """Greedy picks maximising LogEI + log P(feasible) + log P(success) with kriging-believer conditioning.
 
     The incumbent rises to a conditioned point's mean only when that point is predicted
@@ -546,6 +543,7 @@ def _weighted_believer_batch(model, known: ConstraintModel, X_short, X_pend, lpf
     Returns:
         the ``q`` picked shortlist positions and the weighted value at each pick.
     """
+    X_short, X_pend = np.asarray(X[short_rows], dtype=float), np.asarray(X[pending_rows], dtype=float)
     pend_feasible = known.log_prob_feasible(X_pend) >= math.log(0.5) if len(X_pend) else np.zeros(0, bool)
     log_w = lpf_short + lps_short
 

@@ -235,13 +235,10 @@ def select_pareto(
     pool = Pool.wrap(X_pool)
     N = pool.shape[0]
     train_idx = as_rows(train_idx)
-    Y_train = np.asarray(Y_train, dtype=float).reshape(len(train_idx), -1 if len(train_idx) else k)
-    if Y_train.shape[1] != k:
-        raise ValueError(f"Y_train has {Y_train.shape[1]} columns for {k} objectives")
+    Y_train, S_train = _labels_and_scores(Y_train, len(train_idx), goals)
     pending_idx = as_rows(pending_idx)
     avail = available(N, exclude, train_idx, pending_idx)
     q = int(min(q, len(avail)))
-    S_train = np.column_stack([g.score(Y_train[:, j]) for j, g in enumerate(goals)])
     complete = np.isfinite(S_train).all(axis=1)
     info = selection_info(N, avail, complete.sum(), pending_idx, objectives=[str(g) for g in goals],
                           acquisition="qlognehvi")
@@ -271,15 +268,9 @@ def select_pareto(
     t_batch = time.perf_counter()
     short = pipeline.shortlist(score, shortlist)
     pick, batch_values = _qlognehvi_batch(
-        gps,
-        np.asarray(pool[avail[short]], dtype=float),
-        np.asarray(pool[idx_c], dtype=float),
-        np.asarray(pool[pending_idx], dtype=float) if len(pending_idx) else None,
-        ref,
-        q,
-        mc_samples,
-        int(rng.integers(2**31 - 1)),
-        None if log_weights is None else log_weights[avail[short]],
+        gps, np.asarray(pool[avail[short]], dtype=float), np.asarray(pool[idx_c], dtype=float),
+        np.asarray(pool[pending_idx], dtype=float) if len(pending_idx) else None, ref, q, mc_samples,
+        int(rng.integers(2**31 - 1)), None if log_weights is None else log_weights[avail[short]],
     )
     chosen = short[pick]
     info["shortlist_size"] = len(short)
@@ -287,10 +278,19 @@ def select_pareto(
     info["batch_values"] = [float(v) for v in batch_values]
     t_end = time.perf_counter()
     info["seconds"] = {"fit": t_score - t_fit, "score": t_batch - t_score, "batch": t_end - t_batch, "total": t_end - t0}
+    info["mean_units"] = ["score (-distance to window)" if g.kind == "window" else "property" for g in goals]
     # scores back to property units: max keeps, min negates; a window score stays a distance
     sign = np.array([-1.0 if g.kind == "min" else 1.0 for g in goals])
-    info["mean_units"] = ["score (-distance to window)" if g.kind == "window" else "property" for g in goals]
     return Selection(avail[chosen].astype(int), score[chosen], mean[chosen] * sign, std[chosen], info)
+
+
+def _labels_and_scores(Y_train, n: int, goals: list[Goal]) -> tuple[np.ndarray, np.ndarray]:
+    """``n x k`` labels and their maximisation scores (``Goal.score`` per column)."""
+    k = len(goals)
+    Y_train = np.asarray(Y_train, dtype=float).reshape(n, -1 if n else k)
+    if Y_train.shape[1] != k:
+        raise ValueError(f"Y_train has {Y_train.shape[1]} columns for {k} objectives")
+    return Y_train, np.column_stack([g.score(Y_train[:, j]) for j, g in enumerate(goals)])
 
 
 def _front_info(S_c, idx_c, Y_c, ref_point, k: int, info: dict) -> np.ndarray | None:

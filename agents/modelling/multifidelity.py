@@ -266,10 +266,45 @@ class MultiFidelityGP:
         Returns:
             self.
         """
-        from botorch.exceptions.errors import ModelFittingError
-        from botorch.fit import fit_gpytorch_mll
-        from gpytorch.mlls import ExactMarginalLogLikelihood
+        X, fidelity, y, yvar = self._finite_labels(X, fidelity, y, yvar, n_fidelities)
+        lo, hi = self.bounds if self.bounds is not None else (X.min(axis=0), X.max(axis=0))
+        self._lo = lo
+        self._span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
+        self._ymean = float(y.mean())
+        self._ystd = float(y.std()) if y.std() > 1e-12 else 1.0
+        train_X = self._inputs(X, fidelity)
+        train_Y = torch.as_tensor((y - self._ymean) / self._ystd, dtype=_DTYPE).unsqueeze(-1)
+        train_Yvar = None if yvar is None else torch.as_tensor(yvar / self._ystd**2, dtype=_DTYPE).unsqueeze(-1)
+        self._train_fidelity = fidelity
+        self._train_yvar = yvar
 
+        sub = self._fit_subset(fidelity, np.random.default_rng(self.seed), X)
+        self.fit_info = {
+            "kind": self.settings.kind,
+            "n_train": int(len(y)),
+            "n_by_fidelity": [int(np.sum(fidelity == m)) for m in range(self.n_fidelities)],
+            "n_fit": int(len(y) if sub is None else len(sub)),
+            "fit_ok": True,
+        }
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            # fit_gpytorch_mll's retries redraw from the priors with torch's global generator (no generator arg)
+            torch.manual_seed(self.seed)
+            warnings.simplefilter("ignore")
+            if hyperparameters_from is not None:
+                model = self._conditioned(hyperparameters_from, train_X, train_Y, train_Yvar)
+            else:
+                model = self._fitted(train_X, train_Y, train_Yvar, sub)
+        model.eval()
+        self.model = model
+        self._cache = None
+        return self
+
+    def _finite_labels(self, X, fidelity, y, yvar, n_fidelities):
+        """The labels with a finite value (and variance) as arrays; sets ``n_fidelities``.
+
+        Raises:
+            ValueError: mismatched lengths, fewer than 2 labels or 2 fidelities, a bad fidelity.
+        """
         X = np.asarray(X, dtype=float)
         fidelity = np.asarray(fidelity, dtype=int).reshape(-1)
         y = np.asarray(y, dtype=float).reshape(-1)
@@ -292,64 +327,40 @@ class MultiFidelityGP:
             raise ValueError("a multi-fidelity GP needs at least 2 fidelities")
         if fidelity.max() >= self.n_fidelities:
             raise ValueError(f"fidelity {fidelity.max()} >= n_fidelities {self.n_fidelities}")
-        if self.bounds is not None:
-            lo, hi = self.bounds
-        else:
-            lo, hi = X.min(axis=0), X.max(axis=0)
-        self._lo = lo
-        self._span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
-        self._ymean = float(y.mean())
-        self._ystd = float(y.std()) if y.std() > 1e-12 else 1.0
-        train_X = self._inputs(X, fidelity)
-        train_Y = torch.as_tensor((y - self._ymean) / self._ystd, dtype=_DTYPE).unsqueeze(-1)
-        train_Yvar = None if yvar is None else torch.as_tensor(yvar / self._ystd**2, dtype=_DTYPE).unsqueeze(-1)
-        self._train_fidelity = fidelity
-        self._train_yvar = yvar
+        return X, fidelity, y, yvar
 
-        rng = np.random.default_rng(self.seed)
-        sub = self._fit_subset(fidelity, rng, X)
-        self.fit_info = {
-            "kind": self.settings.kind,
-            "n_train": int(len(y)),
-            "n_by_fidelity": [int(np.sum(fidelity == m)) for m in range(self.n_fidelities)],
-            "n_fit": int(len(y) if sub is None else len(sub)),
-            "fit_ok": True,
-        }
-        with torch.random.fork_rng(), warnings.catch_warnings():
-            # fit_gpytorch_mll's retries redraw from the priors with torch's global generator (no generator arg)
-            torch.manual_seed(self.seed)
-            warnings.simplefilter("ignore")
-            if hyperparameters_from is not None:
-                src = hyperparameters_from
-                if (src.model is None or src.settings.kind != self.settings.kind
-                        or src.n_fidelities != self.n_fidelities or len(src._lo) != X.shape[1]):
-                    raise ValueError("hyperparameters_from must be a fitted model of the same kind, fidelities and d")
-                model = self._build(train_X, train_Y, train_Yvar)
-                _load_hyperparameters(model, src.model, train_Yvar is not None or src._train_yvar is not None)
-                model.eval()
-                self.model = model
-                self._cache = None
-                self.fit_info.update(n_fit=0, reused_hyperparameters=True)
-                return self
-            if sub is None:
-                fit_model = self._build(train_X, train_Y, train_Yvar)
-            else:
-                fit_model = self._build(train_X[sub], train_Y[sub], None if train_Yvar is None else train_Yvar[sub])
-            mll = ExactMarginalLogLikelihood(fit_model.likelihood, fit_model)
-            try:
-                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.settings.fit_maxiter}})
-            except ModelFittingError as exc:
-                # keep the initial hyperparameters: a usable, if vague, model
-                self.fit_info.update(fit_ok=False, fit_error=str(exc)[:200])
-            if sub is None:
-                model = fit_model
-            else:
-                model = self._build(train_X, train_Y, train_Yvar)
-                _load_hyperparameters(model, fit_model, train_Yvar is not None)
-        model.eval()
-        self.model = model
-        self._cache = None
-        return self
+    def _conditioned(self, src: MultiFidelityGP, train_X, train_Y, train_Yvar):
+        """A model with ``src``'s hyperparameters conditioned on these labels (no fit)."""
+        if (src.model is None or src.settings.kind != self.settings.kind
+                or src.n_fidelities != self.n_fidelities or len(src._lo) != train_X.shape[1] - 1):
+            raise ValueError("hyperparameters_from must be a fitted model of the same kind, fidelities and d")
+        model = self._build(train_X, train_Y, train_Yvar)
+        _load_hyperparameters(model, src.model, train_Yvar is not None or src._train_yvar is not None)
+        self.fit_info.update(n_fit=0, reused_hyperparameters=True)
+        return model
+
+    def _fitted(self, train_X, train_Y, train_Yvar, sub):
+        """A model whose hyperparameters maximise the marginal likelihood of the ``sub`` labels
+        (all when None), conditioned on every label."""
+        from botorch.exceptions.errors import ModelFittingError
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        if sub is None:
+            fit_model = self._build(train_X, train_Y, train_Yvar)
+        else:
+            fit_model = self._build(train_X[sub], train_Y[sub], None if train_Yvar is None else train_Yvar[sub])
+        mll = ExactMarginalLogLikelihood(fit_model.likelihood, fit_model)
+        try:
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.settings.fit_maxiter}})
+        except ModelFittingError as exc:
+            # keep the initial hyperparameters: a usable, if vague, model
+            self.fit_info.update(fit_ok=False, fit_error=str(exc)[:200])
+        if sub is None:
+            return fit_model
+        model = self._build(train_X, train_Y, train_Yvar)
+        _load_hyperparameters(model, fit_model, train_Yvar is not None)
+        return model
 
     # -- prediction ----------------------------------------------------------------------
 
