@@ -533,10 +533,12 @@ def _mc_batch(obj: _Objective, kind, goal, X_short, X_pend, q, acquisition, rng,
     """botorch's Monte-Carlo qLogEI / qLogNEI / qUCB / window qSimpleRegret, sequential greedy."""
     from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
     from botorch.acquisition.monte_carlo import qSimpleRegret, qUpperConfidenceBound
+    from botorch.acquisition.utils import prune_inferior_points
     from botorch.sampling import SobolQMCNormalSampler
 
     dt = torch.float64
-    sampler = SobolQMCNormalSampler(torch.Size([acquisition.mc_samples]), seed=int(rng.integers(2**31 - 1)))
+    seed = int(rng.integers(2**31 - 1))
+    sampler = SobolQMCNormalSampler(torch.Size([acquisition.mc_samples]), seed=seed)
     X_pending = torch.as_tensor(X_pend, dtype=dt) if len(X_pend) else None
     gp = obj.model.model
     with warnings.catch_warnings():
@@ -545,8 +547,10 @@ def _mc_batch(obj: _Objective, kind, goal, X_short, X_pend, q, acquisition, rng,
             acqf = qLogExpectedImprovement(gp, best_f=float(np.max(obj.target)), sampler=sampler)
         elif kind == "qlognei":
             X_base = torch.as_tensor(np.asarray(obj.X[obj.rows], dtype=float), dtype=dt)
+            # prune here with a seeded sampler: inside qLogNEI the pruning draws from torch's global generator
+            X_base = prune_inferior_points(gp, X_base, sampler=SobolQMCNormalSampler(torch.Size([2048]), seed=seed))
             acqf = qLogNoisyExpectedImprovement(
-                gp, X_baseline=X_base, sampler=sampler, prune_baseline=True, cache_root=True
+                gp, X_baseline=X_base, sampler=sampler, prune_baseline=False, cache_root=True
             )
         elif kind == "ucb":
             acqf = qUpperConfidenceBound(gp, beta=acquisition.beta, sampler=sampler)

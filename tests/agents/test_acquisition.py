@@ -283,3 +283,21 @@ def test_label_noise_needs_every_label_and_a_plain_gp():
     np.testing.assert_allclose(v, [0.1, 0.3])
     assert label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(kind="rf"), info) is None
     assert label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(warp="rank"), info) is None
+
+
+def test_mc_batches_leave_torch_global_generator_alone():
+    import torch
+
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-1, 1, (200, 3)).astype(np.float32)
+    y = np.sin(3 * X[:, 0]) + X[:, 1]
+    tr = np.arange(0, 30)
+    a = AcquisitionSettings(kind="qlognei", batch="mc", shortlist=40, mc_samples=32, init=0)
+    picks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        before = torch.get_rng_state()
+        sel = select_batch(X, tr, y[tr], 4, Goal("max"), acquisition=a, rng=np.random.default_rng(1))
+        assert torch.equal(before, torch.get_rng_state())  # the baseline pruning has its own seeded sampler
+        picks.append(sel.indices.tolist())
+    assert picks[0] == picks[1]
