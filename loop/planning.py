@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from matloop.agents.decision.acquisition import AcquisitionSettings, SurrogateSettings
+from matloop.agents.decision.acquisition import AcquisitionSettings
 from matloop.agents.decision.agent import AgentConfig, DefaultAgent, MultiFidelityConfig, ObjectiveInfo
+from matloop.agents.decision.multifidelity import ChoiceSettings
+from matloop.agents.modelling.multifidelity import MultiFidelitySettings
+from matloop.agents.modelling.surrogates import SurrogateSettings
 from matloop.core.goals import Goal
 from matloop.core.protocols import OracleInfo, PlanningState
 from matloop.core.records import Candidate
@@ -34,8 +37,6 @@ def build_agent(spec: CampaignSpec, oracles: dict) -> DefaultAgent:
     fidelity = None
     fs = spec.agent.fidelity
     if fs.strategy == "multi_fidelity":
-        from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelitySettings
-
         fidelity = MultiFidelityConfig(
             oracles=[o.name for o in spec.fidelity_oracles()], model=MultiFidelitySettings(**fs.model),
             choice=ChoiceSettings(**fs.choice), init=fs.init, pca_variance=fs.pca_variance,

@@ -1,6 +1,7 @@
-"""Batch selection over a candidate pool: fit a surrogate, score the pool, pick a q-batch.
+"""The funnel policy's selection: closed-form acquisitions and ``select_batch``.
 
-``select_batch`` runs in three steps so that 10^5-10^6 candidates plan in seconds:
+``select_batch`` runs the shared pipeline (``matloop.agents.decision.pipeline``: available,
+fit, screen, shortlist, batch) so that 10^5-10^6 candidates plan in seconds:
 
 1. **Fit** the surrogate on the labelled candidates (botorch ``SingleTaskGP`` with
    ``Normalize``/``Standardize``, hyperparameters by marginal likelihood on at most
@@ -25,8 +26,8 @@
    the window) by sequential greedy conditioning as in
    ``botorch.optim.optimize_acqf_discrete``, returning pool indices, with pending points as
    ``X_pending``. ``batch='topq'``: the q best scores. Thompson sampling draws one joint
-   posterior sample on the shortlist per batch slot. Random forests have no joint
-   posterior: top-q by score.
+   posterior sample on the shortlist per batch slot. Random forests (and plug-in
+   surrogates) have no joint posterior: top-q by score.
 
 Running botorch's ``optimize_acqf_discrete`` directly on a 10^5 pool with q=8 took 392 s
 and 7 GB; steps 2 and 3 together take seconds (see ``benchmarks/planning.py``).
@@ -37,7 +38,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -45,9 +47,23 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erfcx, log_ndtr, ndtr
 
-from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings, fit_pca, make_surrogate
+from matloop.agents.decision.batch import believer_batch, greedy_mc_batch
+from matloop.agents.decision.pipeline import (
+    Pool,
+    Selection,
+    as_rows,
+    available,
+    empty_selection,
+    fit_surrogate,
+    check_labels,
+    pool_bounds,
+    random_selection,
+    screen,
+    selection_info,
+    shortlist,
+)
+from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings
 from matloop.core.goals import Goal
-from matloop.core.records import InputError
 
 __all__ = [
     "label_noise",
@@ -60,6 +76,8 @@ __all__ = [
     "log_window_probability",
     "pool_bounds",
     "rank_warp",
+    "slot_betas",
+    "PoolScore",
     "top_threshold",
 ]
 
@@ -113,27 +131,6 @@ class AcquisitionSettings(BaseModel):
         description="GP posterior precision when screening the whole pool; the shortlist is always "
         "re-scored in float64 before the batch is chosen",
     )
-
-
-@dataclass
-class Selection:
-    """A chosen batch.
-
-    Attributes:
-        indices: ``q`` indices into the pool, in the order chosen.
-        acquisition: ``q`` pool scores of the chosen candidates (step 2: LogEI, UCB, window
-            log-probability; NaN for random picks).
-        mean: ``q`` posterior means in the property's own units (NaN for random picks).
-        std: ``q`` posterior standard deviations (NaN for random picks).
-        info: human-readable rationale: pool and shortlist sizes, best observed value,
-            acquisition and surrogate kinds, the greedy batch values, timings in seconds.
-    """
-
-    indices: np.ndarray
-    acquisition: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    info: dict = field(default_factory=dict)
 
 
 def log_expected_improvement(mean: np.ndarray, std: np.ndarray, best_f: float) -> np.ndarray:
@@ -203,17 +200,6 @@ def rank_warp(t: np.ndarray):
     return z, unwarp
 
 
-def pool_bounds(X_pool: np.ndarray, chunk_size: int = 65536) -> np.ndarray:
-    """``2 x d`` column-wise min and max of the pool, streamed in chunks."""
-    lo = np.full(X_pool.shape[1], np.inf)
-    hi = np.full(X_pool.shape[1], -np.inf)
-    for a in range(0, X_pool.shape[0], chunk_size):
-        c = np.asarray(X_pool[a : a + chunk_size], dtype=float)
-        lo = np.minimum(lo, c.min(axis=0))
-        hi = np.maximum(hi, c.max(axis=0))
-    return np.stack([lo, hi])
-
-
 def label_noise(yvar: np.ndarray | None, finite: np.ndarray, surrogate: SurrogateSettings, info: dict) -> np.ndarray | None:
     """Known noise variances for the GP fit, or None to infer a homoscedastic noise.
 
@@ -248,62 +234,66 @@ def _resolve_kind(goal: Goal, acquisition: AcquisitionSettings) -> str:
     return kind
 
 
-def _random_selection(available, q, rng, info) -> Selection:
-    idx = rng.choice(available, size=q, replace=False) if q else np.zeros(0, dtype=int)
-    nan = np.full(len(idx), np.nan)
-    return Selection(np.asarray(idx, dtype=int), nan, nan.copy(), nan.copy(), info)
+def slot_betas(acquisition: AcquisitionSettings, q: int) -> np.ndarray:
+    """UCB beta of each batch slot (``q``), geometric from exploit to explore."""
+    if q <= 1 or acquisition.beta_spread == 1.0:
+        return np.full(max(q, 1), acquisition.beta)
+    e = np.linspace(-0.5, 0.5, q)
+    return acquisition.beta * acquisition.beta_spread**e
 
 
-def _window_objective(lo: float, hi: float, tau: float):
-    """Smoothed indicator of ``lo <= f <= hi`` as a botorch MC objective."""
-    from botorch.acquisition.objective import GenericMCObjective
-
-    def obj(samples, X=None):
-        f = samples[..., 0]
-        out = torch.ones_like(f)
-        if math.isfinite(lo):
-            out = out * torch.sigmoid((f - lo) / tau)
-        if math.isfinite(hi):
-            out = out * torch.sigmoid((hi - f) / tau)
-        return out
-
-    return GenericMCObjective(obj)
+def _rank01(a: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (``n``), to merge two scores into one shortlist order."""
+    r = np.empty(len(a))
+    r[np.argsort(a, kind="stable")] = np.arange(len(a))
+    return r / max(len(a) - 1, 1)
 
 
-def greedy_mc_batch(
-    acqf, X_short: torch.Tensor, q: int, X_pending: torch.Tensor | None, max_batch: int = 512,
-    log_w: np.ndarray | None = None,
-):
-    """Sequential greedy batch on a shortlist (``K x d``): q picks and each pick's value.
+@dataclass
+class PoolScore:
+    """The closed-form acquisition of a posterior mean and standard deviation (``m`` each).
 
-    With ``log_w`` (``K`` log-weights, e.g. log P(feasible)) each step maximises
-    ``log_w + acqf`` (a log-scale acquisition), and the values include the weight.
+    ``logei``/``qlognei``: LogEI over ``best_f``; ``ucb``/``thompson``: ``mean + sqrt(beta) std``;
+    ``ptop``: log P(a new measurement exceeds the top threshold ``best_f``), with the noise
+    variance ``noise``; ``window``: log P(lo <= f <= hi) of the goal's window.
     """
-    chosen: list[int] = []
-    values: list[float] = []
-    avail = torch.ones(X_short.shape[0], dtype=torch.bool)
-    offset = None if log_w is None else torch.as_tensor(np.asarray(log_w, dtype=float))
-    for _ in range(min(q, X_short.shape[0])):
-        pend = [X_short[chosen]] if chosen else []
-        if X_pending is not None and len(X_pending):
-            pend = [X_pending] + pend
-        acqf.set_X_pending(torch.cat(pend) if pend else None)
-        with torch.no_grad():
-            vals = torch.cat(
-                [acqf(X_short[a : a + max_batch].unsqueeze(-2)) for a in range(0, X_short.shape[0], max_batch)]
-            )
-        if offset is not None:
-            vals = vals + offset.to(vals.dtype)
-        vals = torch.where(avail, vals, torch.tensor(-math.inf, dtype=vals.dtype))
-        j = int(torch.argmax(vals))
-        chosen.append(j)
-        values.append(float(vals[j]))
-        avail[j] = False
-    return np.asarray(chosen, dtype=int), np.asarray(values)
+
+    kind: str
+    goal: Goal
+    beta: float
+    best_f: float = math.nan
+    noise: float = 0.0
+
+    def __call__(self, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+        """``m`` scores."""
+        if self.kind in ("logei", "qlognei"):
+            return log_expected_improvement(mean, std, self.best_f)
+        if self.kind in ("ucb", "thompson"):
+            return mean + math.sqrt(self.beta) * std
+        if self.kind == "ptop":
+            return log_ndtr((mean - self.best_f) / np.sqrt(std**2 + self.noise))
+        return log_window_probability(mean, std, self.goal.lo, self.goal.hi)
+
+
+@dataclass
+class _Objective:
+    """The fitted objective of one selection: the model, the features it sees, and its units."""
+
+    model: object
+    X: Pool  # the pool or its PCA view
+    rows: np.ndarray  # labelled pool rows
+    target: np.ndarray  # what the model was fitted on
+    sign: float  # model units -> property units
+    unwarp: Callable | None
+    window_direct: bool  # a window goal modelled as the raw property
+
+    @property
+    def gp(self) -> bool:
+        return isinstance(self.model, GPSurrogate)
 
 
 def select_batch(
-    X_pool: np.ndarray,
+    X_pool: np.ndarray | Pool,
     train_idx: np.ndarray,
     y_train: np.ndarray,
     q: int,
@@ -317,11 +307,12 @@ def select_batch(
     n_fraction_columns: int = 0,
     yvar: np.ndarray | None = None,
 ) -> Selection:
-    """Choose ``q`` new pool candidates to evaluate next.
+    """Choose ``q`` new pool candidates to evaluate next (the funnel policy's selection).
 
     Args:
         X_pool: ``N x d`` preprocessed features of the whole pool (float32 is fine; it is
-            streamed in chunks and never copied whole).
+            streamed in chunks and never copied whole), or a ``Pool`` whose bounds and PCA
+            views are reused.
         train_idx: ``n`` pool indices with labels.
         y_train: ``n`` raw labels in the property's units (the goal is applied inside);
             non-finite labels (failed evaluations) are ignored.
@@ -349,188 +340,225 @@ def select_batch(
     t0 = time.perf_counter()
     surrogate = surrogate or SurrogateSettings()
     acquisition = acquisition or AcquisitionSettings()
-    N = X_pool.shape[0]
-    train_idx = np.asarray(train_idx, dtype=int).reshape(-1)
-    y_train = np.asarray(y_train, dtype=float).reshape(-1)
-    if len(train_idx) != len(y_train):
-        raise ValueError(f"train_idx has {len(train_idx)} entries but y_train has {len(y_train)}")
-    pending_idx = np.zeros(0, dtype=int) if pending_idx is None else np.asarray(pending_idx, dtype=int).reshape(-1)
-    blocked = np.zeros(N, dtype=bool)
-    for arr in (exclude, train_idx, pending_idx):
-        if arr is not None and len(arr):
-            blocked[np.asarray(arr, dtype=int)] = True
-    available = np.flatnonzero(~blocked)
-    q = int(min(q, len(available)))
+    pool = Pool.wrap(X_pool)
+    train_idx, y_train = check_labels(train_idx, y_train)
+    pending_idx = as_rows(pending_idx)
+    avail = available(pool.shape[0], exclude, train_idx, pending_idx)
+    q = int(min(q, len(avail)))
     finite = np.isfinite(y_train)
     tr, y = train_idx[finite], y_train[finite]
     kind = _resolve_kind(goal, acquisition)
-    info: dict = {
-        "pool_size": int(N),
-        "n_available": int(len(available)),
-        "n_train": int(len(tr)),
-        "n_pending": int(len(pending_idx)),
-        "goal": str(goal),
-        "acquisition": kind,
-        "surrogate": surrogate.kind,
-    }
+    info = selection_info(pool.shape[0], avail, len(tr), pending_idx, goal=str(goal), acquisition=kind,
+                          surrogate=surrogate.kind)
     if len(y):
-        s = goal.score(y)
-        info["best_observed"] = float(y[int(np.argmax(s))])
+        info["best_observed"] = float(y[int(np.argmax(goal.score(y)))])
     if len(tr) < 2 or len(np.unique(tr)) + len(pending_idx) < acquisition.init:
         info["reason"] = (
             f"random: {len(tr)} labels, {len(pending_idx)} pending (< 2 labels or < init={acquisition.init})"
         )
-        info["seconds"] = {"total": time.perf_counter() - t0}
-        return _random_selection(available, q, rng, info)
+        return random_selection(avail, q, rng, info, t0)
     if q == 0:
-        info["reason"] = "no candidates left"
-        e = np.zeros(0)
-        return Selection(np.zeros(0, dtype=int), e, e, e, info)
+        return empty_selection(info)
+    t_fit = time.perf_counter()
+    obj = _fit_objective(pool, tr, y, goal, kind, surrogate, acquisition, rng, n_fraction_columns,
+                         label_noise(yvar, finite, surrogate, info), info)
+    t_score = time.perf_counter()
+    mean, std, score, order, scorer = _screen_pool(obj, avail, q, goal, kind, acquisition, info)
+    t_batch = time.perf_counter()
+    short, X_short = _exact_shortlist(obj, avail, mean, std, score, order, scorer, acquisition, info)
+    X_pend = np.asarray(obj.X[pending_idx], dtype=float)
+    pick, batch_values = _batch(obj, kind, goal, short, X_short, X_pend, score, scorer, q, acquisition, rng, info)
+    info["batch_values"] = [float(v) for v in batch_values]
+    info["mean_units"] = "property" if (obj.window_direct or goal.kind != "window") else "score (-distance to window)"
+    t_end = time.perf_counter()
+    info["seconds"] = {"fit": t_score - t_fit, "score": t_batch - t_score, "batch": t_end - t_batch, "total": t_end - t0}
+    chosen = short[pick]
+    m_out, s_out = mean[chosen], std[chosen]
+    if obj.unwarp is not None:
+        m_out, s_out = obj.unwarp(m_out, s_out)
+    return Selection(avail[chosen].astype(int), score[chosen], obj.sign * m_out, s_out, info)
 
-    # ---- 1. fit: a window goal models the raw property; max/min model the score
+
+def _fit_objective(pool: Pool, tr, y, goal, kind, surrogate, acquisition, rng, n_fraction_columns, yvar,
+                   info) -> _Objective:
+    """Fit step: a window goal models the raw property, max/min the goal's score (rank-warped on request)."""
     window_direct = goal.kind == "window" and kind == "window"
     target = y if window_direct else goal.score(y)
-    sign = -1.0 if goal.kind == "min" and not window_direct else 1.0  # model units -> property units
+    sign = -1.0 if goal.kind == "min" and not window_direct else 1.0
     unwarp = None
     if surrogate.warp == "rank" and not window_direct:
         target, unwarp = rank_warp(target)
-    t_fit = time.perf_counter()
-    if surrogate.kind == "gp" and surrogate.pca_variance is not None:
-        X_pool = fit_pca(X_pool, surrogate.pca_variance, acquisition.chunk_size)
-        info["pca_components"] = int(X_pool.shape[1])
-    model = make_surrogate(
-        surrogate,
-        rng=rng,
-        bounds=pool_bounds(X_pool, acquisition.chunk_size) if surrogate.kind == "gp" else None,
-        n_fraction_columns=n_fraction_columns,
-    )
+    gp = surrogate.kind == "gp"
+    X = pool
+    if gp and surrogate.pca_variance is not None:
+        X = pool.pca(surrogate.pca_variance, acquisition.chunk_size)
+        info["pca_components"] = int(X.shape[1])
     if surrogate.fraction_block:
         info["kernel_structure"] = f"additive_fractions ({n_fraction_columns} fraction columns)"
-    model.fit(np.asarray(X_pool[tr], dtype=float), target, yvar=label_noise(yvar, finite, surrogate, info))
-    info["seconds_fit"] = time.perf_counter() - t_fit
+    model = fit_surrogate(surrogate, X, tr, target, rng=rng, bounds=X.bounds if gp else None,
+                          n_fraction_columns=n_fraction_columns, yvar=yvar)
     if isinstance(model, GPSurrogate):
         info["fit"] = model.fit_info
+    return _Objective(model, X, tr, target, sign, unwarp, window_direct)
 
-    # ---- 2. score the pool (closed form, streamed)
-    t_score = time.perf_counter()
-    order_score = None
-    mean = np.empty(len(available))
-    std = np.empty(len(available))
-    cs = acquisition.chunk_size
-    gp_model = isinstance(model, GPSurrogate)
-    if gp_model and acquisition.pool_precision == "float32" and model.screening_device().type == "cuda":
+
+def _screen_pool(obj: _Objective, avail, q, goal, kind, acquisition, info):
+    """Screen step: posterior mean and std of every available row (float32 on request) and its score.
+
+    Returns:
+        mean, std, score (``m`` each), the shortlist order of a UCB beta spread (or None),
+        and the ``PoolScore``.
+    """
+    model, cs, precision = obj.model, acquisition.chunk_size, acquisition.pool_precision
+    if obj.gp and precision == "float32" and model.screening_device().type == "cuda":
         cs = model.screening_chunk_size(cs)
         info["screening_device"] = "cuda"
-    for a in range(0, len(available), cs):
-        chunk = X_pool[available[a : a + cs]]
-        if gp_model:
-            mean[a : a + cs], std[a : a + cs] = model.predict(chunk, precision=acquisition.pool_precision)
-        else:
-            mean[a : a + cs], std[a : a + cs] = model.predict(chunk)
-    best_f = float("nan")
-    if kind == "logei":
-        best_f = float(np.max(target))
-    elif kind == "qlognei":  # noisy incumbent: the best posterior mean among the labelled
-        best_f = float(np.max(model.predict(np.asarray(X_pool[tr], dtype=float))[0]))
-    noise = model.noise_variance() if gp_model else 0.0
-    if kind == "ptop":
-        best_f = top_threshold(mean, np.sqrt(std**2 + noise), target, acquisition.top_fraction)
-        info["top_threshold"] = float(sign * best_f) if unwarp is None else float(sign * unwarp([best_f], [0])[0][0])
-
-    def pool_score(mean, std):
-        if kind in ("logei", "qlognei"):
-            return log_expected_improvement(mean, std, best_f)
-        if kind in ("ucb", "thompson"):
-            return mean + math.sqrt(acquisition.beta) * std
-        if kind == "ptop":
-            return log_ndtr((mean - best_f) / np.sqrt(std**2 + noise))
-        return log_window_probability(mean, std, goal.lo, goal.hi)
-
-    score = pool_score(mean, std)
-    if kind in ("ucb", "thompson"):
-        betas = _slot_betas(acquisition, q)
-        if betas[-1] != betas[0]:  # shortlist: best of the most and the least exploring slot
-            order_score = np.maximum(
-                _rank01(mean + math.sqrt(betas[0]) * std), _rank01(mean + math.sqrt(betas[-1]) * std)
-            )
-    info["seconds_score"] = time.perf_counter() - t_score
-
-    # ---- 3. batch on the shortlist
-    t_batch = time.perf_counter()
-    K = int(min(acquisition.shortlist, len(available)))
-    osc = score if order_score is None else order_score
-    short = np.argpartition(-osc, K - 1)[:K] if K < len(available) else np.arange(len(available))
-    short = short[np.argsort(-osc[short], kind="stable")]
-    info["shortlist_size"] = int(K)
-    X_short_np = np.asarray(X_pool[available[short]], dtype=float)
-    if gp_model and acquisition.pool_precision != "float64":  # exact numbers for the decision
-        mean[short], std[short] = model.predict(X_short_np)
-        score[short] = pool_score(mean[short], std[short])
-        if order_score is None:
-            o = np.argsort(-score[short], kind="stable")
-            short, X_short_np = short[o], X_short_np[o]
-    if isinstance(model, RandomForestSurrogate):
-        if kind == "thompson":
-            P = model.tree_predictions(X_short_np)  # n_trees x K
-            picks: list[int] = []
-            for _ in range(q):
-                row = P[rng.integers(P.shape[0])].copy()
-                row[picks] = -np.inf
-                picks.append(int(np.argmax(row)))
-            pick = np.asarray(picks, dtype=int)
-            info["batch_rule"] = "Thompson: argmax of one random tree per slot"
-        else:
-            pick = np.arange(q)  # the forest has no joint posterior: top-q by pool score
-            info["batch_rule"] = "top-q by pool score (random forest has no joint posterior)"
-        batch_values = score[short[pick]]
-    elif kind == "thompson":
-        samples = model.sample_joint(X_short_np, q, rng)  # q x K
-        picks = []
-        for i in range(q):
-            row = samples[i].copy()
-            row[picks] = -np.inf
-            picks.append(int(np.argmax(row)))
-        pick = np.asarray(picks, dtype=int)
-        batch_values = samples[np.arange(q), pick]
-        info["batch_rule"] = "Thompson: argmax of one joint posterior sample on the shortlist per slot"
-    elif acquisition.batch == "topq" or (kind == "window" and window_direct and acquisition.batch == "believer"):
-        pick = np.arange(q)  # the shortlist is sorted by the pool score
-        batch_values = score[short[pick]]
-        info["batch_rule"] = (
-            f"top-q {kind} pool score"
-            + (" (maximises the expected number of hits)" if kind == "window" else ", no conditioning")
-        )
-    elif acquisition.batch == "believer":
-        pick, batch_values = _believer_batch(
-            model, X_short_np, np.asarray(X_pool[pending_idx], dtype=float), q, kind, best_f,
-            _slot_betas(acquisition, q),
-        )
-        info["batch_rule"] = f"sequential greedy {kind} with kriging-believer fantasies on the shortlist"
+    if obj.gp:
+        mean, std = screen(obj.X, avail, cs, lambda Xc, _: model.predict(Xc, precision=precision))
     else:
-        pick, batch_values = _gp_batch(
-            model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng, best_f
+        mean, std = screen(obj.X, avail, cs, lambda Xc, _: model.predict(Xc))
+    scorer = PoolScore(kind, goal, acquisition.beta)
+    if kind == "logei":
+        scorer.best_f = float(np.max(obj.target))
+    elif kind == "qlognei":  # noisy incumbent: the best posterior mean among the labelled
+        scorer.best_f = float(np.max(model.predict(np.asarray(obj.X[obj.rows], dtype=float))[0]))
+    scorer.noise = model.noise_variance() if obj.gp else 0.0
+    if kind == "ptop":
+        scorer.best_f = top_threshold(mean, np.sqrt(std**2 + scorer.noise), obj.target, acquisition.top_fraction)
+        t = scorer.best_f if obj.unwarp is None else obj.unwarp([scorer.best_f], [0])[0][0]
+        info["top_threshold"] = float(obj.sign * t)
+    score = scorer(mean, std)
+    order = None
+    if kind in ("ucb", "thompson"):
+        betas = slot_betas(acquisition, q)
+        if betas[-1] != betas[0]:  # shortlist: best of the most and the least exploring slot
+            order = np.maximum(_rank01(mean + math.sqrt(betas[0]) * std), _rank01(mean + math.sqrt(betas[-1]) * std))
+    return mean, std, score, order, scorer
+
+
+def _exact_shortlist(obj: _Objective, avail, mean, std, score, order, scorer, acquisition, info):
+    """Shortlist step: the top ``acquisition.shortlist`` rows, re-scored in float64 after a float32 screen.
+
+    Updates ``mean``, ``std`` and ``score`` at the shortlist in place.
+
+    Returns:
+        shortlist positions into ``avail`` (best first) and their ``K x d`` features.
+    """
+    K = int(min(acquisition.shortlist, len(avail)))
+    short = shortlist(score if order is None else order, K)
+    info["shortlist_size"] = K
+    X_short = np.asarray(obj.X[avail[short]], dtype=float)
+    if obj.gp and acquisition.pool_precision != "float64":  # exact numbers for the decision
+        mean[short], std[short] = obj.model.predict(X_short)
+        score[short] = scorer(mean[short], std[short])
+        if order is None:
+            o = np.argsort(-score[short], kind="stable")
+            short, X_short = short[o], X_short[o]
+    return short, X_short
+
+
+def _argmax_per_slot(rows) -> np.ndarray:
+    """One pick per row of values (``K`` each): its argmax among the positions not yet picked."""
+    picks: list[int] = []
+    for row in rows:
+        row = row.copy()
+        row[picks] = -np.inf
+        picks.append(int(np.argmax(row)))
+    return np.asarray(picks, dtype=int)
+
+
+def _batch(obj: _Objective, kind, goal, short, X_short, X_pend, score, scorer, q, acquisition, rng, info):
+    """Batch step: the ``q`` picks on the shortlist (positions) and the value of each pick."""
+    model = obj.model
+    if isinstance(model, RandomForestSurrogate) and kind == "thompson":
+        P = model.tree_predictions(X_short)  # n_trees x K
+        pick = _argmax_per_slot(P[rng.integers(P.shape[0])] for _ in range(q))
+        info["batch_rule"] = "Thompson: argmax of one random tree per slot"
+        return pick, score[short[pick]]
+    if not obj.gp:
+        what = "random forest" if isinstance(model, RandomForestSurrogate) else type(model).__name__
+        info["batch_rule"] = f"top-q by pool score ({what} has no joint posterior)"
+        return np.arange(q), score[short[:q]]
+    if kind == "thompson":
+        samples = model.sample_joint(X_short, q, rng)  # q x K
+        pick = _argmax_per_slot(samples)
+        info["batch_rule"] = "Thompson: argmax of one joint posterior sample on the shortlist per slot"
+        return pick, samples[np.arange(q), pick]
+    if acquisition.batch == "topq" or (kind == "window" and obj.window_direct and acquisition.batch == "believer"):
+        info["batch_rule"] = f"top-q {kind} pool score" + (
+            " (maximises the expected number of hits)" if kind == "window" else ", no conditioning"
         )
-        info["batch_rule"] = f"sequential greedy MC {kind} on the shortlist, pending as X_pending"
-    info["batch_values"] = [float(v) for v in batch_values]
-    info["mean_units"] = "property" if (window_direct or goal.kind != "window") else "score (-distance to window)"
-    info["seconds_batch"] = time.perf_counter() - t_batch
-    chosen = short[pick]
-    info["seconds"] = {
-        "fit": info.pop("seconds_fit"),
-        "score": info.pop("seconds_score"),
-        "batch": info.pop("seconds_batch"),
-        "total": time.perf_counter() - t0,
-    }
-    m_out, s_out = mean[chosen], std[chosen]
-    if unwarp is not None:
-        m_out, s_out = unwarp(m_out, s_out)
-    return Selection(
-        indices=available[chosen].astype(int),
-        acquisition=score[chosen],
-        mean=sign * m_out,
-        std=s_out,
-        info=info,
-    )
+        return np.arange(q), score[short[:q]]  # the shortlist is sorted by the pool score
+    if acquisition.batch == "believer":
+        info["batch_rule"] = f"sequential greedy {kind} with kriging-believer fantasies on the shortlist"
+        return _believer(model, kind, X_short, X_pend, q, scorer.best_f, slot_betas(acquisition, q))
+    info["batch_rule"] = f"sequential greedy MC {kind} on the shortlist, pending as X_pending"
+    return _mc_batch(obj, kind, goal, X_short, X_pend, q, acquisition, rng, scorer.best_f)
+
+
+def _believer(model, kind, X_short, X_pend, q, best_f, betas):
+    """Kriging-believer greedy of the closed-form acquisition; for EI every conditioned point may
+    raise the incumbent to its mean."""
+    ei = kind in ("logei", "qlognei")
+
+    def acquire(i, m, sd, best, noise):
+        if ei:
+            return log_expected_improvement(m, sd, best)
+        if kind == "ptop":  # best is the top threshold here
+            return log_ndtr((m - best) / np.sqrt(sd**2 + noise))
+        return m + math.sqrt(betas[i]) * sd
+
+    every = (np.ones(len(X_pend), dtype=bool), np.ones(len(X_short), dtype=bool)) if ei else (None, None)
+    return believer_batch(model, X_short, X_pend, q, acquire, best_f=best_f, raise_pending=every[0],
+                          raise_short=every[1])
+
+
+def _window_objective(lo: float, hi: float, tau: float):
+    """Smoothed indicator of ``lo <= f <= hi`` as a botorch MC objective."""
+    from botorch.acquisition.objective import GenericMCObjective
+
+    def obj(samples, X=None):
+        f = samples[..., 0]
+        out = torch.ones_like(f)
+        if math.isfinite(lo):
+            out = out * torch.sigmoid((f - lo) / tau)
+        if math.isfinite(hi):
+            out = out * torch.sigmoid((hi - f) / tau)
+        return out
+
+    return GenericMCObjective(obj)
+
+
+def _mc_batch(obj: _Objective, kind, goal, X_short, X_pend, q, acquisition, rng, threshold):
+    """botorch's Monte-Carlo qLogEI / qLogNEI / qUCB / window qSimpleRegret, sequential greedy."""
+    from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
+    from botorch.acquisition.monte_carlo import qSimpleRegret, qUpperConfidenceBound
+    from botorch.acquisition.utils import prune_inferior_points
+    from botorch.sampling import SobolQMCNormalSampler
+
+    dt = torch.float64
+    seed = int(rng.integers(2**31 - 1))
+    sampler = SobolQMCNormalSampler(torch.Size([acquisition.mc_samples]), seed=seed)
+    X_pending = torch.as_tensor(X_pend, dtype=dt) if len(X_pend) else None
+    gp = obj.model.model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "logei":
+            acqf = qLogExpectedImprovement(gp, best_f=float(np.max(obj.target)), sampler=sampler)
+        elif kind == "qlognei":
+            X_base = torch.as_tensor(np.asarray(obj.X[obj.rows], dtype=float), dtype=dt)
+            # prune here with a seeded sampler: inside qLogNEI the pruning draws from torch's global generator
+            X_base = prune_inferior_points(gp, X_base, sampler=SobolQMCNormalSampler(torch.Size([2048]), seed=seed))
+            acqf = qLogNoisyExpectedImprovement(
+                gp, X_baseline=X_base, sampler=sampler, prune_baseline=False, cache_root=True
+            )
+        elif kind == "ucb":
+            acqf = qUpperConfidenceBound(gp, beta=acquisition.beta, sampler=sampler)
+        else:  # window, or ptop: the window (threshold, inf)
+            lo, hi = (goal.lo, goal.hi) if kind == "window" else (threshold, math.inf)
+            tau = 1e-2 * float(np.std(obj.target) + 1e-12)
+            acqf = qSimpleRegret(gp, sampler=sampler, objective=_window_objective(lo, hi, tau))
+        return greedy_mc_batch(acqf, torch.as_tensor(X_short, dtype=dt), q, X_pending)
 
 
 def top_threshold(mean: np.ndarray, std: np.ndarray, observed: np.ndarray, fraction: float) -> float:
@@ -556,91 +584,3 @@ def top_threshold(mean: np.ndarray, std: np.ndarray, observed: np.ndarray, fract
         else:
             hi = mid
     return 0.5 * (lo + hi)
-
-
-def _slot_betas(acquisition: AcquisitionSettings, q: int) -> np.ndarray:
-    """UCB beta of each batch slot (``q``), geometric from exploit to explore."""
-    if q <= 1 or acquisition.beta_spread == 1.0:
-        return np.full(max(q, 1), acquisition.beta)
-    e = np.linspace(-0.5, 0.5, q)
-    return acquisition.beta * acquisition.beta_spread**e
-
-
-def _rank01(a: np.ndarray) -> np.ndarray:
-    """Ranks scaled to [0, 1] (``n``), to merge two scores into one shortlist order."""
-    r = np.empty(len(a))
-    r[np.argsort(a, kind="stable")] = np.arange(len(a))
-    return r / max(len(a) - 1, 1)
-
-
-def _believer_batch(model, X_short, X_pend, q, kind, best_f, betas):
-    """Greedy picks on the shortlist (``K x d``) with kriging-believer conditioning.
-
-    Pending points (``P x d``) are conditioned in first. Each conditioning on point ``j`` is
-    the rank-1 update ``S <- S - S[:, j] S[j, :] / (S[j, j] + noise)``; the mean is unchanged
-    because the fantasised value equals the posterior mean, and for EI the incumbent becomes
-    ``max(best_f, mean[j])``.
-
-    Returns:
-        the ``q`` picked shortlist positions and the acquisition value at each pick.
-    """
-    P = len(X_pend)
-    mu, S = model.joint(np.vstack([X_pend, X_short]) if P else X_short)
-    noise = max(model.noise_variance(), 1e-10 * float(np.mean(np.diag(S))) + 1e-12)
-    ei = kind in ("logei", "qlognei")
-
-    def condition(S, j):
-        col = S[:, j].copy()
-        return S - np.outer(col, col) / (col[j] + noise)
-
-    for j in range(P):
-        S = condition(S, j)
-        if ei:
-            best_f = max(best_f, float(mu[j]))
-    taken = np.zeros(len(X_short), dtype=bool)
-    picks, values = [], []
-    for i in range(q):
-        m, sd = mu[P:], np.sqrt(np.clip(np.diag(S)[P:], 1e-12, None))
-        if ei:
-            a = log_expected_improvement(m, sd, best_f)
-        elif kind == "ptop":  # best_f is the top threshold here
-            a = log_ndtr((m - best_f) / np.sqrt(sd**2 + noise))
-        else:
-            a = m + math.sqrt(betas[i]) * sd
-        a[taken] = -np.inf
-        j = int(np.argmax(a))
-        picks.append(j)
-        values.append(float(a[j]))
-        taken[j] = True
-        S = condition(S, P + j)
-        if ei:
-            best_f = max(best_f, float(m[j]))
-    return np.asarray(picks, dtype=int), np.asarray(values)
-
-
-def _gp_batch(model, kind, X_short_np, q, X_pool, tr, pending_idx, target, goal, acquisition, rng, threshold):
-    from botorch.acquisition.logei import qLogExpectedImprovement, qLogNoisyExpectedImprovement
-    from botorch.acquisition.monte_carlo import qSimpleRegret, qUpperConfidenceBound
-    from botorch.sampling import SobolQMCNormalSampler
-
-    dt = torch.float64
-    sampler = SobolQMCNormalSampler(torch.Size([acquisition.mc_samples]), seed=int(rng.integers(2**31 - 1)))
-    X_pending = torch.as_tensor(np.asarray(X_pool[pending_idx], dtype=float), dtype=dt) if len(pending_idx) else None
-    gp = model.model
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if kind == "logei":
-            acqf = qLogExpectedImprovement(gp, best_f=float(np.max(target)), sampler=sampler)
-        elif kind == "qlognei":
-            X_base = torch.as_tensor(np.asarray(X_pool[tr], dtype=float), dtype=dt)
-            acqf = qLogNoisyExpectedImprovement(
-                gp, X_baseline=X_base, sampler=sampler, prune_baseline=True, cache_root=True
-            )
-        elif kind == "ucb":
-            acqf = qUpperConfidenceBound(gp, beta=acquisition.beta, sampler=sampler)
-        else:  # window, or ptop: the window (threshold, inf)
-            lo, hi = (goal.lo, goal.hi) if kind == "window" else (threshold, math.inf)
-            tau = 1e-2 * float(np.std(target) + 1e-12)
-            acqf = qSimpleRegret(gp, sampler=sampler, objective=_window_objective(lo, hi, tau))
-        X_short = torch.as_tensor(X_short_np, dtype=dt)
-        return greedy_mc_batch(acqf, X_short, q, X_pending)

@@ -22,19 +22,29 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.special import log_ndtr
 
 from matloop.agents.decision.acquisition import (
     AcquisitionSettings,
-    Goal,
-    Selection,
-    log_expected_improvement,
     label_noise,
+    log_expected_improvement,
     log_window_probability,
-    pool_bounds,
     select_batch,
 )
-from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings, fit_pca, make_surrogate
+from matloop.agents.decision.batch import believer_batch
+from matloop.agents.decision.pipeline import (
+    Pool,
+    Selection,
+    as_rows,
+    available,
+    check_labels,
+    empty_selection,
+    fit_surrogate,
+    screen,
+    selection_info,
+    shortlist,
+)
+from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings, make_surrogate
+from matloop.core.goals import Goal
 
 __all__ = [
     "FailureClassifierSettings",
@@ -42,6 +52,8 @@ __all__ = [
     "ConstraintModel",
     "weighted_log_acquisition",
     "select_constrained",
+    "Feasibility",
+    "fit_feasibility",
 ]
 
 _MIN_LOG = -1e6  # stands in for log(0): finite, so sums never give nan or -inf
@@ -327,6 +339,7 @@ class Feasibility:
         return lpf, lps
 
     def describe(self) -> dict:
+        """The fitted models, for a selection's ``info``."""
         return {
             "known": self.known.describe(),
             "failures": self.failures.describe() if self.failures is not None else {"model": "none", "n_failed": 0},
@@ -367,7 +380,7 @@ def fit_feasibility(
 
 
 def select_constrained(
-    X_pool: np.ndarray,
+    X_pool: np.ndarray | Pool,
     train_idx: np.ndarray,
     y_train: np.ndarray,
     q: int,
@@ -393,9 +406,9 @@ def select_constrained(
     The batch is chosen on the top ``acquisition.shortlist`` candidates by that score:
     sequential greedy with kriging-believer conditioning of the objective GP on pending
     points and earlier picks (feasibility and success weights stay fixed); for a window
-    goal, a random forest, or the feasibility search, the top ``q`` by score
-    (``acquisition.batch`` is not used). With ``surrogate.pca_variance`` every model (objective,
-    constraints, failures) sees the same PCA view of the pool.
+    goal, a surrogate without a joint posterior, or the feasibility search, the top ``q``
+    by score (``acquisition.batch`` is not used). With ``surrogate.pca_variance`` every
+    model (objective, constraints, failures) sees the same PCA view of the pool.
 
     Args:
         X_pool, train_idx, y_train, q, goal, exclude, surrogate, acquisition, rng,
@@ -419,21 +432,11 @@ def select_constrained(
     surrogate = surrogate or SurrogateSettings()
     acquisition = acquisition or AcquisitionSettings()
     constraint_labels = dict(constraint_labels or {})
-    train_idx = np.asarray(train_idx, dtype=int).reshape(-1)
-    y_train = np.asarray(y_train, dtype=float).reshape(-1)
-    if len(train_idx) != len(y_train):
-        raise ValueError(f"train_idx has {len(train_idx)} entries but y_train has {len(y_train)}")
+    train_idx, y_train = check_labels(train_idx, y_train)
     finite = np.isfinite(y_train)
-    failed_idx = train_idx[~finite] if failed_idx is None else np.asarray(failed_idx, dtype=int).reshape(-1)
-    pending_idx = np.zeros(0, dtype=int) if pending_idx is None else np.asarray(pending_idx, dtype=int).reshape(-1)
-    kind = acquisition.kind
-    if kind == "auto":
-        kind = "window" if goal.kind == "window" else "qlognei"
-    if kind in ("ucb", "thompson"):
-        raise ValueError(f"constraint weighting needs a log-scale acquisition (logei, qlognei, window), not {kind!r}")
-    if kind == "window" and goal.kind != "window":
-        raise ValueError(f"acquisition 'window' needs a window goal, got {goal}")
-
+    failed_idx = train_idx[~finite] if failed_idx is None else as_rows(failed_idx)
+    pending_idx = as_rows(pending_idx)
+    kind = _log_scale_kind(goal, acquisition)
     n_init = len(np.unique(train_idx[finite])) + len(pending_idx)
     if (not constraint_labels and not len(failed_idx)) or finite.sum() < 2 or n_init < acquisition.init:
         excl = failed_idx if exclude is None else np.union1d(np.asarray(exclude, dtype=int), failed_idx)
@@ -441,112 +444,119 @@ def select_constrained(
                            acquisition=acquisition, rng=rng, pending_idx=pending_idx,
                            n_fraction_columns=n_fraction_columns, yvar=yvar)  # fmt: skip
         why = "no constraints and no failures observed" if not constraint_labels and not len(failed_idx) else (
-            "random initial design"
-        )
+            "random initial design")
         sel.info["constraints"] = {"weighting": f"none: {why}"}
         return sel
 
-    N = X_pool.shape[0]
-    blocked = np.zeros(N, dtype=bool)
-    for arr in (exclude, train_idx, pending_idx, failed_idx):
-        if arr is not None and len(arr):
-            blocked[np.asarray(arr, dtype=int)] = True
-    available = np.flatnonzero(~blocked)
-    q = int(min(q, len(available)))
+    pool = Pool.wrap(X_pool)
+    avail = available(pool.shape[0], exclude, train_idx, pending_idx, failed_idx)
+    q = int(min(q, len(avail)))
     tr, y = train_idx[finite], y_train[finite]
-    info: dict = {
-        "pool_size": int(N),
-        "n_available": int(len(available)),
-        "n_train": int(len(tr)),
-        "n_pending": int(len(pending_idx)),
-        "goal": str(goal),
-        "acquisition": kind,
-        "surrogate": surrogate.kind,
-    }
+    info = selection_info(pool.shape[0], avail, len(tr), pending_idx, goal=str(goal), acquisition=kind,
+                          surrogate=surrogate.kind)
     if q == 0:
-        info["reason"] = "no candidates left"
-        e = np.zeros(0)
-        return Selection(np.zeros(0, dtype=int), e, e, e, info)
-
-    # ---- 1. fit the objective, the constraints and the failure classifier
+        return empty_selection(info)
     t_fit = time.perf_counter()
-    if surrogate.kind == "gp" and surrogate.pca_variance is not None:
-        X_pool = fit_pca(X_pool, surrogate.pca_variance, acquisition.chunk_size)  # every model sees the view
-        info["pca_components"] = int(X_pool.shape[1])
-    bounds = pool_bounds(X_pool, acquisition.chunk_size)
+    gp = surrogate.kind == "gp"
+    X = pool.pca(surrogate.pca_variance, acquisition.chunk_size) if gp and surrogate.pca_variance is not None else pool
+    if X is not pool:  # every model (objective, constraints, failures) sees the view
+        info["pca_components"] = int(X.shape[1])
     window_direct = kind == "window"
     target = y if window_direct else goal.score(y)
     sign = -1.0 if goal.kind == "min" and not window_direct else 1.0
-    model = make_surrogate(surrogate, rng=rng, bounds=bounds if surrogate.kind == "gp" else None,
-                           n_fraction_columns=n_fraction_columns)
-    model.fit(np.asarray(X_pool[tr], dtype=float), target, yvar=label_noise(yvar, finite, surrogate, info))
-    feas = fit_feasibility(X_pool, train_idx, constraint_labels, failed_idx, surrogate=surrogate, bounds=bounds,
+    model = fit_surrogate(surrogate, X, tr, target, rng=rng, bounds=X.bounds if gp else None,
+                          n_fraction_columns=n_fraction_columns, yvar=label_noise(yvar, finite, surrogate, info))
+    feas = fit_feasibility(X, train_idx, constraint_labels, failed_idx, surrogate=surrogate, bounds=X.bounds,
                            rng=rng, classifier=classifier, n_fraction_columns=n_fraction_columns)
-    cmodel = feas.known
-    info["seconds_fit"] = time.perf_counter() - t_fit
-    log_weights = feas.log_weights
-
-    # ---- 2. incumbent: best labelled candidate that is predicted feasible
-    X_tr = np.asarray(X_pool[tr], dtype=float)
-    feasible_tr = cmodel.log_prob_feasible(X_tr) >= math.log(0.5)
-    best_f = math.nan
-    if not window_direct and feasible_tr.any():
-        if kind == "logei":
-            best_f = float(np.max(target[feasible_tr]))
-        else:  # noisy incumbent: best posterior mean among the feasible labelled
-            best_f = float(np.max(model.predict(X_tr[feasible_tr])[0]))
-    search_feasibility = not window_direct and not feasible_tr.any()
-
-    # ---- 3. score the pool in chunks
+    best_f = _feasible_incumbent(model, feas.known, np.asarray(X[tr], dtype=float), target, kind)
+    search_feasibility = not window_direct and math.isnan(best_f)
     t_score = time.perf_counter()
-    n_av = len(available)
-    mean, std = np.empty(n_av), np.empty(n_av)
-    log_acq, lpf, lps = np.empty(n_av), np.empty(n_av), np.empty(n_av)
-    cs = acquisition.chunk_size
-    for a in range(0, n_av, cs):
-        Xc = np.asarray(X_pool[available[a : a + cs]], dtype=float)
-        mu, sd = model.predict(Xc)
-        mean[a : a + cs], std[a : a + cs] = mu, sd
-        if window_direct:
-            log_acq[a : a + cs] = log_window_probability(mu, sd, goal.lo, goal.hi)
-        elif search_feasibility:
-            log_acq[a : a + cs] = 0.0
-        else:
-            log_acq[a : a + cs] = log_expected_improvement(mu, sd, best_f)
-        lpf[a : a + cs], lps[a : a + cs] = log_weights(Xc)
+    mean, std, log_acq, lpf, lps = screen(X, avail, acquisition.chunk_size, _weighted_scorer(
+        model, feas, goal, kind, best_f, search_feasibility))
     score = weighted_log_acquisition(log_acq, lpf, lps, log_space=True)
-    info["seconds_score"] = time.perf_counter() - t_score
-
-    # ---- 4. batch on the shortlist
     t_batch = time.perf_counter()
-    K = int(min(acquisition.shortlist, n_av))
-    short = np.argpartition(-score, K - 1)[:K] if K < n_av else np.arange(n_av)
-    short = short[np.argsort(-score[short], kind="stable")]
+    short = shortlist(score, acquisition.shortlist)
     if window_direct or search_feasibility or not isinstance(model, GPSurrogate):
-        pick = np.arange(q)
-        batch_values = score[short[pick]]
+        pick, batch_values = np.arange(q), score[short[:q]]
         info["batch_rule"] = "top-q by weighted score" + (
-            " (expected number of valid hits is additive)" if window_direct else ""
-        )
+            " (expected number of valid hits is additive)" if window_direct else "")
     else:
-        X_pend = np.asarray(X_pool[pending_idx], dtype=float)
-        pend_feasible = cmodel.log_prob_feasible(X_pend) >= math.log(0.5) if len(X_pend) else np.zeros(0, bool)
-        pick, batch_values = _weighted_believer_batch(
-            model,
-            np.asarray(X_pool[available[short]], dtype=float),
-            lpf[short] + lps[short],
-            X_pend,
-            pend_feasible,
-            lpf[short] >= math.log(0.5),
-            q,
-            best_f,
-        )
+        pick, batch_values = _weighted_believer_batch(model, feas.known, X, avail[short], pending_idx, lpf[short],
+                                                      lps[short], q, best_f)
         info["batch_rule"] = "sequential greedy weighted LogEI with kriging-believer conditioning on the shortlist"
     chosen = short[pick]
-    info["shortlist_size"] = K
-    info["batch_values"] = [float(v) for v in batch_values]
-    info["best_feasible_incumbent"] = None if math.isnan(best_f) else float(sign * best_f)
-    info["constraints"] = {
+    info.update(shortlist_size=len(short), batch_values=[float(v) for v in batch_values],
+                best_feasible_incumbent=None if math.isnan(best_f) else float(sign * best_f),
+                constraints=_weighting_info(feas, search_feasibility, log_acq, lpf, lps, chosen))
+    t_end = time.perf_counter()
+    info["seconds"] = {"fit": t_score - t_fit, "score": t_batch - t_score, "batch": t_end - t_batch, "total": t_end - t0}
+    return Selection(avail[chosen].astype(int), score[chosen], sign * mean[chosen], std[chosen], info)
+
+
+def _log_scale_kind(goal: Goal, acquisition: AcquisitionSettings) -> str:
+    """The acquisition of a weighted selection: 'auto' is window (window goals) or qlognei."""
+    kind = acquisition.kind
+    if kind == "auto":
+        kind = "window" if goal.kind == "window" else "qlognei"
+    if kind in ("ucb", "thompson"):
+        raise ValueError(f"constraint weighting needs a log-scale acquisition (logei, qlognei, window), not {kind!r}")
+    if kind == "window" and goal.kind != "window":
+        raise ValueError(f"acquisition 'window' needs a window goal, got {goal}")
+    return kind
+
+
+def _feasible_incumbent(model, known: ConstraintModel, X_tr: np.ndarray, target: np.ndarray, kind: str) -> float:
+    """The best labelled score among the (predicted) feasible labels: the label for logei, the
+    posterior mean for qlognei; NaN for a window, or when no label is feasible."""
+    feasible_tr = known.log_prob_feasible(X_tr) >= math.log(0.5)
+    if kind == "window" or not feasible_tr.any():
+        return math.nan
+    if kind == "logei":
+        return float(np.max(target[feasible_tr]))
+    return float(np.max(model.predict(X_tr[feasible_tr])[0]))  # noisy incumbent
+
+
+def _weighted_scorer(model, feas: Feasibility, goal: Goal, kind: str, best_f: float, search_feasibility: bool):
+    """The screen of ``select_constrained``: per chunk mean, std, log acquisition, log P(feasible), log P(success)."""
+
+    def score_chunk(Xc, _rows):
+        Xc = np.asarray(Xc, dtype=float)
+        mu, sd = model.predict(Xc)
+        if kind == "window":
+            log_acq = log_window_probability(mu, sd, goal.lo, goal.hi)
+        elif search_feasibility:
+            log_acq = np.zeros(len(mu))
+        else:
+            log_acq = log_expected_improvement(mu, sd, best_f)
+        return (mu, sd, log_acq, *feas.log_weights(Xc))
+
+    return score_chunk
+
+
+def _weighted_believer_batch(model, known: ConstraintModel, X, short_rows, pending_rows, lpf_short, lps_short, q,
+                             best_f):
+    """Greedy picks maximising LogEI + log P(feasible) + log P(success) with kriging-believer conditioning.
+
+    The incumbent rises to a conditioned point's mean only when that point is predicted
+    feasible.
+
+    Returns:
+        the ``q`` picked shortlist positions and the weighted value at each pick.
+    """
+    X_short, X_pend = np.asarray(X[short_rows], dtype=float), np.asarray(X[pending_rows], dtype=float)
+    pend_feasible = known.log_prob_feasible(X_pend) >= math.log(0.5) if len(X_pend) else np.zeros(0, bool)
+    log_w = lpf_short + lps_short
+
+    def acquire(_slot, m, sd, best, _noise):
+        return weighted_log_acquisition(log_expected_improvement(m, sd, best), log_w, log_space=True)
+
+    return believer_batch(model, X_short, X_pend, q, acquire, best_f=best_f, raise_pending=pend_feasible,
+                          raise_short=lpf_short >= math.log(0.5))
+
+
+def _weighting_info(feas: Feasibility, search_feasibility: bool, log_acq, lpf, lps, chosen) -> dict:
+    """``info['constraints']``: the weighting, the fitted models, pool means and each pick's three terms."""
+    return {
         "weighting": "log acquisition + log P(feasible) + log P(success)"
         + ("; no feasible label yet: acquisition = 1 (feasibility search)" if search_feasibility else ""),
         **feas.describe(),
@@ -561,55 +571,3 @@ def select_constrained(
             for j in chosen
         ],
     }
-    info["seconds"] = {
-        "fit": info.pop("seconds_fit"),
-        "score": info.pop("seconds_score"),
-        "batch": time.perf_counter() - t_batch,
-        "total": time.perf_counter() - t0,
-    }
-    return Selection(
-        indices=available[chosen].astype(int),
-        acquisition=score[chosen],
-        mean=sign * mean[chosen],
-        std=std[chosen],
-        info=info,
-    )
-
-
-def _weighted_believer_batch(model, X_short, log_w, X_pend, pend_feasible, short_feasible, q, best_f):
-    """Greedy picks maximising LogEI + ``log_w`` with kriging-believer conditioning.
-
-    One joint posterior over pending points (``P x d``) and the shortlist (``K x d``); each
-    conditioning on point ``j`` is ``S <- S - S[:, j] S[j, :] / (S[j, j] + noise)`` (the
-    believed value is the posterior mean, so the mean is unchanged), and the incumbent rises
-    to a conditioned point's mean only when that point is predicted feasible.
-
-    Returns:
-        the ``q`` picked shortlist positions and the weighted value at each pick.
-    """
-    P = len(X_pend)
-    mu, S = model.joint(np.vstack([X_pend, X_short]) if P else X_short)
-    noise = max(model.noise_variance(), 1e-10 * float(np.mean(np.diag(S))) + 1e-12)
-
-    def condition(S, j):
-        col = S[:, j].copy()
-        return S - np.outer(col, col) / (col[j] + noise)
-
-    for j in range(P):
-        S = condition(S, j)
-        if pend_feasible[j]:
-            best_f = max(best_f, float(mu[j]))
-    taken = np.zeros(len(X_short), dtype=bool)
-    picks, values = [], []
-    for _ in range(q):
-        sd = np.sqrt(np.clip(np.diag(S)[P:], 1e-12, None))
-        a = weighted_log_acquisition(log_expected_improvement(mu[P:], sd, best_f), log_w, log_space=True)
-        a[taken] = -np.inf
-        j = int(np.argmax(a))
-        picks.append(j)
-        values.append(float(a[j]))
-        taken[j] = True
-        S = condition(S, P + j)
-        if short_feasible[j]:
-            best_f = max(best_f, float(mu[P + j]))
-    return np.asarray(picks, dtype=int), np.asarray(values)

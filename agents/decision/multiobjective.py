@@ -23,15 +23,34 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy.special import logsumexp
 
-from matloop.agents.decision.acquisition import Goal, Selection, greedy_mc_batch, log_expected_improvement, pool_bounds
-from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings
+from matloop.agents.decision.acquisition import log_expected_improvement
+from matloop.agents.decision import pipeline
+from matloop.agents.decision.batch import greedy_mc_batch
+from matloop.agents.decision.pipeline import (
+    Pool,
+    Selection,
+    as_rows,
+    available,
+    empty_selection,
+    fit_surrogate,
+    random_selection,
+    screen,
+    selection_info,
+)
+from matloop.agents.modelling.surrogates import SurrogateSettings
+from matloop.core.goals import Constraint, Goal
+from matloop.core.records import Observation
 
-__all__ = ["pareto_front", "hypervolume", "default_ref_point", "log_ehvi", "select_pareto"]
+if TYPE_CHECKING:
+    from matloop.agents.decision.config import ObjectiveInfo
+
+__all__ = ["pareto_front", "hypervolume", "default_ref_point", "log_ehvi", "select_pareto", "pareto_summary"]
 
 _DTYPE = torch.float64
 
@@ -146,8 +165,19 @@ def _as_goal(g) -> Goal:
     return g if isinstance(g, Goal) else Goal.parse(str(g))
 
 
+def _check_settings(goals: list[Goal], surrogate: SurrogateSettings) -> None:
+    if len(goals) < 2:
+        raise ValueError(f"select_pareto needs at least 2 objectives, got {len(goals)}")
+    if surrogate.kind != "gp":
+        raise ValueError("select_pareto needs GP surrogates (qLogNEHVI samples a joint posterior)")
+    if surrogate.pca_variance is not None:
+        raise ValueError("select_pareto does not support pca_variance; project the features beforehand")
+    if surrogate.kernel_structure != "single":
+        raise ValueError(f"select_pareto does not support kernel_structure {surrogate.kernel_structure!r}")
+
+
 def select_pareto(
-    X_pool: np.ndarray,
+    X_pool: np.ndarray | Pool,
     train_idx: np.ndarray,
     Y_train: np.ndarray,
     q: int,
@@ -167,7 +197,7 @@ def select_pareto(
     """Choose ``q`` pool candidates that are expected to grow the hypervolume the most.
 
     Args:
-        X_pool: ``N x d`` preprocessed features of the pool (streamed in chunks).
+        X_pool: ``N x d`` preprocessed features of the pool (streamed in chunks), or a ``Pool``.
         train_idx: ``n`` pool indices with labels.
         Y_train: ``n x k`` raw labels in each property's units; a non-finite entry leaves
             that candidate out of that objective's GP and out of the front.
@@ -200,130 +230,95 @@ def select_pareto(
     t0 = time.perf_counter()
     goals = [_as_goal(g) for g in objectives]
     k = len(goals)
-    if k < 2:
-        raise ValueError(f"select_pareto needs at least 2 objectives, got {k}")
     surrogate = surrogate or SurrogateSettings()
-    if surrogate.kind != "gp":
-        raise ValueError("select_pareto needs GP surrogates (qLogNEHVI samples a joint posterior)")
-    if surrogate.pca_variance is not None:
-        raise ValueError("select_pareto does not support pca_variance; project the features beforehand")
-    if surrogate.kernel_structure != "single":
-        raise ValueError(f"select_pareto does not support kernel_structure {surrogate.kernel_structure!r}")
-    N = X_pool.shape[0]
-    train_idx = np.asarray(train_idx, dtype=int).reshape(-1)
-    Y_train = np.asarray(Y_train, dtype=float).reshape(len(train_idx), -1 if len(train_idx) else k)
-    if Y_train.shape[1] != k:
-        raise ValueError(f"Y_train has {Y_train.shape[1]} columns for {k} objectives")
-    pending_idx = np.zeros(0, dtype=int) if pending_idx is None else np.asarray(pending_idx, dtype=int).reshape(-1)
-    blocked = np.zeros(N, dtype=bool)
-    for arr in (exclude, train_idx, pending_idx):
-        if arr is not None and len(arr):
-            blocked[np.asarray(arr, dtype=int)] = True
-    available = np.flatnonzero(~blocked)
-    q = int(min(q, len(available)))
-    S_train = np.column_stack([g.score(Y_train[:, j]) for j, g in enumerate(goals)]) if k else Y_train
+    _check_settings(goals, surrogate)
+    pool = Pool.wrap(X_pool)
+    N = pool.shape[0]
+    train_idx = as_rows(train_idx)
+    Y_train, S_train = _labels_and_scores(Y_train, len(train_idx), goals)
+    pending_idx = as_rows(pending_idx)
+    avail = available(N, exclude, train_idx, pending_idx)
+    q = int(min(q, len(avail)))
     complete = np.isfinite(S_train).all(axis=1)
-    info: dict = {
-        "pool_size": int(N),
-        "n_available": int(len(available)),
-        "n_train": int(complete.sum()),
-        "n_pending": int(len(pending_idx)),
-        "objectives": [str(g) for g in goals],
-        "acquisition": "qlognehvi",
-    }
-    S_c, idx_c, Y_c = S_train[complete], train_idx[complete], Y_train[complete]
-    if len(S_c):
-        ref = (
-            np.asarray(ref_point, dtype=float).reshape(k)
-            if ref_point is not None
-            else default_ref_point(S_c, [True] * k)
-        )
-        front = pareto_front(S_c, [True] * k)
-        info["ref_point_scores"] = [float(r) for r in ref]
-        info["pareto_indices"] = [int(i) for i in idx_c[front]]
-        info["pareto_values"] = Y_c[front].tolist()
-        info["hypervolume"] = hypervolume(S_c, ref, [True] * k)
+    info = selection_info(N, avail, complete.sum(), pending_idx, objectives=[str(g) for g in goals],
+                          acquisition="qlognehvi")
+    S_c, idx_c = S_train[complete], train_idx[complete]
+    ref = _front_info(S_c, idx_c, Y_train[complete], ref_point, k, info)
     if len(np.unique(idx_c)) < max(init, 2) or any(np.isfinite(S_train[:, j]).sum() < 2 for j in range(k)):
         info["reason"] = f"random: {len(np.unique(idx_c))} fully labelled candidates (< init={max(init, 2)})"
-        idx = rng.choice(available, size=q, replace=False) if q else np.zeros(0, dtype=int)
-        nan = np.full(len(idx), np.nan)
-        info["seconds"] = {"total": time.perf_counter() - t0}
-        nan_k = np.full((len(idx), k), np.nan)
-        return Selection(np.asarray(idx, dtype=int), nan, nan_k, nan_k.copy(), info)
+        return random_selection(avail, q, rng, info, t0, n_objectives=k)
     if q == 0:
-        info["reason"] = "no candidates left"
-        e = np.zeros(0)
-        return Selection(np.zeros(0, dtype=int), e, np.zeros((0, k)), np.zeros((0, k)), info)
+        return empty_selection(info, n_objectives=k)
 
-    # ---- 1. one GP per objective score
     t_fit = time.perf_counter()
-    bounds = pool_bounds(X_pool, chunk_size)
-    gps: list[GPSurrogate] = []
-    for j in range(k):
+    gps = []
+    for j in range(k):  # one GP per objective score
         ok = np.isfinite(S_train[:, j])
-        gp = GPSurrogate(surrogate, bounds=bounds, seed=int(rng.integers(2**31 - 1)))
-        gp.fit(np.asarray(X_pool[train_idx[ok]], dtype=float), S_train[ok, j])
-        gps.append(gp)
+        gps.append(fit_surrogate(surrogate, pool, train_idx[ok], S_train[ok, j], rng=rng, bounds=pool.bounds))
     info["fit"] = [gp.fit_info for gp in gps]
-    t_fit = time.perf_counter() - t_fit
-
-    # ---- 2. closed-form log EHVI over the pool, in chunks
     t_score = time.perf_counter()
     front_scores = S_c[pareto_front(S_c, [True] * k)]
-    n_av = len(available)
-    mean, std = np.empty((n_av, k)), np.empty((n_av, k))
-    score = np.empty(n_av)
-    for a in range(0, n_av, chunk_size):
-        Xc = np.asarray(X_pool[available[a : a + chunk_size]], dtype=float)
-        for j, gp in enumerate(gps):
-            mean[a : a + chunk_size, j], std[a : a + chunk_size, j] = gp.predict(Xc)
-        score[a : a + chunk_size] = log_ehvi(mean[a : a + chunk_size], std[a : a + chunk_size], front_scores, ref)
+    mean, std, score = screen(pool, avail, chunk_size, _ehvi_scorer(gps, front_scores, ref))
     if log_weights is not None:
         log_weights = np.asarray(log_weights, dtype=float).reshape(-1)
         if len(log_weights) != N:
             raise ValueError(f"log_weights has {len(log_weights)} entries for a pool of {N}")
-        score = score + log_weights[available]
+        score = score + log_weights[avail]
         info["weighted"] = "log EHVI + log P(feasible) + log P(success)"
-    t_score = time.perf_counter() - t_score
-
-    # ---- 3. qLogNEHVI sequential greedy on the shortlist
     t_batch = time.perf_counter()
-    K = int(min(shortlist, n_av))
-    short = np.argpartition(-score, K - 1)[:K] if K < n_av else np.arange(n_av)
-    short = short[np.argsort(-score[short], kind="stable")]
+    short = pipeline.shortlist(score, shortlist)
     pick, batch_values = _qlognehvi_batch(
-        gps,
-        np.asarray(X_pool[available[short]], dtype=float),
-        np.asarray(X_pool[idx_c], dtype=float),
-        np.asarray(X_pool[pending_idx], dtype=float) if len(pending_idx) else None,
-        ref,
-        q,
-        mc_samples,
-        int(rng.integers(2**31 - 1)),
-        None if log_weights is None else log_weights[available[short]],
+        gps, np.asarray(pool[avail[short]], dtype=float), np.asarray(pool[idx_c], dtype=float),
+        np.asarray(pool[pending_idx], dtype=float) if len(pending_idx) else None, ref, q, mc_samples,
+        int(rng.integers(2**31 - 1)), None if log_weights is None else log_weights[avail[short]],
     )
     chosen = short[pick]
-    info["shortlist_size"] = K
+    info["shortlist_size"] = len(short)
     info["batch_rule"] = "sequential greedy qLogNEHVI on the shortlist (optimize_acqf_discrete), pending as X_pending"
     info["batch_values"] = [float(v) for v in batch_values]
-    info["seconds"] = {
-        "fit": t_fit,
-        "score": t_score,
-        "batch": time.perf_counter() - t_batch,
-        "total": time.perf_counter() - t0,
-    }
+    t_end = time.perf_counter()
+    info["seconds"] = {"fit": t_score - t_fit, "score": t_batch - t_score, "batch": t_end - t_batch, "total": t_end - t0}
+    info["mean_units"] = ["score (-distance to window)" if g.kind == "window" else "property" for g in goals]
     # scores back to property units: max keeps, min negates; a window score stays a distance
     sign = np.array([-1.0 if g.kind == "min" else 1.0 for g in goals])
-    info["mean_units"] = [
-        "score (-distance to window)" if g.kind == "window" else "property" for g in goals
-    ]
-    return Selection(
-        indices=available[chosen].astype(int),
-        acquisition=score[chosen],
-        mean=mean[chosen] * sign,
-        std=std[chosen],
-        info=info,
-    )
+    return Selection(avail[chosen].astype(int), score[chosen], mean[chosen] * sign, std[chosen], info)
+
+
+def _labels_and_scores(Y_train, n: int, goals: list[Goal]) -> tuple[np.ndarray, np.ndarray]:
+    """``n x k`` labels and their maximisation scores (``Goal.score`` per column)."""
+    k = len(goals)
+    Y_train = np.asarray(Y_train, dtype=float).reshape(n, -1 if n else k)
+    if Y_train.shape[1] != k:
+        raise ValueError(f"Y_train has {Y_train.shape[1]} columns for {k} objectives")
+    return Y_train, np.column_stack([g.score(Y_train[:, j]) for j, g in enumerate(goals)])
+
+
+def _front_info(S_c, idx_c, Y_c, ref_point, k: int, info: dict) -> np.ndarray | None:
+    """The reference point (given or ``default_ref_point``), and the labelled front and its
+    hypervolume in ``info``; None without a fully labelled candidate."""
+    if not len(S_c):
+        return None
+    ref = np.asarray(ref_point, dtype=float).reshape(k) if ref_point is not None else default_ref_point(S_c, [True] * k)
+    front = pareto_front(S_c, [True] * k)
+    info["ref_point_scores"] = [float(r) for r in ref]
+    info["pareto_indices"] = [int(i) for i in idx_c[front]]
+    info["pareto_values"] = Y_c[front].tolist()
+    info["hypervolume"] = hypervolume(S_c, ref, [True] * k)
+    return ref
+
+
+def _ehvi_scorer(gps, front_scores: np.ndarray, ref: np.ndarray):
+    """The screen of ``select_pareto``: per chunk ``c x k`` means and stds and ``c`` closed-form log EHVI."""
+
+    def score_chunk(Xc, _rows):
+        Xc = np.asarray(Xc, dtype=float)
+        mean = np.empty((len(Xc), len(gps)))
+        std = np.empty((len(Xc), len(gps)))
+        for j, gp in enumerate(gps):
+            mean[:, j], std[:, j] = gp.predict(Xc)
+        return mean, std, log_ehvi(mean, std, front_scores, ref)
+
+    return score_chunk
 
 
 def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log_w=None):
@@ -340,20 +335,23 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log
     model = ModelListGP(*[gp.model for gp in gps])
     model.eval()
     choices = torch.as_tensor(X_short, dtype=_DTYPE)
+    X_pending = None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE)
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("ignore")
-        torch.manual_seed(seed)  # baseline pruning draws from torch's global generator
+        # botorch's multi-objective baseline pruning samples with torch's global generator (no sampler arg)
+        torch.manual_seed(seed)
         acqf = qLogNoisyExpectedHypervolumeImprovement(
             model,
             ref_point=torch.as_tensor(ref, dtype=_DTYPE),
             X_baseline=torch.as_tensor(X_base, dtype=_DTYPE),
             sampler=SobolQMCNormalSampler(torch.Size([mc_samples]), seed=seed),
-            X_pending=None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE),
+            X_pending=X_pending,
             prune_baseline=True,
             cache_root=True,
         )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         if log_w is not None:
-            X_pending = None if X_pend is None else torch.as_tensor(X_pend, dtype=_DTYPE)
             return greedy_mc_batch(acqf, choices, q, X_pending, max_batch=256, log_w=log_w)
         cand, values = optimize_acqf_discrete(acqf, q=q, choices=choices, max_batch_size=256, unique=True)
     # map the returned rows back to shortlist positions (the first unused identical row)
@@ -365,3 +363,49 @@ def _qlognehvi_batch(gps, X_short, X_base, X_pend, ref, q, mc_samples, seed, log
         used[hits[0]] = True
     return np.asarray(picks, dtype=int), values.reshape(-1).numpy()
 
+
+def pareto_summary(observations: list[Observation], formulas: dict[str, str], objectives: list[ObjectiveInfo],
+                   constraints: Sequence[Constraint] = ()) -> dict:
+    """The current Pareto front of the labelled, feasible candidates, and its hypervolume.
+
+    A candidate counts once every objective has a value from its oracle and every
+    constraint is met (as for best-so-far). The hypervolume is in score space (each
+    objective maximised: the value, its negative, or minus the distance to a window)
+    against a reference point 10 % of each score's range below its worst labelled value.
+
+    Returns:
+        ``objectives``, ``n_labelled``, ``hypervolume``, ``ref_point_scores`` and ``front``:
+        one ``{candidate, formula, values: {objective label: value}}`` per front member.
+    """
+    k = len(objectives)
+    labels = [o.label(objectives) for o in objectives]
+    vals: dict[str, list[float]] = {}
+    per: dict[str, list[Observation]] = {}
+    for ob in observations:
+        if not ob.ok:
+            continue
+        per.setdefault(ob.candidate_id, []).append(ob)
+        for j, o in enumerate(objectives):
+            v = ob.value(o.property) if ob.oracle == o.oracle else None
+            if v is not None:
+                vals.setdefault(ob.candidate_id, [math.nan] * k)[j] = v
+
+    ids = [cid for cid, row in vals.items()
+           if np.isfinite(row).all() and all(c.met_by(per.get(cid, [])) for c in constraints)]
+    out = {"objectives": [{"label": lab, "property": o.property, "oracle": o.oracle, "goal": str(o.goal)}
+                          for lab, o in zip(labels, objectives)],
+           "n_labelled": len(ids), "hypervolume": None, "ref_point_scores": None, "front": []}
+    if not ids:
+        return out
+    Y = np.array([vals[c] for c in ids], dtype=float)
+    S = np.column_stack([o.goal.score(Y[:, j]) for j, o in enumerate(objectives)])
+    mask = pareto_front(S, [True] * k)
+    # below the worst labelled score by 10 % of the range: only ever moves outward, so the
+    # hypervolume of successive iterations never decreases and can be compared
+    lo, hi = S.min(axis=0), S.max(axis=0)
+    ref = lo - 0.1 * np.where(hi > lo, hi - lo, np.maximum(np.abs(lo), 1.0))
+    out["hypervolume"] = hypervolume(S, ref, [True] * k)
+    out["ref_point_scores"] = [float(r) for r in ref]
+    out["front"] = [{"candidate": c, "formula": formulas.get(c, c), "values": dict(zip(labels, map(float, Y[i])))}
+                    for i, c in enumerate(ids) if mask[i]]
+    return out

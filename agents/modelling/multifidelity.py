@@ -44,31 +44,38 @@ the line it also predicts candidates without a PBE gap, which is what planning n
 The SMFGP's linear-truncated kernel fixes the correlation of the two fidelities at one
 point to ``1/sqrt(2)`` when they sit at ``s = 0`` and ``s = 1``.
 
-``choose_requests`` turns the model into requests: which candidate, at which fidelity. Its
-criterion is documented on the function.
+``matloop.agents.decision.multifidelity.choose_requests`` turns the model into requests:
+which candidate, at which fidelity.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-
-from matloop.agents.decision.acquisition import Goal, log_expected_improvement, log_window_probability
 
 _DTYPE = torch.float64
 
 __all__ = [
     "MultiFidelitySettings",
     "MultiFidelityGP",
-    "ChoiceSettings",
-    "FidelityRequest",
-    "choose_requests",
 ]
+
+# the fidelity choice moved to the decision layer; these names stay importable from here
+_MOVED = ("ChoiceSettings", "FidelityRequest", "choose_requests")
+
+
+def __getattr__(name: str):
+    """``ChoiceSettings``, ``FidelityRequest`` and ``choose_requests`` from ``matloop.agents.decision.multifidelity``."""
+    if name in _MOVED:
+        from matloop.agents.decision import multifidelity
+
+        return getattr(multifidelity, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MultiFidelitySettings(BaseModel):
@@ -259,10 +266,45 @@ class MultiFidelityGP:
         Returns:
             self.
         """
-        from botorch.exceptions.errors import ModelFittingError
-        from botorch.fit import fit_gpytorch_mll
-        from gpytorch.mlls import ExactMarginalLogLikelihood
+        X, fidelity, y, yvar = self._finite_labels(X, fidelity, y, yvar, n_fidelities)
+        lo, hi = self.bounds if self.bounds is not None else (X.min(axis=0), X.max(axis=0))
+        self._lo = lo
+        self._span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
+        self._ymean = float(y.mean())
+        self._ystd = float(y.std()) if y.std() > 1e-12 else 1.0
+        train_X = self._inputs(X, fidelity)
+        train_Y = torch.as_tensor((y - self._ymean) / self._ystd, dtype=_DTYPE).unsqueeze(-1)
+        train_Yvar = None if yvar is None else torch.as_tensor(yvar / self._ystd**2, dtype=_DTYPE).unsqueeze(-1)
+        self._train_fidelity = fidelity
+        self._train_yvar = yvar
 
+        sub = self._fit_subset(fidelity, np.random.default_rng(self.seed), X)
+        self.fit_info = {
+            "kind": self.settings.kind,
+            "n_train": int(len(y)),
+            "n_by_fidelity": [int(np.sum(fidelity == m)) for m in range(self.n_fidelities)],
+            "n_fit": int(len(y) if sub is None else len(sub)),
+            "fit_ok": True,
+        }
+        with torch.random.fork_rng(), warnings.catch_warnings():
+            # fit_gpytorch_mll's retries redraw from the priors with torch's global generator (no generator arg)
+            torch.manual_seed(self.seed)
+            warnings.simplefilter("ignore")
+            if hyperparameters_from is not None:
+                model = self._conditioned(hyperparameters_from, train_X, train_Y, train_Yvar)
+            else:
+                model = self._fitted(train_X, train_Y, train_Yvar, sub)
+        model.eval()
+        self.model = model
+        self._cache = None
+        return self
+
+    def _finite_labels(self, X, fidelity, y, yvar, n_fidelities):
+        """The labels with a finite value (and variance) as arrays; sets ``n_fidelities``.
+
+        Raises:
+            ValueError: mismatched lengths, fewer than 2 labels or 2 fidelities, a bad fidelity.
+        """
         X = np.asarray(X, dtype=float)
         fidelity = np.asarray(fidelity, dtype=int).reshape(-1)
         y = np.asarray(y, dtype=float).reshape(-1)
@@ -285,67 +327,45 @@ class MultiFidelityGP:
             raise ValueError("a multi-fidelity GP needs at least 2 fidelities")
         if fidelity.max() >= self.n_fidelities:
             raise ValueError(f"fidelity {fidelity.max()} >= n_fidelities {self.n_fidelities}")
-        if self.bounds is not None:
-            lo, hi = self.bounds
-        else:
-            lo, hi = X.min(axis=0), X.max(axis=0)
-        self._lo = lo
-        self._span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
-        self._ymean = float(y.mean())
-        self._ystd = float(y.std()) if y.std() > 1e-12 else 1.0
-        train_X = self._inputs(X, fidelity)
-        train_Y = torch.as_tensor((y - self._ymean) / self._ystd, dtype=_DTYPE).unsqueeze(-1)
-        train_Yvar = None if yvar is None else torch.as_tensor(yvar / self._ystd**2, dtype=_DTYPE).unsqueeze(-1)
-        self._train_fidelity = fidelity
-        self._train_yvar = yvar
+        return X, fidelity, y, yvar
 
-        rng = np.random.default_rng(self.seed)
-        sub = self._fit_subset(fidelity, rng, X)
-        self.fit_info = {
-            "kind": self.settings.kind,
-            "n_train": int(len(y)),
-            "n_by_fidelity": [int(np.sum(fidelity == m)) for m in range(self.n_fidelities)],
-            "n_fit": int(len(y) if sub is None else len(sub)),
-            "fit_ok": True,
-        }
-        with torch.random.fork_rng(), warnings.catch_warnings():
-            torch.manual_seed(self.seed)
-            warnings.simplefilter("ignore")
-            if hyperparameters_from is not None:
-                src = hyperparameters_from
-                if (src.model is None or src.settings.kind != self.settings.kind
-                        or src.n_fidelities != self.n_fidelities or len(src._lo) != X.shape[1]):
-                    raise ValueError("hyperparameters_from must be a fitted model of the same kind, fidelities and d")
-                model = self._build(train_X, train_Y, train_Yvar)
-                _load_hyperparameters(model, src.model, train_Yvar is not None or src._train_yvar is not None)
-                model.eval()
-                self.model = model
-                self._cache = None
-                self.fit_info.update(n_fit=0, reused_hyperparameters=True)
-                return self
-            if sub is None:
-                fit_model = self._build(train_X, train_Y, train_Yvar)
-            else:
-                fit_model = self._build(train_X[sub], train_Y[sub], None if train_Yvar is None else train_Yvar[sub])
-            mll = ExactMarginalLogLikelihood(fit_model.likelihood, fit_model)
-            try:
-                fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.settings.fit_maxiter}})
-            except ModelFittingError as exc:
-                # keep the initial hyperparameters: a usable, if vague, model
-                self.fit_info.update(fit_ok=False, fit_error=str(exc)[:200])
-            if sub is None:
-                model = fit_model
-            else:
-                model = self._build(train_X, train_Y, train_Yvar)
-                _load_hyperparameters(model, fit_model, train_Yvar is not None)
-        model.eval()
-        self.model = model
-        self._cache = None
-        return self
+    def _conditioned(self, src: MultiFidelityGP, train_X, train_Y, train_Yvar):
+        """A model with ``src``'s hyperparameters conditioned on these labels (no fit)."""
+        if (src.model is None or src.settings.kind != self.settings.kind
+                or src.n_fidelities != self.n_fidelities or len(src._lo) != train_X.shape[1] - 1):
+            raise ValueError("hyperparameters_from must be a fitted model of the same kind, fidelities and d")
+        model = self._build(train_X, train_Y, train_Yvar)
+        _load_hyperparameters(model, src.model, train_Yvar is not None or src._train_yvar is not None)
+        self.fit_info.update(n_fit=0, reused_hyperparameters=True)
+        return model
+
+    def _fitted(self, train_X, train_Y, train_Yvar, sub):
+        """A model whose hyperparameters maximise the marginal likelihood of the ``sub`` labels
+        (all when None), conditioned on every label."""
+        from botorch.exceptions.errors import ModelFittingError
+        from botorch.fit import fit_gpytorch_mll
+        from gpytorch.mlls import ExactMarginalLogLikelihood
+
+        if sub is None:
+            fit_model = self._build(train_X, train_Y, train_Yvar)
+        else:
+            fit_model = self._build(train_X[sub], train_Y[sub], None if train_Yvar is None else train_Yvar[sub])
+        mll = ExactMarginalLogLikelihood(fit_model.likelihood, fit_model)
+        try:
+            fit_gpytorch_mll(mll, optimizer_kwargs={"options": {"maxiter": self.settings.fit_maxiter}})
+        except ModelFittingError as exc:
+            # keep the initial hyperparameters: a usable, if vague, model
+            self.fit_info.update(fit_ok=False, fit_error=str(exc)[:200])
+        if sub is None:
+            return fit_model
+        model = self._build(train_X, train_Y, train_Yvar)
+        _load_hyperparameters(model, fit_model, train_Yvar is not None)
+        return model
 
     # -- prediction ----------------------------------------------------------------------
 
-    def _require_fit(self):
+    def require_fit(self) -> None:
+        """Raise RuntimeError unless the model has been fitted."""
         if self.model is None:
             raise RuntimeError("MultiFidelityGP used before fit")
 
@@ -402,6 +422,13 @@ class MultiFidelityGP:
         mu = gp.forward(Z).mean.reshape(-1) + Ks @ cache["alpha"]
         return mu, Ks @ cache["LinvT"]
 
+    def training_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """The training points the posterior conditions on: ``n x d`` features (in the
+        features' own units) and their ``n`` fidelities."""
+        self.require_fit()
+        X = self.model.train_inputs[0][:, :-1].numpy() * self._span + self._lo
+        return X, self._train_fidelity
+
     def predict(
         self, X: np.ndarray, fidelity: int | np.ndarray, observation_noise: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -418,7 +445,7 @@ class MultiFidelityGP:
             observation_noise: add that fidelity's noise variance (the spread of a new
                 measurement rather than of the latent value).
         """
-        self._require_fit()
+        self.require_fit()
         gp = self.model
         m = X.shape[0]
         fid_all = np.broadcast_to(np.asarray(fidelity, dtype=int), (m,))
@@ -445,7 +472,7 @@ class MultiFidelityGP:
             mean ``m x M`` and covariance ``m x M x M`` (between the fidelities' latent
             values at the same point), in the property's units.
         """
-        self._require_fit()
+        self.require_fit()
         gp, M = self.model, self.n_fidelities
         m = X.shape[0]
         mean, cov = np.empty((m, M)), np.empty((m, M, M))
@@ -471,7 +498,7 @@ class MultiFidelityGP:
         Returns:
             mean (``m``) and covariance (``m x m``) in the property's units.
         """
-        self._require_fit()
+        self.require_fit()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             Z = self._inputs(np.asarray(X, dtype=float), fidelity)
@@ -482,7 +509,7 @@ class MultiFidelityGP:
 
     def noise_variance(self, fidelity: int) -> float:
         """Observation noise variance at ``fidelity`` in the property's units (squared)."""
-        self._require_fit()
+        self.require_fit()
         with torch.no_grad():
             return float(self._noise_std_units(np.array([fidelity]))[0]) * self._ystd**2
 
@@ -492,7 +519,7 @@ class MultiFidelityGP:
         For ``mtgp`` this is the learned task covariance B (times the data kernel's unit
         variance); for ``smfgp`` it is the covariance its fidelity kernel implies.
         """
-        self._require_fit()
+        self.require_fit()
         d = len(self._lo)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -594,321 +621,3 @@ def _ltf_kernel_dim_scaled(d: int):
     kern.covar_module_unbiased.lengthscale = mode
     kern.covar_module_biased.lengthscale = mode
     return ScaleKernel(kern, outputscale_prior=GammaPrior(2.0, 0.15))
-
-
-# -- cost-aware choice of candidate and fidelity ---------------------------------------------
-
-
-class ChoiceSettings(BaseModel):
-    """How ``choose_requests`` scores (candidate, fidelity) pairs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    criterion: Literal["hits_per_cost", "variance_per_cost"] = Field(
-        "hits_per_cost",
-        description="'hits_per_cost': expected top-fidelity utility per unit of expected cost of "
-        "screen-then-confirm vs confirm-now (see choose_requests); 'variance_per_cost': reduction of "
-        "the top-fidelity posterior variance per unit cost on the shortlist by top-fidelity acquisition",
-    )
-    shortlist: int = Field(300, ge=1, description="candidates scored jointly (with fantasies) for the batch")
-    quadrature: int = Field(
-        64, ge=8, le=1024, description="equal-probability quadrature nodes over the outcome of a cheaper measurement"
-    )
-
-
-class FidelityRequest(NamedTuple):
-    """One chosen request.
-
-    Attributes:
-        index: pool index of the candidate.
-        fidelity: fidelity to measure it at.
-        score: the criterion's value when it was picked (``hits_per_cost``: natural log of
-            expected top-fidelity utility per unit cost; ``variance_per_cost``: top-fidelity
-            variance reduction per unit cost, property units^2).
-        rationale: one readable sentence saying why.
-    """
-
-    index: int
-    fidelity: int
-    score: float
-    rationale: str
-
-
-def _log_utility(goal: Goal, mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
-    """log of what one top-fidelity measurement is worth: P(in window) or expected improvement."""
-    if goal.kind == "window":
-        return log_window_probability(mu, sd, goal.lo, goal.hi)
-    if goal.kind == "max":
-        return log_expected_improvement(mu, sd, best)
-    return log_expected_improvement(-mu, sd, -best)
-
-
-def _screen_log_rate(
-    goal: Goal, mu, var_y, s2, best, c_m: float, c_top: float, nodes, log_w
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best log rate of "measure at m, then confirm at the top if it looks worth it", per candidate.
-
-    Args:
-        mu, var_y: ``K`` top-fidelity predictive mean and variance of a new top measurement.
-        s2: ``K`` variance of the top-fidelity mean's shift that the fidelity-m outcome causes.
-
-    Returns:
-        ``K`` log rates, ``K`` promotion thresholds (utility), ``K`` promotion probabilities.
-    """
-    s = np.sqrt(np.clip(s2, 0.0, None))
-    mu_after = mu[:, None] + s[:, None] * nodes[None, :]  # K x G
-    sd_after = np.sqrt(np.clip(var_y - s2, 1e-12, None))[:, None]
-    lu = _log_utility(goal, mu_after, np.broadcast_to(sd_after, mu_after.shape), best)
-    # the outcomes must average to today's utility (tower property, for P(in window) and for
-    # EI alike); removing the quadrature's error keeps a screen from creating expected hits
-    lu_now = _log_utility(goal, mu, np.sqrt(var_y), best)
-    lu_mean = np.logaddexp.reduce(lu + log_w[None, :], axis=1)
-    lu = lu + np.where(np.isfinite(lu_mean) & np.isfinite(lu_now), lu_now - lu_mean, 0.0)[:, None]
-    order = np.argsort(-lu, axis=1)
-    lu_sorted = np.take_along_axis(lu, order, axis=1)
-    lw_sorted = log_w[order]
-    log_hits = np.logaddexp.accumulate(lw_sorted + lu_sorted, axis=1)
-    p_promote = np.cumsum(np.exp(lw_sorted), axis=1)
-    log_rate = log_hits - np.log(c_m + c_top * p_promote)
-    j = np.argmax(log_rate, axis=1)
-    rows = np.arange(len(mu))
-    return log_rate[rows, j], np.exp(lu_sorted[rows, j]), p_promote[rows, j]
-
-
-def choose_requests(
-    model: MultiFidelityGP,
-    X_pool: np.ndarray,
-    costs: dict[int, float],
-    top_fidelity: int,
-    goal: Goal,
-    q: int,
-    exclude_by_fidelity: dict[int, np.ndarray] | None,
-    rng: np.random.Generator,
-    pending: list[tuple[int, int]] | None = None,
-    *,
-    settings: ChoiceSettings | None = None,
-    max_cost: float | None = None,
-) -> list[FidelityRequest]:
-    """Choose up to ``q`` (candidate, fidelity) requests, trading information against cost.
-
-    **Criterion** (``hits_per_cost``, the default). Only top-fidelity measurements count
-    (a candidate is found when its top-fidelity value meets the goal), so every request is
-    valued in the currency of the goal, top-fidelity utility ``u``, per unit of expected
-    cost. ``u`` is the probability that a new top-fidelity measurement lies in the window
-    (window goals) or its expected improvement over the best top-fidelity posterior mean
-    at a top-fidelity training point (max/min goals). For candidate ``x``:
-
-    * confirm now, at the top fidelity T: ``rate_T(x) = u(mu(x), sigma_y(x)) / c_T``, with
-      the top-fidelity posterior mean ``mu`` and the predictive spread ``sigma_y`` of a new
-      top measurement (latent variance plus the top fidelity's noise);
-    * screen first, at a cheaper fidelity m: the outcome ``y_m(x)`` is not known yet, but
-      under the model it moves the top-fidelity mean to ``mu + s_m z`` (z standard normal)
-      and shrinks the variance to ``sigma_y^2 - s_m^2``, where
-      ``s_m^2 = Cov(f_T(x), f_m(x))^2 / (Var f_m(x) + noise_m)`` is exactly the reduction
-      in top-fidelity posterior variance at x that observing it at m brings. The plan
-      "measure at m, then confirm at T if the updated ``u`` clears a threshold t" earns
-      ``E[u' 1{u' >= t}]`` for ``c_m + c_T P(u' >= t)`` expected cost; ``rate_m(x)`` is
-      that ratio at the best t (equal-probability quadrature over z, normalised so the
-      outcomes average to today's ``u``; the best t is a threshold on the sorted outcomes).
-      With ``c_m >= c_T`` screening can never win: ``E[u' 1{u' >= t}] <= u``.
-
-    A cheap fidelity therefore wins where it is informative (``s_m`` large: strongly
-    correlated, low noise) and the candidate is uncertain, and loses to confirming when the
-    candidate is already likely good or the cheap fidelity says little (``s_m ~ 0`` makes
-    ``rate_m < rate_T``). Pairs are ranked by these rates over the whole pool (streamed),
-    the best ``settings.shortlist`` candidates are kept, and the batch is built greedily:
-    each pick (and first every pending request) is conditioned into the joint posterior of
-    the shortlist across all fidelities as a kriging-believer fantasy (its noisy value at
-    its fidelity equals the posterior mean: means stay, covariances shrink), and ``s_m`` is
-    recomputed from the conditioned covariance, so that a later pick is valued only for
-    the information the batch has not already bought: a batch does not ask the same thing
-    twice, directly or through a strongly correlated neighbour. ``mu`` and ``sigma_y``
-    stay the unconditioned ones, because expected hits add up over a batch (a believer
-    fantasy would otherwise make a confirmed point's neighbours look certain). At most one
-    request per candidate per batch (a screen's outcome decides the confirmation later).
-
-    ``variance_per_cost`` (ablation): shortlist by top-fidelity acquisition ``u`` and rank
-    pairs by ``s_m^2 / c_m`` (``s_T^2 = sigma^4 / (sigma^2 + noise_T)`` for the top),
-    with the same greedy fantasies.
-
-    Args:
-        model: a fitted ``MultiFidelityGP``.
-        X_pool: ``N x d`` pool features (streamed by rows).
-        costs: cost of one measurement at each fidelity; its keys are the fidelities that
-            may be requested (the top one included).
-        top_fidelity: the fidelity that counts.
-        goal: what "good" means at the top fidelity.
-        q: most requests to return.
-        exclude_by_fidelity: pool indices already measured (or requested) at each
-            fidelity; never asked again. A candidate measured at fidelity m is not asked
-            at a lower one, and one measured at the top is done.
-        rng: breaks exact ties (no other randomness).
-        pending: (pool index, fidelity) pairs still running: fantasised, and their
-            candidates are not asked again in this batch.
-        settings: criterion settings.
-        max_cost: stop adding requests once the next would take the batch's summed cost
-            above this (cheaper pairs are still tried).
-
-    Returns:
-        Requests in the order picked. Fewer than ``q`` when the pool runs out or the cost
-        cap binds.
-    """
-    settings = settings or ChoiceSettings()
-    model._require_fit()
-    if top_fidelity not in costs:
-        raise ValueError(f"costs has no entry for the top fidelity {top_fidelity}")
-    if any(not (c > 0) for c in costs.values()):
-        raise ValueError(f"costs must be positive, got {costs}")
-    fids = sorted(int(f) for f in costs)
-    if fids[-1] != top_fidelity:
-        raise ValueError(f"top_fidelity {top_fidelity} must be the highest fidelity in costs {fids}")
-    if fids[-1] >= model.n_fidelities:
-        raise ValueError(f"the model knows {model.n_fidelities} fidelities, costs name {fids}")
-    N = X_pool.shape[0]
-    F = len(fids)
-    T = F - 1  # position of the top fidelity in fids
-    c = np.array([float(costs[f]) for f in fids])
-    pending = [(int(i), int(f)) for i, f in (pending or [])]
-
-    # allowed[i, k]: may candidate i be asked at fids[k]?
-    allowed = np.ones((N, F), dtype=bool)
-    highest_done = np.full(N, -1)
-    for f, idx in (exclude_by_fidelity or {}).items():
-        idx = np.asarray(idx, dtype=int).reshape(-1)
-        if len(idx):
-            highest_done[idx] = np.maximum(highest_done[idx], int(f))
-    for k, f in enumerate(fids):
-        allowed[:, k] &= highest_done < f
-    for i, _ in pending:
-        allowed[i, :] = False
-    avail = np.flatnonzero(allowed.any(axis=1))
-    if q <= 0 or len(avail) == 0:
-        return []
-
-    # noise (property units^2) per fidelity and the top-fidelity incumbent for EI
-    noise = np.array([model.noise_variance(f) for f in fids])
-    best = float("nan")
-    if goal.kind != "window":
-        tr_top = model._train_fidelity == top_fidelity
-        Xtr = model.model.train_inputs[0][:, :-1].numpy() * model._span + model._lo
-        Xb = Xtr[tr_top] if np.any(tr_top) else Xtr
-        mb, _ = model.predict(Xb, top_fidelity)
-        best = float(np.max(mb) if goal.kind == "max" else np.min(mb))
-    # equal-probability nodes (midpoint quantiles of z): u' is nearly a step in z when the
-    # screen is very informative, where Gauss-Hermite nodes are far too coarse
-    from scipy.special import ndtri
-
-    nodes = ndtri((np.arange(settings.quadrature) + 0.5) / settings.quadrature)
-    log_w = np.full(settings.quadrature, -math.log(settings.quadrature))
-
-    def pair_scores(mu_top, var_top, cov_top_m, var_m, var_top_now=None):
-        """``K x F`` scores of every (candidate, fidelity) pair and details for rationales.
-
-        ``mu_top``/``var_top`` are the top fidelity's marginal posterior (what a
-        confirmation is worth); ``cov_top_m``, ``var_m`` and ``var_top_now`` come from the
-        posterior conditioned on the batch so far (what a measurement still teaches).
-        """
-        var_top_now = var_top if var_top_now is None else np.minimum(var_top_now, var_top)
-        var_y = var_top + noise[T]
-        s2 = np.zeros((len(mu_top), F))
-        for k in range(F):
-            s2[:, k] = np.clip(cov_top_m[:, k] ** 2 / (var_m[:, k] + noise[k]), 0.0, var_top_now)
-        lu = _log_utility(goal, mu_top, np.sqrt(var_y), best)
-        K_ = len(mu_top)
-        detail = {"log_u": lu, "s2": s2, "var_top": var_top, "t": np.zeros((K_, F)), "p": np.ones((K_, F))}
-        S = np.empty((len(mu_top), F))
-        if settings.criterion == "variance_per_cost":
-            S[:] = s2 / c[None, :]
-            return S, detail
-        S[:, T] = lu - math.log(c[T])
-        for k in range(T):
-            S[:, k], detail["t"][:, k], detail["p"][:, k] = _screen_log_rate(
-                goal, mu_top, var_y, s2[:, k], best, c[k], c[T], nodes, log_w
-            )
-        return S, detail
-
-    # -- 1. score every available candidate (streamed) and shortlist
-    cs = model.settings.chunk_size
-    key = np.empty(len(avail))
-    for a in range(0, len(avail), cs):
-        rows = avail[a : a + cs]
-        mean, cov = model.predict_fidelities(X_pool[rows])
-        S, detail = pair_scores(
-            mean[:, top_fidelity],
-            cov[:, top_fidelity, top_fidelity],
-            cov[:, top_fidelity, fids],
-            cov[:, fids, fids],  # each fidelity's own variance
-        )
-        if settings.criterion == "variance_per_cost":
-            key[a : a + cs] = detail["log_u"]  # shortlist by top-fidelity acquisition
-        else:
-            key[a : a + cs] = np.max(np.where(allowed[rows], S, -np.inf), axis=1)
-    key = key + 1e-9 * rng.random(len(key))  # exact ties only
-    K = int(min(settings.shortlist, len(avail)))
-    short = avail[np.argsort(-key, kind="stable")[:K]]
-
-    # -- 2. joint posterior over pending pairs and shortlist x fidelities, greedy with fantasies
-    P = len(pending)
-    Xj = np.vstack(
-        ([np.asarray(X_pool[[i for i, _ in pending]], dtype=float)] if P else [])
-        + [np.asarray(X_pool[short], dtype=float)] * F
-    )
-    fj = np.concatenate([np.array([f for _, f in pending], dtype=int), np.repeat(np.array(fids), K)])
-    mu_j, Sig = model.joint(Xj, fj)
-    noise_of = {f: noise[k] for k, f in enumerate(fids)}
-
-    def condition(Sig, j, nv):
-        col = Sig[:, j].copy()
-        return Sig - np.outer(col, col) / (col[j] + nv)
-
-    pos = P + np.arange(F)[None, :] * K + np.arange(K)[:, None]  # K x F positions in the joint
-    mu_top = mu_j[pos[:, T]]
-    var_top = np.clip(np.diag(Sig)[pos[:, T]], 1e-12, None)  # marginal: expected hits add over a batch
-    for p, (_, f) in enumerate(pending):
-        Sig = condition(Sig, p, noise_of.get(f, model.noise_variance(f)))
-    ok = allowed[short].copy()
-    out: list[FidelityRequest] = []
-    spent = 0.0
-    while len(out) < q and ok.any():
-        dg = np.diag(Sig)
-        cov_top_m = Sig[pos[:, T][:, None], pos]
-        var_m = np.clip(dg[pos], 1e-12, None)
-        S, detail = pair_scores(mu_top, var_top, cov_top_m, var_m, np.clip(dg[pos[:, T]], 1e-12, None))
-        fits = ok & (c[None, :] <= (math.inf if max_cost is None else max_cost - spent) + 1e-12)
-        if not fits.any():
-            break
-        S = np.where(fits, S, -np.inf)
-        r, k = np.unravel_index(int(np.argmax(S)), S.shape)
-        why = _rationale(settings, goal, fids, c, k, T, S[r], detail, r)
-        out.append(FidelityRequest(int(short[r]), fids[k], float(S[r, k]), why))
-        spent += c[k]
-        ok[r, :] = False
-        Sig = condition(Sig, pos[r, k], noise[k])
-    return out
-
-
-def _rationale(settings, goal, fids, c, k, T, S_row, detail, r) -> str:
-    u_name = "P(in window)" if goal.kind == "window" else "expected improvement"
-    u = math.exp(detail["log_u"][r])
-    frac = detail["s2"][r, k] / max(detail["var_top"][r], 1e-300)
-    if settings.criterion == "variance_per_cost":
-        return (
-            f"fidelity {fids[k]} (cost {c[k]:g}) removes {frac:.0%} of the top-fidelity variance here: "
-            f"{S_row[k]:.3g} per unit cost (top-fidelity {u_name} {u:.3g})"
-        )
-    per = "hits" if goal.kind == "window" else "improvement"
-    if k == T:
-        alt = max(range(T), key=lambda j: S_row[j]) if T else None
-        tail = ""
-        if alt is not None and np.isfinite(S_row[alt]):
-            tail = f"; screening at fidelity {fids[alt]} would give {math.exp(S_row[alt]):.3g}"
-        return (
-            f"confirm at fidelity {fids[k]} (cost {c[k]:g}): {u_name} {u:.3g}, "
-            f"{math.exp(S_row[k]):.3g} {per} per unit cost{tail}"
-        )
-    return (
-        f"screen at fidelity {fids[k]} (cost {c[k]:g}): {u_name} now {u:.3g}; the result explains {frac:.0%} of the "
-        f"top-fidelity variance; screen-then-confirm earns {math.exp(S_row[k]):.3g} {per} per unit cost "
-        f"(confirm if {u_name} >= {detail['t'][r, k]:.2g}, chance {detail['p'][r, k]:.0%}) vs "
-        f"{math.exp(S_row[T]):.3g} confirming now at fidelity {fids[T]} (cost {c[T]:g})"
-    )

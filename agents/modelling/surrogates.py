@@ -3,6 +3,11 @@
 Both predict in chunks so that a pool of 10^6 candidates never needs more than one chunk
 of cross-covariances in memory. The GP keeps its fitted botorch model in ``.model`` for
 the Monte-Carlo batch acquisitions in ``matloop.agents.decision.acquisition``.
+
+Surrogates are plug-ins: ``make_surrogate`` looks ``SurrogateSettings.kind`` up in the
+``matloop.surrogates`` entry-point group (``gp`` and ``rf`` are registered there by matloop
+itself) and builds ``cls(settings, seed=seed)``. A class that sets ``takes_pool_bounds``
+also receives ``bounds=`` (the pool's ``2 x d`` feature bounds) and ``n_fraction_columns=``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from matloop.core import registry
 
 _DTYPE = torch.float64
 
@@ -22,7 +29,11 @@ class SurrogateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["gp", "rf"] = Field("gp", description="'gp': botorch SingleTaskGP; 'rf': sklearn random forest")
+    kind: str = Field(
+        "gp",
+        description="'gp': botorch SingleTaskGP; 'rf': sklearn random forest; or the name of a surrogate "
+        "plug-in registered under the 'matloop.surrogates' entry-point group",
+    )
     kernel: Literal["rbf", "matern52"] = Field(
         "rbf", description="GP kernel (ARD over every feature): squared exponential or Matern-5/2"
     )
@@ -73,6 +84,14 @@ class SurrogateSettings(BaseModel):
         description="GP only: where the float32 screening of the pool runs ('auto' = the GPU when "
         "torch sees one). The hyperparameter fit and the float64 shortlist stay on the CPU",
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, kind: str) -> str:
+        known = set(_BUILTIN) | set(registry.names("matloop.surrogates"))
+        if kind not in known:
+            raise ValueError(f"unknown surrogate kind {kind!r}; known: {', '.join(sorted(known))}")
+        return kind
 
     @model_validator(mode="after")
     def _check_kernel_structure(self):
@@ -167,6 +186,8 @@ class GPSurrogate:
             ``features.fraction_block`` of the pool); the kernel is then
             ``k_descriptors(x[:d-k]) + k_fractions(x[d-k:])``. Ignored by the single kernel.
     """
+
+    takes_pool_bounds = True  # make_surrogate passes the pool's bounds and fraction columns
 
     def __init__(
         self,
@@ -518,27 +539,50 @@ class RandomForestSurrogate:
         return mean, std
 
 
+_BUILTIN = ("gp", "rf")
+
+
+def surrogate_class(kind: str) -> type:
+    """The surrogate class registered as ``kind`` under ``matloop.surrogates``.
+
+    Falls back to the built-in ``GPSurrogate`` / ``RandomForestSurrogate`` for ``gp`` / ``rf``
+    when the installed metadata does not list them (an editable install older than the
+    entry points).
+
+    Raises:
+        RegistryError: no such kind.
+    """
+    if kind not in registry.names("matloop.surrogates"):
+        if kind == "gp":
+            return GPSurrogate
+        if kind == "rf":
+            return RandomForestSurrogate
+    return registry.load("matloop.surrogates", kind)
+
+
 def make_surrogate(
     settings: SurrogateSettings | None = None,
     *,
     rng: np.random.Generator | None = None,
     bounds: np.ndarray | None = None,
     n_fraction_columns: int = 0,
-) -> GPSurrogate | RandomForestSurrogate:
-    """Build the surrogate that ``settings.kind`` names.
+):
+    """Build the surrogate that ``settings.kind`` names (``cls(settings, seed=seed)``).
 
     Args:
         settings: the surrogate settings (default: GP).
         rng: source of the seed (forest, GP fitting subset); None uses seed 0.
-        bounds: ``2 x d`` feature bounds for the GP's input normalisation.
+        bounds: ``2 x d`` feature bounds for the GP's input normalisation (passed to
+            classes with ``takes_pool_bounds``).
         n_fraction_columns: trailing element-fraction columns of the features, for
             ``kernel_structure='additive_fractions'`` (see ``GPSurrogate``).
     """
     settings = settings or SurrogateSettings()
     seed = int(rng.integers(2**31 - 1)) if rng is not None else 0
-    if settings.kind == "gp":
-        return GPSurrogate(settings, bounds=bounds, seed=seed, n_fraction_columns=n_fraction_columns)
-    return RandomForestSurrogate(settings, seed=seed)
+    cls = surrogate_class(settings.kind)
+    if getattr(cls, "takes_pool_bounds", False):
+        return cls(settings, bounds=bounds, seed=seed, n_fraction_columns=n_fraction_columns)
+    return cls(settings, seed=seed)
 
 
 __all__ = [
@@ -548,4 +592,5 @@ __all__ = [
     "GPSurrogate",
     "RandomForestSurrogate",
     "make_surrogate",
+    "surrogate_class",
 ]

@@ -5,16 +5,18 @@ import pytest
 from pydantic import ValidationError
 from scipy.special import log_ndtr
 
-from matloop.agents import acquisition as acq
 from matloop.agents.decision.acquisition import (
     AcquisitionSettings,
-    Goal,
     SurrogateSettings,
+    label_noise,
     log_expected_improvement,
     log_window_probability,
     pool_bounds,
     select_batch,
+    slot_betas,
 )
+from matloop.agents.decision.batch import believer_batch
+from matloop.core.goals import Goal
 from matloop.core.records import InputError
 
 # -- goals ---------------------------------------------------------------------------------------
@@ -99,8 +101,8 @@ def test_top_threshold_by_hand():
 
 def test_slot_betas_are_geometric_from_exploit_to_explore():
     a = AcquisitionSettings(kind="ucb", beta=1.0, beta_spread=16.0)
-    np.testing.assert_allclose(acq._slot_betas(a, 5), [0.25, 0.5, 1.0, 2.0, 4.0])
-    np.testing.assert_allclose(acq._slot_betas(AcquisitionSettings(beta=2.0), 3), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(slot_betas(a, 5), [0.25, 0.5, 1.0, 2.0, 4.0])
+    np.testing.assert_allclose(slot_betas(AcquisitionSettings(beta=2.0), 3), [2.0, 2.0, 2.0])
 
 
 def test_pool_bounds_streams():
@@ -125,11 +127,15 @@ class _Toy:
         return self.noise
 
 
+def _ucb(slot, mean, std, best_f, noise):
+    return mean + std
+
+
 def test_believer_conditions_on_each_pick():
     # candidates 0 and 1 are perfectly correlated, 2 is independent; UCB = mean + std
     toy = _Toy([1.0, 0.99, 0.5], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
     X = np.arange(3.0)[:, None]
-    picks, vals = acq._believer_batch(toy, X, np.zeros((0, 1)), 2, "ucb", float("nan"), np.ones(2))
+    picks, vals = believer_batch(toy, X, np.zeros((0, 1)), 2, _ucb)
     # after 0 is fantasised, 1 has no variance left (UCB 0.99) and 2 keeps UCB 1.5
     assert picks.tolist() == [0, 2]
     np.testing.assert_allclose(vals, [2.0, 1.5], atol=1e-6)
@@ -138,7 +144,7 @@ def test_believer_conditions_on_each_pick():
 def test_believer_conditions_on_pending_points_first():
     toy = _Toy([1.0, 0.99, 0.5], [[1, 1, 0], [1, 1, 0], [0, 0, 1]])
     X_short = np.array([[1.0], [2.0]])
-    picks, _ = acq._believer_batch(toy, X_short, np.array([[0.0]]), 1, "ucb", float("nan"), np.ones(1))
+    picks, _ = believer_batch(toy, X_short, np.array([[0.0]]), 1, _ucb)
     assert picks.tolist() == [1]  # candidate 2: candidate 1 is covered by the pending 0
 
 
@@ -270,10 +276,28 @@ def test_reported_noise_discounts_an_uncertain_outlier():
 def test_label_noise_needs_every_label_and_a_plain_gp():
     info: dict = {}
     finite = np.array([True, True, False])
-    assert acq.label_noise(None, finite, SurrogateSettings(), info) is None and "label_noise" not in info
-    assert acq.label_noise(np.array([0.1, np.nan, 0.2]), finite, SurrogateSettings(), info) is None
+    assert label_noise(None, finite, SurrogateSettings(), info) is None and "label_noise" not in info
+    assert label_noise(np.array([0.1, np.nan, 0.2]), finite, SurrogateSettings(), info) is None
     assert "1 of 2" in info["label_noise"]
-    v = acq.label_noise(np.array([0.1, 0.3, np.nan]), finite, SurrogateSettings(), info)
+    v = label_noise(np.array([0.1, 0.3, np.nan]), finite, SurrogateSettings(), info)
     np.testing.assert_allclose(v, [0.1, 0.3])
-    assert acq.label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(kind="rf"), info) is None
-    assert acq.label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(warp="rank"), info) is None
+    assert label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(kind="rf"), info) is None
+    assert label_noise(np.array([0.1, 0.3, 0.2]), finite, SurrogateSettings(warp="rank"), info) is None
+
+
+def test_mc_batches_leave_torch_global_generator_alone():
+    import torch
+
+    rng = np.random.default_rng(5)
+    X = rng.uniform(-1, 1, (200, 3)).astype(np.float32)
+    y = np.sin(3 * X[:, 0]) + X[:, 1]
+    tr = np.arange(0, 30)
+    a = AcquisitionSettings(kind="qlognei", batch="mc", shortlist=40, mc_samples=32, init=0)
+    picks = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        before = torch.get_rng_state()
+        sel = select_batch(X, tr, y[tr], 4, Goal("max"), acquisition=a, rng=np.random.default_rng(1))
+        assert torch.equal(before, torch.get_rng_state())  # the baseline pruning has its own seeded sampler
+        picks.append(sel.indices.tolist())
+    assert picks[0] == picks[1]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from matloop.agents.decision.acquisition import AcquisitionSettings, Goal, select_batch
+from matloop.agents.decision.acquisition import AcquisitionSettings, select_batch
 from matloop.agents.decision.constraints import (
     ConstraintModel,
     FailureClassifier,
@@ -13,6 +13,7 @@ from matloop.agents.decision.constraints import (
     select_constrained,
     weighted_log_acquisition,
 )
+from matloop.core.goals import Goal
 
 torch.set_num_threads(1)
 

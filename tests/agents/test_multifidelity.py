@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from matloop.agents.decision.acquisition import Goal
-from matloop.agents.modelling.multifidelity import (
-    ChoiceSettings,
-    MultiFidelityGP,
-    MultiFidelitySettings,
-    choose_requests,
-)
+from matloop.agents.decision.multifidelity import ChoiceSettings, choose_requests
+from matloop.agents.modelling.multifidelity import MultiFidelityGP, MultiFidelitySettings
+from matloop.core.goals import Goal
 from matloop.agents.modelling.surrogates import GPSurrogate
 
 torch.set_num_threads(1)

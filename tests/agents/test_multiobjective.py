@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from matloop.agents.decision.acquisition import Goal
 from matloop.agents.decision.multiobjective import default_ref_point, hypervolume, log_ehvi, pareto_front, select_pareto
+from matloop.core.goals import Goal
 
 torch.set_num_threads(1)
 
@@ -170,3 +170,12 @@ def test_select_pareto_random_start_and_errors():
         select_pareto(POOL, [0, 1], [[0.1], [0.2]], 1, ["max"], rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="columns"):
         select_pareto(POOL, [0, 1], [[0.1, 1.0], [0.2, 1.0]], 1, ["max", "max", "min"], rng=np.random.default_rng(0))
+
+
+def test_select_pareto_leaves_torch_global_generator_alone(toy):
+    tr, Y, sel = toy
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    again = select_pareto(POOL, tr, Y, 4, ["max", "max"], rng=np.random.default_rng(1))
+    assert torch.equal(before, torch.get_rng_state())  # baseline pruning runs in a forked, seeded generator
+    assert again.indices.tolist() == sel.indices.tolist()

@@ -247,3 +247,45 @@ def test_additive_kernel_gpu_screening_equals_cpu_screening():
         out[dev] = gp.predict(X.astype(np.float32), precision="float32")
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3 * y.std())
     np.testing.assert_allclose(out["cuda"][1], out["cpu"][1], atol=1e-2 * y.std())
+
+
+class _NearestLabel:
+    """A plug-in surrogate: the contract is ``cls(settings, seed=...)`` plus ``fit`` / ``predict``."""
+
+    def __init__(self, settings, seed=0):
+        self.settings, self.seed = settings, seed
+
+    def fit(self, X, y, yvar=None):
+        self.X, self.y = np.asarray(X, float), np.asarray(y, float)
+
+    def predict(self, X):
+        d = np.linalg.norm(np.asarray(X, float)[:, None, :] - self.X[None], axis=-1)
+        return self.y[np.argmin(d, axis=1)], d.min(axis=1)
+
+
+def test_surrogate_plugins_come_from_the_registry(monkeypatch):
+    from matloop.agents.decision.acquisition import AcquisitionSettings, select_batch
+    from matloop.core import registry
+    from matloop.core.goals import Goal
+
+    real_load = registry.load
+    monkeypatch.setattr(registry, "names", lambda group: ["gp", "nearest", "rf"] if group == "matloop.surrogates" else [])
+    monkeypatch.setattr(registry, "load", lambda group, name: _NearestLabel if name == "nearest" else real_load(group, name))
+    s = SurrogateSettings(kind="nearest")
+    model = make_surrogate(s, rng=np.random.default_rng(0))
+    assert isinstance(model, _NearestLabel) and model.settings is s and model.seed > 0
+    X = np.linspace(0, 1, 40)[:, None]
+    tr = np.array([0, 10, 20, 30])
+    sel = select_batch(X, tr, X[tr, 0], 3, Goal("max"), surrogate=s, acquisition=AcquisitionSettings(init=0),
+                       rng=np.random.default_rng(0))
+    assert "_NearestLabel has no joint posterior" in sel.info["batch_rule"] and len(set(sel.indices.tolist())) == 3
+    with pytest.raises(ValidationError, match="unknown surrogate kind"):
+        SurrogateSettings(kind="nope")
+
+
+def test_builtin_surrogates_without_entry_points(monkeypatch):
+    from matloop.core import registry
+
+    monkeypatch.setattr(registry, "names", lambda group: [])
+    assert isinstance(make_surrogate(SurrogateSettings()), GPSurrogate)
+    assert isinstance(make_surrogate(SurrogateSettings(kind="rf")), RandomForestSurrogate)
