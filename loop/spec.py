@@ -462,7 +462,7 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
             problems.append(f"  {where(('sources', i, 'kind'))}: unknown source kind {s.kind!r}; known: {', '.join(known)}")
     for section in ("surrogate", "acquisition"):
         try:
-            from matloop.agents import acquisition as acq
+            from matloop.agents.decision import acquisition as acq
 
             model = acq.SurrogateSettings if section == "surrogate" else acq.AcquisitionSettings
             model.model_validate(getattr(spec.agent, section))
@@ -531,7 +531,8 @@ def _check_objectives(spec: CampaignSpec, where) -> list[str]:
 
 def _check_fidelity(spec: CampaignSpec, where) -> list[str]:
     """agent.fidelity: its settings, and the oracles a multi-fidelity campaign can use."""
-    from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelitySettings
+    from matloop.agents.decision.multifidelity import ChoiceSettings
+    from matloop.agents.modelling.multifidelity import MultiFidelitySettings
 
     fid = spec.agent.fidelity
     out = []
