@@ -1,0 +1,85 @@
+"""Detailed-balance (Shockley-Queisser) limit of a single-junction solar cell under AM1.5G.
+
+``shockley_queisser_efficiency(gap_ev)`` follows Shockley & Queisser, J. Appl. Phys. 32, 510
+(1961), with the usual modern assumptions (e.g. Rühle, Sol. Energy 130, 139 (2016)):
+
+* absorptance is a step: every photon above the gap is absorbed and gives one electron-hole
+  pair, none below it;
+* recombination is radiative only, and the cell emits as a black body at ``temperature_k``
+  above the gap, through its front surface into the hemisphere;
+* J(V) = J_sc - J_0 (exp(qV / kT) - 1), and the efficiency is max_V J V over the incident
+  power.
+
+The spectrum is ASTM G173-03 global tilt (W m^-2 nm^-1, integrating to ~1000 W m^-2) from
+``pvlib.spectrum.get_reference_spectra``; its tabulation ends at 4000 nm, so gaps below
+0.31 eV lose the far infrared (irrelevant near the optimum). pvlib and scipy provide the
+spectrum, the quadrature and the maximisation; the detailed-balance formulas are a few
+lines with no library equivalent.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+#: physical constants (CODATA 2018, exact where SI defines them)
+_H_J_S = 6.62607015e-34
+_C_M_S = 299792458.0
+_Q_C = 1.602176634e-19
+_KB_J_K = 1.380649e-23
+
+
+@lru_cache(maxsize=1)
+def _am15g() -> tuple[np.ndarray, np.ndarray, float]:
+    """Wavelengths (nm), spectral irradiance (W m^-2 nm^-1) and total irradiance (W m^-2) of AM1.5G."""
+    from pvlib.spectrum import get_reference_spectra
+
+    spectra = get_reference_spectra(standard="ASTM G173-03")
+    wavelength_nm = spectra.index.to_numpy(dtype=float)
+    irradiance = spectra["global"].to_numpy(dtype=float)
+    return wavelength_nm, irradiance, float(np.trapezoid(irradiance, wavelength_nm))
+
+
+def short_circuit_current_a_per_m2(gap_ev: float) -> float:
+    """J_sc (A m^-2) under AM1.5G when every photon above the gap yields one electron."""
+    if not gap_ev > 0:
+        return 0.0
+    wavelength_nm, irradiance, _ = _am15g()
+    edge_nm = _H_J_S * _C_M_S / (gap_ev * _Q_C) * 1e9
+    below = wavelength_nm < edge_nm
+    wl = np.append(wavelength_nm[below], edge_nm) if edge_nm < wavelength_nm[-1] else wavelength_nm
+    e = np.append(irradiance[below], np.interp(edge_nm, wavelength_nm, irradiance)) if edge_nm < wavelength_nm[-1] else irradiance
+    photon_flux = e * (wl * 1e-9) / (_H_J_S * _C_M_S)  # photons s^-1 m^-2 nm^-1
+    return float(_Q_C * np.trapezoid(photon_flux, wl))
+
+
+def radiative_saturation_current_a_per_m2(gap_ev: float, temperature_k: float = 300.0) -> float:
+    """J_0 (A m^-2): black-body photon emission above the gap, J_0 = q 2 pi / (h^3 c^2) int E^2 / (e^{E/kT} - 1) dE."""
+    from scipy.integrate import quad
+
+    kt_j = _KB_J_K * temperature_k
+    x_gap = gap_ev * _Q_C / kt_j
+    # in x = E / kT: int x^2 / (e^x - 1) dx from x_gap, written with e^-x to avoid overflow
+    integral, _ = quad(lambda x: x * x * math.exp(-x) / -math.expm1(-x), x_gap, x_gap + 200.0, limit=200)
+    return _Q_C * 2.0 * math.pi / (_H_J_S**3 * _C_M_S**2) * kt_j**3 * integral
+
+
+def shockley_queisser_efficiency(gap_ev: float, temperature_k: float = 300.0) -> float:
+    """Detailed-balance efficiency limit (fraction, 0-1) of a single junction with this gap under AM1.5G."""
+    from scipy.optimize import minimize_scalar
+
+    if not (gap_ev > 0 and math.isfinite(gap_ev)):
+        return 0.0
+    j_sc = short_circuit_current_a_per_m2(gap_ev)
+    j_0 = radiative_saturation_current_a_per_m2(gap_ev, temperature_k)
+    if j_sc <= 0 or j_0 <= 0:
+        return 0.0
+    vt = _KB_J_K * temperature_k / _Q_C
+    v_oc = vt * math.log1p(j_sc / j_0)
+    res = minimize_scalar(
+        lambda v: -(j_sc - j_0 * math.expm1(v / vt)) * v, bounds=(0.0, v_oc), method="bounded", options={"xatol": 1e-7}
+    )
+    _, _, p_in = _am15g()
+    return float(-res.fun / p_in)
