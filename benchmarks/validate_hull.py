@@ -1,6 +1,6 @@
 """Validate MLIP stability predictions against the shipped reference hull.
 
-For binary and ternary prototypes (rocksalt, zincblende, wurtzite, fluorite, antifluorite,
+For binary and ternary prototypes (rocksalt, zincblende, fluorite, antifluorite,
 cubic perovskite) of Li Na K Rb Mg Ca Sr Ba Al Y Ti Zr Zn Cu Ag with O F Cl Br N whose reduced
 formula is in the Materials Project snapshot, relax each with CHGNet (``StructOptimizer``,
 fmax 0.05 eV/A, <= 300 steps, cell relaxed), keep the lowest energy per formula, compute the
@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MP = ROOT.parent / "shared" / "data" / "mp" / "mp-formation.csv"
 CATIONS = "Li Na K Rb Mg Ca Sr Ba Al Y Ti Zr Zn Cu Ag".split()
 ANIONS = "O F Cl Br N".split()
+A_SITE = "Na K Rb Ca Sr Ba".split()
 
 
 def _radius(symbol: str) -> float:
@@ -48,31 +49,32 @@ def _radius(symbol: str) -> float:
 
 
 def prototypes():
-    """(formula, prototype name, pymatgen Structure) for every assignment of the pool."""
+    """(formula, prototype name, function building the pymatgen Structure) for every assignment of the pool.
+
+    Binaries AX in rocksalt and zincblende (wurtzite is within a few meV/atom of zincblende),
+    AX2 fluorite, A2X antifluorite, and cubic ABX3 perovskites with a large A cation.
+    """
     from pymatgen.core import Lattice, Structure
 
+    def cubic(group, a, species, coords):
+        return lambda: Structure.from_spacegroup(group, Lattice.cubic(a), species, coords).get_primitive_structure()
+
+    half, quarter = [[0, 0, 0], [0.5, 0.5, 0.5]], [[0, 0, 0], [0.25, 0.25, 0.25]]
     for a, x in itertools.product(CATIONS, ANIONS):
-        d = _radius(a) + _radius(x)
-        yield f"{a}{x}", "rocksalt", Structure.from_spacegroup("Fm-3m", Lattice.cubic(2 * d), [a, x], [[0, 0, 0], [0.5, 0.5, 0.5]])
-        yield f"{a}{x}", "zincblende", Structure.from_spacegroup("F-43m", Lattice.cubic(4 * d / math.sqrt(3)), [a, x], [[0, 0, 0], [0.25, 0.25, 0.25]])
-        aw = d * math.sqrt(8 / 3)
-        yield f"{a}{x}", "wurtzite", Structure.from_spacegroup(
-            "P6_3mc", Lattice.hexagonal(aw, aw * math.sqrt(8 / 3)), [a, x], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.375]]
-        )
-        af = 4 * d / math.sqrt(3)
-        yield f"{a}{x}2", "fluorite", Structure.from_spacegroup("Fm-3m", Lattice.cubic(af), [a, x], [[0, 0, 0], [0.25, 0.25, 0.25]])
-        yield f"{a}2{x}", "antifluorite", Structure.from_spacegroup("Fm-3m", Lattice.cubic(af), [x, a], [[0, 0, 0], [0.25, 0.25, 0.25]])
-    for a, b, x in itertools.product(CATIONS, CATIONS, ("O", "F", "Cl", "Br")):
-        if a == b:
-            continue
-        ap = 2 * (_radius(b) + _radius(x))
-        yield f"{a}{b}{x}3", "perovskite", Structure(
-            Lattice.cubic(ap), [a, b, x, x, x], [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]
-        )
+        d = _radius(a) + _radius(x)  # cation-anion distance from atomic radii; the relaxation fixes it
+        yield f"{a}{x}", "rocksalt", cubic("Fm-3m", 2 * d, [a, x], half)
+        yield f"{a}{x}", "zincblende", cubic("F-43m", 4 * d / math.sqrt(3), [a, x], quarter)
+        yield f"{a}{x}2", "fluorite", cubic("Fm-3m", 4 * d / math.sqrt(3), [a, x], quarter)
+        yield f"{a}2{x}", "antifluorite", cubic("Fm-3m", 4 * d / math.sqrt(3), [x, a], quarter)
+    for a, b, x in itertools.product(A_SITE, CATIONS, ("O", "F", "Cl", "Br")):
+        if a != b:
+            ap = 2 * (_radius(b) + _radius(x))
+            coords = [[0.5, 0.5, 0.5], [0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]
+            yield f"{a}{b}{x}3", "perovskite", (lambda ap=ap, sp=[a, b, x, x, x], c=coords: Structure(Lattice.cubic(ap), sp, c))
 
 
-def snapshot_energies(mp_formation: Path, matbench: Path | None) -> dict[str, float]:
-    """Lowest formation energy (eV/atom, MP2020 scale) per reduced formula of the MP snapshot."""
+def snapshot_energies(mp_formation: Path, matbench: Path | None):
+    """Lowest legacy formation energy (eV/atom) per reduced formula of the MP snapshot, and the MP2020 shift."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from build_reference_hull import read_matbench, read_roost
     from pymatgen.core import Composition
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     hull = ReferenceHull.shipped()
     vertices = {p.formula for p in hull.phases if p.on_hull}
     snapshot, shift = snapshot_energies(args.mp_formation, args.matbench)
-    pool = [(f, name, s) for f, name, s in prototypes() if Composition(f).reduced_formula in snapshot]
+    pool = [(f, name, build) for f, name, build in prototypes() if Composition(f).reduced_formula in snapshot]
     formulas = sorted({Composition(f).reduced_formula for f, _, _ in pool})
     if args.limit:
         formulas = formulas[: args.limit]
@@ -161,10 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     apply = mlip_needs_mp2020(args.model, "0.3.0" if args.model == "chgnet" else "7net-0")
     mu = mp_elemental_energies_ev_per_atom()
     best: dict[str, dict] = {}
-    for i, (formula, name, structure) in enumerate(pool):
+    for i, (formula, name, build) in enumerate(pool):
         f = Composition(formula).reduced_formula
         try:
-            final, energy = relax(structure)
+            final, energy = relax(build())
             e_form = corrected_formation_energy(final, energy, mu, apply_mp2020=apply)
         except Exception as exc:  # a failed relaxation is reported, not fatal
             print(f"  {formula} {name}: failed ({exc})")
@@ -203,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         "mae_vertices_ev_per_atom": sum(err_v) / len(err_v) if err_v else float("nan"),
         "median_abs_error_ev_per_atom": sorted(err)[len(err) // 2],
         "classification": {
-            str(t): classification([r["e_hull_pred"] <= t for r in rows], [r["vertex"] for r in rows]) for t in (0.0, 0.1)
+            str(t): classification([r["e_hull_pred"] <= t for r in rows], [r["vertex"] for r in rows])
+            for t in (0.0, 0.1)
         },
         "classification_ref_ehull_0.1": classification(
             [r["e_hull_pred"] <= 0.1 for r in rows], [r["e_hull_ref"] <= 0.1 for r in rows]
@@ -229,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             f"recall {c['recall']:.2f} F1 {c['f1']:.2f} (tp {c['tp']}, fp {c['fp']}, fn {c['fn']})"
         )
     c = out["classification_ref_ehull_0.1"]
-    print(f"E_hull <= 0.1 vs reference E_hull <= 0.1: precision {c['precision']:.2f} recall {c['recall']:.2f} F1 {c['f1']:.2f}")
+    print(
+        f"E_hull <= 0.1 vs reference E_hull <= 0.1: precision {c['precision']:.2f} "
+        f"recall {c['recall']:.2f} F1 {c['f1']:.2f}"
+    )
     print(f"{out['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -48,9 +48,11 @@ def short_circuit_current_a_per_m2(gap_ev: float) -> float:
         return 0.0
     wavelength_nm, irradiance, _ = _am15g()
     edge_nm = _H_J_S * _C_M_S / (gap_ev * _Q_C) * 1e9
-    below = wavelength_nm < edge_nm
-    wl = np.append(wavelength_nm[below], edge_nm) if edge_nm < wavelength_nm[-1] else wavelength_nm
-    e = np.append(irradiance[below], np.interp(edge_nm, wavelength_nm, irradiance)) if edge_nm < wavelength_nm[-1] else irradiance
+    wl, e = wavelength_nm, irradiance
+    if edge_nm < wavelength_nm[-1]:  # integrate up to the absorption edge exactly
+        below = wavelength_nm < edge_nm
+        wl = np.append(wavelength_nm[below], edge_nm)
+        e = np.append(irradiance[below], np.interp(edge_nm, wavelength_nm, irradiance))
     photon_flux = e * (wl * 1e-9) / (_H_J_S * _C_M_S)  # photons s^-1 m^-2 nm^-1
     return float(_Q_C * np.trapezoid(photon_flux, wl))
 

@@ -365,7 +365,7 @@ class ReferenceHull:
             # below the hull (Richards et al. 2016 do the same for metastable phases), so the
             # window is that of the phase were it stabilised. ``stability`` says how far off.
             e_total -= (e_hull + 1e-4) * comp.num_atoms
-        candidate = PDEntry(comp, e_total, name="candidate")
+        candidate = PDEntry(comp, e_total, name=comp.reduced_formula, attribute="candidate")
         return PhaseDiagram([*base.stable_entries, candidate]), candidate
 
     def electrochemical_window(
@@ -398,39 +398,29 @@ class ReferenceHull:
     def interface_reaction_energy(
         self, composition, formation_energy_ev_per_atom: float, partner_formula: str
     ) -> InterfaceReaction:
-        """Most negative reaction energy (eV/atom of mixture) between the candidate and a partner phase.
+        """Most negative mutual reaction energy (eV/atom of mixture) of the candidate with a partner phase.
 
-        The partner's energy is that of its reference phase (its own entry even when it lies
-        slightly above the hull, as for cubic Li7La3Zr2O12); a partner the reference does not
-        hold raises ``OracleError``. Unpacks as ``(ev_per_atom_min, ratio, products)``.
+        pymatgen ``InterfacialReactivity`` over all mixing ratios, with both reactants at the
+        hull energy of their composition (``use_hull_energy=True``), so a metastable partner
+        such as cubic Li7La3Zr2O12 or a metastable candidate does not count its own
+        decomposition as a reaction (``stability`` reports that). A partner the reference does
+        not hold raises ``OracleError``. Unpacks as ``(ev_per_atom_min, ratio, products)``.
         """
         from pymatgen.analysis.interface_reactions import InterfacialReactivity
-        from pymatgen.analysis.phase_diagram import PDEntry
         from pymatgen.core import Composition
 
         comp = Composition(composition)
         partner = Composition(partner_formula)
         self.check_elements({str(el) for el in partner.elements})
-        ref = self.find_phase(partner_formula)
-        if ref is None:
+        if self.find_phase(partner_formula) is None:
             raise OracleError(
                 f"partner {partner.reduced_formula} is not in the reference hull {self.source}: "
                 "no reaction energy against it can be given"
             )
         pd, _ = self._diagram_with(comp, formation_energy_ev_per_atom, [str(el) for el in partner.elements])
-        if ref.id != "element" and not any(
-            e.composition.reduced_formula == partner.reduced_formula for e in pd.stable_entries
-        ):
-            from pymatgen.analysis.phase_diagram import PhaseDiagram
-
-            pcomp = Composition(ref.formula)
-            pd = PhaseDiagram(
-                [*pd.all_entries, PDEntry(pcomp, ref.formation_energy_ev_per_atom * pcomp.num_atoms, name=ref.formula)]
-            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ir = InterfacialReactivity(comp, partner, pd, norm=True, use_hull_energy=False)
-            kinks = ir.get_kinks()
+            kinks = InterfacialReactivity(comp, partner, pd, norm=True, use_hull_energy=True).get_kinks()
         _, x, energy, reaction, _ = min(kinks, key=lambda k: k[2])
         products = tuple(sorted(c.reduced_formula for c in reaction.products))
         return InterfaceReaction(
@@ -644,7 +634,9 @@ def _legacy_shift(reduced_formula: str) -> float:
                 entry2020.data["oxidation_states"] = (comp.oxi_state_guesses(max_sites=-20) or ({},))[0]
         mp2020 = float(sum(a.value for a in _mp2020().get_adjustments(entry2020)))
     raw = mp_elemental_energies_ev_per_atom()
-    gas = sum(comp[el] * (fitted[f"{el.symbol}2"] - raw[el.symbol]) for el in comp.elements if f"{el.symbol}2" in fitted)
+    gas = sum(
+        comp[el] * (fitted[f"{el.symbol}2"] - raw[el.symbol]) for el in comp.elements if f"{el.symbol}2" in fitted
+    )
     return (mp2020 - legacy + gas) / comp.num_atoms
 
 
