@@ -43,6 +43,12 @@ MLIP energies: do they need the MP2020 corrections?
   ``ComputedStructureEntry`` objects before computing formation energies.
 * CHGNet ``r2scan`` is on the r2SCAN scale: not comparable with this hull (refused).
 
+Measured (rocksalt/antifluorite cells at MP lattice constants, MP elemental references,
+against the shipped table): CHGNet 0.3.0 without corrections is off by +0.03 (NaCl), +0.06
+(Li2O), +0.06 (MnO), +0.00 (NiO), +0.08 (CoO) eV/atom, and by -0.3 to -1.6 eV/atom with them;
+SevenNet-0 with corrections by +0.01 (NaCl), +0.02 (Li2O), +0.04 (MnO), -0.06 (NiO), +0.01
+(LiF) eV/atom, and by +0.2 to +1.6 eV/atom without them.
+
 ``corrected_formation_energy`` applies the corrections (or not, ``apply_mp2020``) to the
 compound and to the elemental references alike (pure elements get no MP2020 correction) and
 returns the formation energy per atom on the MP2020 scale. ``mp_elemental_energies_ev_per_atom``
@@ -221,7 +227,7 @@ class ReferenceHull:
     def from_mp_api(
         cls, chemsys: str | Iterable[str], api_key: str, cache_dir: str | Path | None = None
     ) -> ReferenceHull:
-        """Live Materials Project entries of a chemical system (GGA/GGA+U, MP2020-corrected).
+        """Live Materials Project entries of a chemical system (GGA/GGA+U thermo type, MP2020-corrected).
 
         Uses ``mp_api.client.MPRester.get_entries_in_chemsys`` (install ``matloop[mp]``); the
         formation energies of every entry are cached on disk as JSON per chemical system, so
@@ -246,7 +252,10 @@ class ReferenceHull:
             from pymatgen.analysis.phase_diagram import PhaseDiagram
 
             with MPRester(api_key) as mpr:
-                entries = mpr.get_entries_in_chemsys(elements, compatible_only=True)
+                # pinned to the GGA/GGA+U (MP2020) hull; the default mixes in r2SCAN entries
+                entries = mpr.get_entries_in_chemsys(
+                    elements, compatible_only=True, additional_criteria={"thermo_types": ["GGA_GGA+U"]}
+                )
             if not entries:
                 raise OracleError(f"Materials Project returned no entries for {key}")
             pd = PhaseDiagram(entries)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matloop.oracles.efficiency import shockley_queisser_efficiency, short_circuit_current_a_per_m2
+from matloop.oracles.efficiency import shockley_queisser_efficiency, short_circuit_current_a_per_m2, slme
 
 
 def test_maximum_is_33_7_percent_near_1_34_ev():
@@ -40,3 +40,21 @@ def test_no_gap_no_power(gap_ev):
 
 def test_hotter_cells_are_less_efficient():
     assert shockley_queisser_efficiency(1.34, temperature_k=350) < shockley_queisser_efficiency(1.34)
+
+
+def test_slme_of_a_thick_step_absorber_is_the_sq_limit():
+    energies = np.linspace(0.0, 10.0, 5001)
+    alpha = np.where(energies >= 1.34, 1e8, 0.0)
+    assert slme(energies, alpha, thickness_um=100.0, gap_ev=1.34) == pytest.approx(
+        shockley_queisser_efficiency(1.34), abs=0.003
+    )
+
+
+def test_slme_thin_films_and_indirect_gaps_lose_efficiency():
+    energies = np.linspace(0.0, 10.0, 5001)
+    alpha = np.where(energies >= 1.3, 1e4 * np.sqrt(np.clip(energies - 1.3, 0, None)), 0.0)  # direct-gap-like edge
+    thick = slme(energies, alpha, thickness_um=10.0, gap_ev=1.3)
+    thin = slme(energies, alpha, thickness_um=0.1, gap_ev=1.3)
+    indirect = slme(energies, alpha, thickness_um=10.0, gap_ev=1.3, direct_gap_ev=1.5)
+    assert 0 < thin < thick < 0.34
+    assert indirect < thick

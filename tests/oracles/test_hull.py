@@ -200,6 +200,47 @@ def test_from_mp_api(tmp_path):
     assert h.version.startswith("mp-api:Li-O/MP2020/")
 
 
+def test_from_mp_api_with_a_stand_in_client(tmp_path, monkeypatch):
+    """The query, formation energies and JSON cache, with a stand-in for mp_api (no network)."""
+    import types
+
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    calls = []
+
+    class FakeRester:
+        def __init__(self, key):
+            assert key == "k"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def get_entries_in_chemsys(self, elements, **kwargs):
+            calls.append((elements, kwargs))
+            return [
+                ComputedEntry("Li", -1.9, entry_id="mp-135"),
+                ComputedEntry("O2", -9.8, entry_id="mp-12957"),
+                ComputedEntry("Li2O", -14.3, entry_id="mp-1960"),
+            ]
+
+    client = types.ModuleType("mp_api.client")
+    client.MPRester = FakeRester
+    monkeypatch.setitem(sys.modules, "mp_api", types.ModuleType("mp_api"))
+    monkeypatch.setitem(sys.modules, "mp_api.client", client)
+    h = ReferenceHull.from_mp_api("O-Li", "k", cache_dir=tmp_path)
+    assert calls == [(["Li", "O"], {"compatible_only": True, "additional_criteria": {"thermo_types": ["GGA_GGA+U"]}})]
+    li2o = h.find_phase("Li2O")
+    assert li2o.id == "mp-1960"
+    assert li2o.formation_energy_ev_per_atom == pytest.approx((-14.3 - 2 * -1.9 - -4.9) / 3)
+    again = ReferenceHull.from_mp_api(["Li", "O"], "k", cache_dir=tmp_path)  # from the cache
+    assert len(calls) == 1 and again.version == h.version and h.version.startswith("mp-api:Li-O/")
+    with pytest.raises(OracleError, match="Na"):
+        h.stability("Na2O", -2.0)
+
+
 def test_build_script_on_a_subset(tmp_path):
     src = ROOT.parent / "shared" / "data" / "mp" / "mp-formation.csv"
     if not src.exists():
