@@ -82,6 +82,8 @@ SHIPPED_TABLE = "mp_hull.csv.gz"
 ELEMENTAL_REFS = "mp_elemental_ref_energies.json"
 #: a phase is a hull vertex when its energy above the hull is within this (eV/atom)
 HULL_TOLERANCE_EV_PER_ATOM = 1e-6
+#: phase diagrams kept per ReferenceHull before the cache is emptied
+_MAX_CACHED_DIAGRAMS = 256
 #: the energy scale every ReferenceHull uses
 SCHEME = "MP2020"
 #: elements whose oxides and fluorides MP computes with GGA+U (MPRelaxSet)
@@ -304,6 +306,8 @@ class ReferenceHull:
         els = frozenset(elements)
         self.check_elements(els)
         if els not in self._diagrams:
+            if len(self._diagrams) >= _MAX_CACHED_DIAGRAMS:  # bound the memory of long campaigns
+                self._diagrams.clear()
             entries = [PDEntry(Composition(el), 0.0, name=el, attribute="element") for el in sorted(els)]
             for ph in self.phases_in(els):
                 comp = Composition(ph.formula)

@@ -49,7 +49,7 @@ TOL = 1e-6
 
 def read_roost(path: Path) -> list[tuple[str, float, str]]:
     """(composition, legacy formation energy eV/atom, task id) rows of roost's mp-formation.csv."""
-    # keep_default_na matters: the formula NaN (sodium nitride) must not become a float NaN
+    # the csv module, not pandas: the formula NaN (sodium nitride) must stay a string
     with open(path, newline="") as fh:
         return [(r["composition"], float(r["formation_energy_per_atom"]), r["task_id"]) for r in csv.DictReader(fh)]
 
