@@ -375,8 +375,9 @@ class ReferenceHull:
         _, e_hull = base.get_decomp_and_e_above_hull(PDEntry(comp, e_total), allow_negative=True)
         if e_hull > -1e-4:
             # a phase on or above the hull has no stability range of its own; evaluate it just
-            # below the hull (Richards et al. 2016 do the same for metastable phases), so the
-            # window is that of the phase were it stabilised. ``stability`` says how far off.
+            # below the hull (the usual convention for metastable electrolytes such as cubic
+            # LLZO, whose 0.05-2.91 V in Richards et al. this reproduces), so the window is that
+            # of the phase were it stabilised. ``stability`` says how far off it is.
             e_total -= (e_hull + 1e-4) * comp.num_atoms
         candidate = PDEntry(comp, e_total, name=comp.reduced_formula, attribute="candidate")
         return PhaseDiagram([*base.stable_entries, candidate]), candidate
