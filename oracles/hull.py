@@ -1,0 +1,670 @@
+"""Reference convex hull: energy above the hull, decomposition, and coating-screen properties.
+
+A candidate's stability is only as good as the hull it is measured against. ``ReferenceHull``
+holds the competing phases of a reference database as formation energies per atom (elements
+at 0) and answers, for a composition and a formation energy on the same scale:
+
+* ``stability``: the signed distance to the reference hull and the phases it decomposes into
+  (pymatgen ``PhaseDiagram.get_decomp_and_e_above_hull``);
+* ``electrochemical_window``: the voltage range (V vs Li/Li+) over which the phase is neither
+  lithiated nor delithiated, from the Li element profile of the phase diagram with the
+  candidate added (Richards et al., Chem. Mater. 28, 266 (2016));
+* ``interface_reaction_energy``: the most negative reaction energy of the candidate with a
+  partner phase over all mixing ratios (pymatgen ``InterfacialReactivity``).
+
+Sources of reference phases: ``ReferenceHull.shipped()`` (a table inside the package, built
+by ``scripts/build_reference_hull.py``; see ``data/README.md``), ``ReferenceHull.from_mp_api``
+(live Materials Project entries, when the caller has an API key) and ``ReferenceHull.from_csv``.
+OPTIMADE is not offered: the OPTIMADE standard defines no energy field, and the providers
+that serve energies do so under provider-specific names with their own DFT settings and
+corrections, so no provider-independent hull can be built from it.
+
+Energy scale
+------------
+Every energy here is on the Materials Project **MP2020** scale (``MaterialsProject2020Compatibility``
+corrections: anion/oxide corrections and the GGA/GGA+U mixing correction; Wang et al., Sci.
+Rep. 11, 15496 (2021)). The shipped table comes from a pre-2021 MP snapshot whose formation
+energies carry the *legacy* ``MaterialsProjectCompatibility`` corrections (bromides, iodides
+and selenides uncorrected, Fe in oxides corrected by -2.733 eV instead of -2.256 eV, ...); the
+build script moves each entry onto the MP2020 scale with ``legacy_to_mp2020_shift_ev_per_atom``.
+
+MLIP energies: do they need the MP2020 corrections?
+---------------------------------------------------
+* **CHGNet (0.3.0, 0.2.0): no, they already include them.** CHGNet was trained on MPtrj
+  energies *after* MP2020 corrections. Sources checked: CHGNet's ``examples/fine_tuning.ipynb``
+  ("Extras 1: GGA / GGA+U compatibility": users must apply ``MaterialsProject2020Compatibility``
+  to their own VASP energies to keep them compatible with the pretrained labels), and
+  matbench-discovery's ``models/chgnet/join_chgnet_results.py``, which turns ``chgnet_energy``
+  into formation energies with MP elemental references and no correction step. Applying
+  MP2020 again would count the corrections twice.
+* **SevenNet-0 (7net-0): yes.** matbench-discovery's ``models/sevennet/join_7net_preds.py``:
+  "As SevenNet-0 (11July2024) is trained on 'uncorrected energy' of MPtrj, MP formation energy
+  corrections need to be applied", done with ``MaterialsProject2020Compatibility`` on
+  ``ComputedStructureEntry`` objects before computing formation energies.
+* CHGNet ``r2scan`` is on the r2SCAN scale: not comparable with this hull (refused).
+
+Measured (rocksalt/antifluorite cells at MP lattice constants, MP elemental references,
+against the shipped table): CHGNet 0.3.0 without corrections is off by +0.03 (NaCl), +0.06
+(Li2O), +0.06 (MnO), +0.00 (NiO), +0.08 (CoO) eV/atom, and by -0.3 to -1.6 eV/atom with them;
+SevenNet-0 with corrections by +0.01 (NaCl), +0.02 (Li2O), +0.04 (MnO), -0.06 (NiO), +0.01
+(LiF) eV/atom, and by +0.2 to +1.6 eV/atom without them.
+
+``corrected_formation_energy`` applies the corrections (or not, ``apply_mp2020``) to the
+compound and to the elemental references alike (pure elements get no MP2020 correction) and
+returns the formation energy per atom on the MP2020 scale. ``mp_elemental_energies_ev_per_atom``
+gives MP's own uncorrected PBE energies of the elemental ground states (the references
+matbench-discovery uses with MLIPs); an oracle may instead pass its own model's elemental
+energies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from matloop.core.records import OracleError
+
+#: file names inside ``matloop.oracles/data``
+SHIPPED_TABLE = "mp_hull.csv.gz"
+ELEMENTAL_REFS = "mp_elemental_ref_energies.json"
+#: a phase is a hull vertex when its energy above the hull is within this (eV/atom)
+HULL_TOLERANCE_EV_PER_ATOM = 1e-6
+#: phase diagrams kept per ReferenceHull before the cache is emptied
+_MAX_CACHED_DIAGRAMS = 256
+#: the energy scale every ReferenceHull uses
+SCHEME = "MP2020"
+#: elements whose oxides and fluorides MP computes with GGA+U (MPRelaxSet)
+GGA_U_ELEMENTS = ("Co", "Cr", "Fe", "Mn", "Mo", "Ni", "V", "W")
+#: anions MP2020 corrects (besides oxide and sulfide) when they carry a negative oxidation state
+_MP2020_ANIONS = frozenset({"Br", "I", "Se", "Si", "Sb", "Te", "H", "N", "F", "Cl"})
+
+
+# -- records ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReferencePhase:
+    """One competing phase: reduced formula, formation energy (eV/atom, MP2020 scale), id."""
+
+    formula: str
+    formation_energy_ev_per_atom: float
+    id: str = ""
+    on_hull: bool = True
+
+
+@dataclass(frozen=True)
+class Stability:
+    """Where a composition at a given formation energy sits relative to the reference hull.
+
+    Attributes:
+        formula: reduced formula of the candidate.
+        formation_energy_ev_per_atom: the formation energy that was placed on the hull.
+        e_above_hull_ev_per_atom: signed distance to the reference hull. Negative when the
+            candidate lies *below* the reference hull (it would become a new hull vertex):
+            the value is then its energy minus the hull built without it, i.e. by how much
+            it beats the known competing phases.
+        decomposition: (reduced formula, atom fraction) of the reference phases the candidate
+            decomposes into (or, when below the hull, the phases it competes with).
+        reference_phases: the hull vertices of the candidate's chemical system that were used,
+            as ``formula:id``.
+        hull_version: ``ReferenceHull.version`` of the hull.
+    """
+
+    formula: str
+    formation_energy_ev_per_atom: float
+    e_above_hull_ev_per_atom: float
+    decomposition: tuple[tuple[str, float], ...]
+    reference_phases: tuple[str, ...]
+    hull_version: str
+
+    @property
+    def is_stable(self) -> bool:
+        """True when on or below the reference hull (within 1e-6 eV/atom)."""
+        return self.e_above_hull_ev_per_atom <= HULL_TOLERANCE_EV_PER_ATOM
+
+
+@dataclass(frozen=True)
+class InterfaceReaction:
+    """Most negative reaction between a candidate and a partner (pymatgen InterfacialReactivity).
+
+    Attributes:
+        ev_per_atom_min: reaction energy per atom of mixture at the worst mixing ratio (<= 0;
+            0 means no reaction).
+        ratio: mixing ratio x at that minimum: the mixture is x candidate + (1 - x) partner,
+            per atom.
+        products: reduced formulas of the products at that ratio.
+        reaction: the balanced reaction at that ratio, as text.
+    """
+
+    ev_per_atom_min: float
+    ratio: float
+    products: tuple[str, ...]
+    reaction: str
+
+    def __iter__(self):
+        """Unpacks as ``(ev_per_atom_min, ratio, products)``."""
+        return iter((self.ev_per_atom_min, self.ratio, self.products))
+
+
+# -- the hull --------------------------------------------------------------------------------
+class ReferenceHull:
+    """Formation-energy convex hull of a reference database, one phase diagram per chemical system.
+
+    Args:
+        phases: competing phases (elements may be omitted: every element that occurs gets a
+            0 eV/atom reference).
+        source: short description of where the phases come from; enters ``version``.
+        elements: the elements the source covers (default: those occurring in ``phases``);
+            a composition with any other element is refused, since its hull is unknown.
+    """
+
+    def __init__(self, phases: Sequence[ReferencePhase], source: str, elements: Iterable[str] | None = None):
+        from pymatgen.core import Composition
+
+        self.source = source
+        self.phases = tuple(phases)
+        self._by_system: dict[frozenset[str], list[ReferencePhase]] = {}
+        seen: set[str] = set()
+        for ph in self.phases:
+            system = frozenset(str(el) for el in Composition(ph.formula).elements)
+            self._by_system.setdefault(system, []).append(ph)
+            seen |= system
+        self.elements = frozenset(elements) if elements is not None else frozenset(seen)
+        digest = hashlib.sha256()
+        for ph in sorted(self.phases, key=lambda p: (p.formula, p.id)):
+            digest.update(f"{ph.formula},{ph.formation_energy_ev_per_atom:.6f},{ph.id};".encode())
+        self.content_hash = digest.hexdigest()[:12]
+        self._diagrams: dict[frozenset[str], Any] = {}
+
+    @property
+    def version(self) -> str:
+        """Source, energy scale and content hash: changes whenever a reference energy changes."""
+        return f"{self.source}/{SCHEME}/{self.content_hash}"
+
+    def __repr__(self) -> str:
+        return f"ReferenceHull({self.version}, {len(self.phases)} phases, {len(self.elements)} elements)"
+
+    # -- constructors ------------------------------------------------------------------------
+    @classmethod
+    def shipped(cls) -> ReferenceHull:
+        """The table shipped with matloop (cached per process); see ``oracles/data/README.md``."""
+        return _shipped_hull()
+
+    @classmethod
+    def from_csv(cls, path: str | Path, source: str | None = None) -> ReferenceHull:
+        """A hull from a CSV (optionally gzipped) with ``formula,formation_energy_ev_per_atom[,id,on_hull]``."""
+        path = Path(path)
+        raw = path.read_bytes()
+        return cls._from_csv_bytes(raw, source or f"csv:{path.name}")
+
+    @classmethod
+    def _from_csv_bytes(cls, raw: bytes, source: str) -> ReferenceHull:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        text = raw.decode()
+        rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
+        phases = [
+            ReferencePhase(
+                formula=row["formula"],
+                formation_energy_ev_per_atom=float(row["formation_energy_ev_per_atom"]),
+                id=row.get("id") or "",
+                on_hull=row.get("on_hull", "1") != "0",
+            )
+            for row in rows
+        ]
+        return cls(phases, source)
+
+    @classmethod
+    def from_mp_api(
+        cls, chemsys: str | Iterable[str], api_key: str, cache_dir: str | Path | None = None
+    ) -> ReferenceHull:
+        """Live Materials Project entries of a chemical system (GGA/GGA+U thermo type, MP2020-corrected).
+
+        Uses ``mp_api.client.MPRester.get_entries_in_chemsys`` (install ``matloop[mp]``); the
+        formation energies of every entry are cached on disk as JSON per chemical system, so
+        a campaign queries MP once. The caller decides when to use this (e.g. when
+        ``MP_API_KEY`` is set); nothing here reads the environment.
+
+        Args:
+            chemsys: "Li-Co-O" or an iterable of element symbols.
+            api_key: Materials Project API key.
+            cache_dir: folder for ``mp-<chemsys>.json`` caches (none: no cache).
+        """
+        elements = sorted(chemsys.split("-") if isinstance(chemsys, str) else set(chemsys))
+        key = "-".join(elements)
+        cache = Path(cache_dir) / f"mp-{key}.json" if cache_dir else None
+        if cache is not None and cache.exists():
+            data = json.loads(cache.read_text())
+        else:
+            try:
+                from mp_api.client import MPRester
+            except ImportError as exc:  # optional dependency
+                raise OracleError("the Materials Project client is not installed: pip install 'matloop[mp]'") from exc
+            from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+            with MPRester(api_key) as mpr:
+                # pinned to the GGA/GGA+U (MP2020) hull; the default mixes in r2SCAN entries
+                entries = mpr.get_entries_in_chemsys(
+                    elements, compatible_only=True, additional_criteria={"thermo_types": ["GGA_GGA+U"]}
+                )
+            if not entries:
+                raise OracleError(f"Materials Project returned no entries for {key}")
+            pd = PhaseDiagram(entries)
+            data = {
+                "chemsys": key,
+                "phases": [
+                    {
+                        "formula": e.composition.reduced_formula,
+                        "formation_energy_ev_per_atom": float(pd.get_form_energy_per_atom(e)),
+                        "id": str(e.entry_id),
+                    }
+                    for e in entries
+                ],
+            }
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(data, indent=1))
+        phases = [ReferencePhase(**p) for p in data["phases"]]
+        return cls(phases, f"mp-api:{key}", elements=elements)
+
+    # -- phase diagrams ----------------------------------------------------------------------
+    def check_elements(self, elements: Iterable[str]) -> None:
+        """Raise ``OracleError`` naming the elements the reference does not cover."""
+        missing = sorted(set(elements) - self.elements)
+        if missing:
+            raise OracleError(
+                f"reference hull {self.source} has no phases for element(s) {', '.join(missing)}: "
+                "their competing phases are unknown, so no energy above the hull can be given"
+            )
+
+    def phases_in(self, elements: Iterable[str]) -> list[ReferencePhase]:
+        """Reference phases whose elements are all among ``elements``."""
+        els = frozenset(elements)
+        if len(els) <= 12:
+            subsystems = (
+                frozenset(c) for r in range(1, len(els) + 1) for c in itertools.combinations(sorted(els), r)
+            )
+            return [ph for s in subsystems for ph in self._by_system.get(s, ())]
+        return [ph for s, phs in self._by_system.items() if s <= els for ph in phs]
+
+    def phase_diagram(self, elements: Iterable[str]):
+        """pymatgen ``PhaseDiagram`` of the reference phases in a chemical system (cached)."""
+        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+        from pymatgen.core import Composition
+
+        els = frozenset(elements)
+        self.check_elements(els)
+        if els not in self._diagrams:
+            if len(self._diagrams) >= _MAX_CACHED_DIAGRAMS:  # bound the memory of long campaigns
+                self._diagrams.clear()
+            entries = [PDEntry(Composition(el), 0.0, name=el, attribute="element") for el in sorted(els)]
+            for ph in self.phases_in(els):
+                comp = Composition(ph.formula)
+                entries.append(
+                    PDEntry(comp, ph.formation_energy_ev_per_atom * comp.num_atoms, name=ph.formula, attribute=ph.id)
+                )
+            self._diagrams[els] = PhaseDiagram(entries)
+        return self._diagrams[els]
+
+    def find_phase(self, formula: str) -> ReferencePhase | None:
+        """The lowest-energy reference phase with this reduced formula, or None."""
+        from pymatgen.core import Composition
+
+        comp = Composition(formula)
+        reduced = comp.reduced_formula
+        system = frozenset(str(el) for el in comp.elements)
+        matches = [ph for ph in self._by_system.get(system, ()) if Composition(ph.formula).reduced_formula == reduced]
+        if not matches and len(system) == 1 and next(iter(system)) in self.elements:
+            return ReferencePhase(reduced, 0.0, "element")
+        return min(matches, key=lambda p: p.formation_energy_ev_per_atom) if matches else None
+
+    # -- stability ---------------------------------------------------------------------------
+    def stability(self, composition, formation_energy_ev_per_atom: float) -> Stability:
+        """Energy above the reference hull (signed) and decomposition of a composition.
+
+        Args:
+            composition: formula string or pymatgen ``Composition``.
+            formation_energy_ev_per_atom: on the MP2020 scale (see ``corrected_formation_energy``).
+        """
+        from pymatgen.analysis.phase_diagram import PDEntry
+        from pymatgen.core import Composition
+
+        comp = Composition(composition)
+        if not math.isfinite(formation_energy_ev_per_atom):
+            raise OracleError(f"formation energy of {comp.reduced_formula} is not finite")
+        pd = self.phase_diagram(str(el) for el in comp.elements)
+        entry = PDEntry(comp, formation_energy_ev_per_atom * comp.num_atoms, name="candidate")
+        decomp, e_hull = pd.get_decomp_and_e_above_hull(entry, allow_negative=True)
+        decomposition = tuple(
+            sorted(
+                ((e.composition.reduced_formula, round(float(f), 6)) for e, f in decomp.items()),
+                key=lambda t: (-t[1], t[0]),
+            )
+        )
+        used = tuple(sorted(f"{e.name}:{e.attribute or ''}" for e in pd.stable_entries))
+        return Stability(
+            formula=comp.reduced_formula,
+            formation_energy_ev_per_atom=float(formation_energy_ev_per_atom),
+            e_above_hull_ev_per_atom=float(e_hull),
+            decomposition=decomposition,
+            reference_phases=used,
+            hull_version=self.version,
+        )
+
+    # -- coating-screen properties -------------------------------------------------------------
+    def _diagram_with(self, composition, formation_energy_ev_per_atom: float, extra_elements: Iterable[str]):
+        """Phase diagram of the reference hull vertices plus the candidate (lowered onto the hull if above it)."""
+        from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+        from pymatgen.core import Composition
+
+        comp = Composition(composition)
+        els = {str(el) for el in comp.elements} | set(extra_elements)
+        base = self.phase_diagram(els)
+        e_total = formation_energy_ev_per_atom * comp.num_atoms
+        _, e_hull = base.get_decomp_and_e_above_hull(PDEntry(comp, e_total), allow_negative=True)
+        if e_hull > -1e-4:
+            # a phase on or above the hull has no stability range of its own; evaluate it just
+            # below the hull (the usual convention for metastable electrolytes such as cubic
+            # LLZO, whose 0.05-2.91 V in Richards et al. this reproduces), so the window is that
+            # of the phase were it stabilised. ``stability`` says how far off it is.
+            e_total -= (e_hull + 1e-4) * comp.num_atoms
+        candidate = PDEntry(comp, e_total, name=comp.reduced_formula, attribute="candidate")
+        return PhaseDiagram([*base.stable_entries, candidate]), candidate
+
+    def electrochemical_window(
+        self, composition, formation_energy_ev_per_atom: float, mobile: str = "Li"
+    ) -> tuple[float, float]:
+        """Voltage range (V vs mobile/mobile+) over which the phase is stable against the mobile ion.
+
+        The range of the mobile element's chemical potential over which the phase is neither
+        reduced (takes up the mobile element) nor oxidised (gives it up), from
+        ``PhaseDiagram.get_element_profile`` on the reference hull plus the candidate; the
+        voltage is -(mu - mu_metal)/e. A phase without the mobile element that never gives
+        any up has ``v_max = inf``. A phase above the hull is evaluated as if it were on it.
+        """
+        from pymatgen.core import Composition, Element
+
+        comp = Composition(composition)
+        pd, _ = self._diagram_with(comp, formation_energy_ev_per_atom, [mobile])
+        ref = pd.el_refs[Element(mobile)].energy_per_atom
+        profile = pd.get_element_profile(Element(mobile), comp)
+        mus = [p["chempot"] - ref for p in profile]
+        # profile steps run from the metal (mu = 0) to ever lower mu; the phase itself is the
+        # equilibrium on the step whose element evolution is zero.
+        for i, p in enumerate(profile):
+            if abs(p["evolution"]) < 1e-8:
+                v_min = max(0.0, -mus[i])
+                v_max = -mus[i + 1] if i + 1 < len(mus) else math.inf
+                return float(v_min), float(v_max)
+        raise OracleError(f"{comp.reduced_formula} is never in equilibrium with {mobile} on this hull")
+
+    def interface_reaction_energy(
+        self, composition, formation_energy_ev_per_atom: float, partner_formula: str
+    ) -> InterfaceReaction:
+        """Most negative mutual reaction energy (eV/atom of mixture) of the candidate with a partner phase.
+
+        pymatgen ``InterfacialReactivity`` over all mixing ratios, with both reactants at the
+        hull energy of their composition (``use_hull_energy=True``), so a metastable partner
+        such as cubic Li7La3Zr2O12 or a metastable candidate does not count its own
+        decomposition as a reaction (``stability`` reports that). A partner the reference does
+        not hold raises ``OracleError``. Unpacks as ``(ev_per_atom_min, ratio, products)``.
+        """
+        from pymatgen.analysis.interface_reactions import InterfacialReactivity
+        from pymatgen.core import Composition
+
+        comp = Composition(composition)
+        partner = Composition(partner_formula)
+        self.check_elements({str(el) for el in partner.elements})
+        if self.find_phase(partner_formula) is None:
+            raise OracleError(
+                f"partner {partner.reduced_formula} is not in the reference hull {self.source}: "
+                "no reaction energy against it can be given"
+            )
+        pd, _ = self._diagram_with(comp, formation_energy_ev_per_atom, [str(el) for el in partner.elements])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            kinks = InterfacialReactivity(comp, partner, pd, norm=True, use_hull_energy=True).get_kinks()
+        _, x, energy, reaction, _ = min(kinks, key=lambda k: k[2])
+        products = tuple(sorted(c.reduced_formula for c in reaction.products))
+        return InterfaceReaction(
+            ev_per_atom_min=min(0.0, float(energy)), ratio=float(x), products=products, reaction=str(reaction)
+        )
+
+
+@lru_cache(maxsize=1)
+def _shipped_hull() -> ReferenceHull:
+    raw = resources.files("matloop.oracles").joinpath("data", SHIPPED_TABLE).read_bytes()
+    header = gzip.decompress(raw).split(b"\n", 1)[0].decode()
+    source = header[1:].strip() if header.startswith("#") else "shipped"
+    return ReferenceHull._from_csv_bytes(raw, source)
+
+
+# -- energy scales ---------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def mp_elemental_energies_ev_per_atom() -> dict[str, float]:
+    """MP's uncorrected PBE energies (eV/atom) of the lowest-energy elemental phases (2022-09-19)."""
+    text = resources.files("matloop.oracles").joinpath("data", ELEMENTAL_REFS).read_text()
+    return {k: float(v) for k, v in json.loads(text)["energies_ev_per_atom"].items()}
+
+
+def mlip_needs_mp2020(backend: str, model: str) -> bool:
+    """Whether an MLIP's total energies still need the MP2020 corrections (see module docstring)."""
+    backend = backend.lower()
+    if backend == "chgnet":
+        if "r2scan" in model.lower():
+            raise OracleError("CHGNet r2scan energies are on the r2SCAN scale, not comparable with the MP GGA hull")
+        return False  # trained on MP2020-corrected MPtrj energies
+    if backend in {"sevennet", "7net"}:
+        return True  # trained on uncorrected MPtrj energies
+    raise OracleError(f"unknown MLIP backend {backend!r}: its energy scale relative to MP2020 is not known")
+
+
+@lru_cache(maxsize=1)
+def _mp2020():
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+
+    return MaterialsProject2020Compatibility(check_potcar=False)
+
+
+def mp_calculation_parameters(composition) -> dict:
+    """The ``run_type``/``hubbards``/``is_hubbard`` MP would have used for this composition.
+
+    MP runs GGA+U (U values of ``MPRelaxSet``) on Co, Cr, Fe, Mn, Mo, Ni, V, W when the most
+    electronegative element is O or F, plain GGA otherwise; matbench-discovery sets the same
+    fields on MLIP entries so that ``MaterialsProject2020Compatibility`` accepts them.
+    """
+    from pymatgen.core import Composition
+
+    comp = Composition(composition)
+    elements = sorted((el for el in comp.elements if comp[el] > 0), key=lambda el: el.X)
+    anion = elements[-1].symbol if elements else ""
+    u_settings = _mp2020().u_settings.get(anion, {})
+    hubbards = {el.symbol: float(u_settings[el.symbol]) for el in comp.elements if u_settings.get(el.symbol)}
+    return {
+        "run_type": "GGA+U" if hubbards else "GGA",
+        "hubbards": hubbards,
+        "is_hubbard": bool(hubbards),
+        "software": "vasp",
+    }
+
+
+def _entry(structure_or_composition, energy_ev: float, oxidation_states: dict | None = None):
+    from pymatgen.core import Composition, Structure
+    from pymatgen.entries.computed_entries import ComputedEntry, ComputedStructureEntry
+
+    if isinstance(structure_or_composition, Structure):
+        comp = structure_or_composition.composition
+        params = mp_calculation_parameters(comp)
+        entry = ComputedStructureEntry(structure_or_composition, energy_ev, parameters=params)
+    else:
+        comp = Composition(structure_or_composition)
+        entry = ComputedEntry(comp, energy_ev, parameters=mp_calculation_parameters(comp))
+    if oxidation_states is not None:
+        entry.data["oxidation_states"] = oxidation_states
+    return entry
+
+
+def mp2020_correction_ev(structure_or_composition, oxidation_states: dict | None = None) -> float:
+    """Total MP2020 energy correction (eV) of a structure or composition (as written, not per atom).
+
+    With a structure, oxide/peroxide/superoxide and sulfide types come from the bonds; with a
+    composition, from pymatgen's list of known peroxides/superoxides. ``oxidation_states``
+    (element -> oxidation state) overrides pymatgen's guess that decides which anion
+    corrections apply.
+    """
+    from pymatgen.entries.compatibility import CompatibilityError
+
+    entry = _entry(structure_or_composition, 0.0, oxidation_states)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            adjustments = _mp2020().get_adjustments(entry)
+        except CompatibilityError as exc:
+            raise OracleError(f"MP2020 correction failed for {entry.composition.reduced_formula}: {exc}") from exc
+    return float(sum(a.value for a in adjustments))
+
+
+def corrected_formation_energy(
+    structure_or_composition,
+    total_energy_ev: float,
+    elemental_energies_ev_per_atom: dict[str, float] | None = None,
+    *,
+    apply_mp2020: bool = True,
+    oxidation_states: dict | None = None,
+) -> float:
+    """Formation energy per atom on the MP2020 scale from an MLIP (or GGA) total energy.
+
+    ``MaterialsProject2020Compatibility`` is applied to the compound (a
+    ``ComputedStructureEntry`` when a structure is given) and to the elemental references
+    alike; elements get no correction, so the references enter as given.
+
+    Args:
+        structure_or_composition: pymatgen ``Structure`` (preferred: peroxide/sulfide detection)
+            or a composition; ``total_energy_ev`` is for exactly this cell/formula.
+        total_energy_ev: total energy (eV) of the structure.
+        elemental_energies_ev_per_atom: chemical potentials per element on the same raw
+            scale as ``total_energy_ev`` (default: MP's uncorrected elemental energies,
+            ``mp_elemental_energies_ev_per_atom``).
+        apply_mp2020: False for energies that already include the corrections (CHGNet,
+            see ``mlip_needs_mp2020``).
+        oxidation_states: element -> oxidation state, deciding which anion corrections apply.
+    """
+    from pymatgen.core import Composition, Structure
+
+    comp = (
+        structure_or_composition.composition
+        if isinstance(structure_or_composition, Structure)
+        else Composition(structure_or_composition)
+    )
+    mu = elemental_energies_ev_per_atom or mp_elemental_energies_ev_per_atom()
+    missing = sorted(str(el) for el in comp.elements if str(el) not in mu)
+    if missing:
+        raise OracleError(f"no elemental reference energy for {', '.join(missing)}")
+    energy = float(total_energy_ev)
+    if apply_mp2020:
+        energy += mp2020_correction_ev(structure_or_composition, oxidation_states)
+    reference = 0.0
+    for el, amount in comp.items():
+        # elements: MP2020 corrects compounds only, the pure-element entry keeps its energy
+        e_el = mu[str(el)] + (mp2020_correction_ev(str(el)) if apply_mp2020 else 0.0)
+        reference += amount * e_el
+    return (energy - reference) / comp.num_atoms
+
+
+# -- legacy MP -> MP2020 ---------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def _legacy_mp():
+    from monty.serialization import loadfn
+    from pymatgen.entries import compatibility as compat_module
+    from pymatgen.entries.compatibility import AnionCorrection, UCorrection
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    config = Path(compat_module.__file__).parent / "MPCompatibility.yaml"
+    if not config.exists():
+        import pymatgen.analysis.compatibility as analysis_compat
+
+        config = Path(analysis_compat.__file__).parent / "MPCompatibility.yaml"
+    fitted = loadfn(config)["Advanced"]["CompoundEnergies"]
+    return AnionCorrection(config), UCorrection(config, MPRelaxSet, "Advanced"), fitted
+
+
+def legacy_to_mp2020_shift_ev_per_atom(composition) -> float:
+    """Shift (eV/atom) that moves a legacy-MP formation energy (pre-2021 MP) onto the MP2020 scale."""
+    from pymatgen.core import Composition
+
+    return _legacy_shift(Composition(composition).reduced_formula)
+
+
+@lru_cache(maxsize=None)
+def _legacy_shift(reduced_formula: str) -> float:
+    """Legacy-MP -> MP2020 shift of one reduced formula.
+
+    Legacy formation energies are E_raw + legacy anion/U corrections minus elemental
+    references in which N2, F2, Cl2 and H2 carry fitted energies (``MPCompatibility.yaml``);
+    MP2020 ones are E_raw + MP2020 corrections minus raw elemental energies. So
+    ``e_2020 = e_legacy - legacy_corr + mp2020_corr + sum_gas n * (mu_fit - mu_raw)``, per atom.
+
+    Written here because pymatgen has no converter between the schemes. Composition only:
+    peroxides/superoxides are recognised by pymatgen's formula lists in both schemes (a
+    misclassified one is off by < 0.03 eV per O, since both schemes fitted similar oxide type
+    differences); S counts as sulfide only when it is the most electronegative element
+    (sulfates get no sulfide correction in either scheme); MP2020 anion corrections follow
+    pymatgen's oxidation-state guess.
+    """
+    from pymatgen.core import Composition
+    from pymatgen.entries.computed_entries import ComputedEntry
+
+    comp = Composition(reduced_formula)
+    if len(comp) == 1:
+        return 0.0
+    anion_corr, u_corr, fitted = _legacy_mp()
+    params = mp_calculation_parameters(comp)
+    elements = sorted(comp.elements, key=lambda el: el.X)
+    sulfide = "sulfide" if elements[-1].symbol == "S" else "none"
+    entry = ComputedEntry(comp, 0.0, parameters=params, data={"sulfide_type": sulfide})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        legacy = float(anion_corr.get_correction(entry).nominal_value) + float(
+            u_corr.get_correction(entry).nominal_value
+        )
+        entry2020 = ComputedEntry(comp, 0.0, parameters=params, data={"sulfide_type": sulfide})
+        # MP2020 corrects an anion when its oxidation state is negative, or (no guess) when it
+        # is the most electronegative element; the two differ only when a correctable anion
+        # is not the most electronegative one, so only then pay for pymatgen's guess.
+        entry2020.data["oxidation_states"] = {}
+        if any(el.symbol in _MP2020_ANIONS for el in elements[:-1]):
+            with contextlib.suppress(ValueError):
+                entry2020.data["oxidation_states"] = (comp.oxi_state_guesses(max_sites=-20) or ({},))[0]
+        mp2020 = float(sum(a.value for a in _mp2020().get_adjustments(entry2020)))
+    raw = mp_elemental_energies_ev_per_atom()
+    gas = sum(
+        comp[el] * (fitted[f"{el.symbol}2"] - raw[el.symbol]) for el in comp.elements if f"{el.symbol}2" in fitted
+    )
+    return (mp2020 - legacy + gas) / comp.num_atoms
+
+
+__all__ = [
+    "GGA_U_ELEMENTS",
+    "InterfaceReaction",
+    "ReferenceHull",
+    "ReferencePhase",
+    "Stability",
+    "corrected_formation_energy",
+    "legacy_to_mp2020_shift_ev_per_atom",
+    "mlip_needs_mp2020",
+    "mp2020_correction_ev",
+    "mp_calculation_parameters",
+    "mp_elemental_energies_ev_per_atom",
+]
+
