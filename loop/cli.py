@@ -41,7 +41,7 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from .runner import Campaign
+    from .campaign import Campaign
     from .spec import load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
