@@ -167,8 +167,9 @@ class FunnelAgent:
             return _plan(state, [(i, self.top) for i in due[:n]], {"promoted": f"{n} of {len(due)} in {self.window}"})
         if state.cost_left + 1e-9 < self.costs[self.cheap]:
             return Plan([], {}, {"stop_reason": "remaining budget below the cheap oracle's cost"})
-        self.rounds += 1
-        return self.screen.propose(state)
+        plan = self.screen.propose(state)
+        self.rounds += bool(plan.requests)
+        return plan
 
 
 class MultiFidelityRoundAgent:
