@@ -66,7 +66,7 @@ from matloop.core.records import Candidate, InputError
 from .planning import build_agent
 from .pool import PoolFeatures
 from .replay import lookup_oracle, objective_of, replay, replay_spec, write_labels
-from .spec import CampaignSpec
+from .spec import CampaignSpec, load_campaign
 from .tiers import build_oracles
 
 STRATEGIES = ("matloop", "random", "rf_ucb", "greedy_rf")
@@ -636,8 +636,6 @@ def benchmark_from_campaign(
     """
     import pandas as pd
 
-    from matloop.loop.spec import load_campaign
-
     spec = load_campaign(path)
     src = next((s for s in spec.sources if s.kind == "file"), None)
     if src is None:
@@ -663,25 +661,9 @@ def benchmark_from_campaign(
         return v
 
     y = column(prop, "objective.property")
-    obj = spec.objective
-    if obj.goal == "window":
-        goal = Goal("window", float(obj.window[0]), float(obj.window[1]))
-    else:
-        goal = Goal("max" if obj.goal == "maximize" else "min")
+    goal = Goal.from_objective(spec.objective.goal, spec.objective.window)
     if spec.constraints:
-        if goal.kind != "window":
-            raise InputError("constraints in a benchmark need a window objective", file=str(path), where="constraints")
-        lo, hi = goal.lo, goal.hi
-        parts = [np.abs(y - 0.5 * (lo + hi)) - 0.5 * (hi - lo) if math.isfinite(hi - lo)
-                 else (lo - y if math.isfinite(lo) else y - hi)]
-        for i, c in enumerate(spec.constraints):
-            v = column(c.property, f"constraints[{i}].property")
-            if c.max is not None:
-                parts.append(v - c.max)
-            if c.min is not None:
-                parts.append(c.min - v)
-        y = np.max(np.stack(parts), axis=0)
-        goal = Goal("window", -math.inf, 0.0)
+        y, goal = _combined_criterion(y, goal, spec, column, str(path))
     comps = df[key_col].astype(str).tolist()
     acq = AcquisitionSettings(**spec.agent.acquisition)
     return run_benchmark(
@@ -699,6 +681,22 @@ def benchmark_from_campaign(
         acquisition=acq,
         file=str(table),
     )
+
+
+def _combined_criterion(y: np.ndarray, goal: Goal, spec: CampaignSpec, column, file: str) -> tuple[np.ndarray, Goal]:
+    """Objective window and constraints as one scalar ``v`` (``n``) with the goal ``v <= 0`` (see above)."""
+    if goal.kind != "window":
+        raise InputError("constraints in a benchmark need a window objective", file=file, where="constraints")
+    lo, hi = goal.lo, goal.hi
+    parts = [np.abs(y - 0.5 * (lo + hi)) - 0.5 * (hi - lo) if math.isfinite(hi - lo)
+             else (lo - y if math.isfinite(lo) else y - hi)]
+    for i, c in enumerate(spec.constraints):
+        v = column(c.property, f"constraints[{i}].property")
+        if c.max is not None:
+            parts.append(v - c.max)
+        if c.min is not None:
+            parts.append(c.min - v)
+    return np.max(np.stack(parts), axis=0), Goal("window", -math.inf, 0.0)
 
 
 def print_summary(summary: dict, file=None) -> None:

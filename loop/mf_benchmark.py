@@ -98,7 +98,7 @@ from .benchmark import deduplicate, good_mask, mean_ci, pool_features, read_tabl
 from .planning import build_agent
 from .pool import PoolFeatures
 from .replay import lookup_oracle, objective_of, replay, replay_spec, write_labels
-from .spec import CampaignSpec
+from .spec import CampaignSpec, load_campaign
 from .tiers import build_oracles
 
 AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
@@ -497,6 +497,20 @@ def run_mf_benchmark(
                     f"recall@{eval_cost:g} {m['recall_at_cost']:.3f}, evaluations {m['n_by_fidelity']}, "
                     f"{m['seconds']:.0f} s")
 
+    summary = _mf_summary(pool, costs, budget, round_cost, eval_cost, n_init, seeds, funnel_widen, model_settings,
+                          refit_every, runs, grid)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "runs.json").write_text(json.dumps({"definitions": __doc__, "runs": runs}, default=float))
+        plot_recall_vs_cost(runs, grid, summary, out / "recall_vs_cost.png")
+    return summary
+
+
+def _mf_summary(pool, costs, budget, round_cost, eval_cost, n_init, seeds, funnel_widen, model_settings, refit_every,
+                runs, grid) -> dict:
+    """The ``summary.json`` content: the settings, per agent the aggregates, and the paired cost ratios."""
     summary = {
         "pool": pool.info,
         "goal": str(pool.goal),
@@ -532,12 +546,6 @@ def run_mf_benchmark(
             ratios = [a["cost_to_half"] / b["cost_to_half"] for a, b in zip(rs, runs[ref])
                       if a["cost_to_half"] is not None and b["cost_to_half"] is not None]
             summary["agents"][name]["cost_ratio_vs_multi_fidelity"] = {**mean_ci(ratios), "n_pairs": len(ratios)}
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        (out / "runs.json").write_text(json.dumps({"definitions": __doc__, "runs": runs}, default=float))
-        plot_recall_vs_cost(runs, grid, summary, out / "recall_vs_cost.png")
     return summary
 
 
@@ -593,8 +601,6 @@ def mf_benchmark_from_campaign(
     """
     import pandas as pd
 
-    from matloop.loop.spec import load_campaign
-
     spec = load_campaign(path)
     file = str(path)
     if spec.agent.fidelity.strategy != "multi_fidelity" or spec.objectives:
@@ -618,8 +624,7 @@ def mf_benchmark_from_campaign(
         labels.append(df.groupby(df[key].astype(str))[col].apply(lambda v: pd.to_numeric(v, errors="coerce").iloc[0]))
     formulas = sorted(set(labels[0].index) & set(labels[1].index))
     obj = spec.primary_objective
-    goal = (Goal("window", float(obj.window[0]), float(obj.window[1])) if obj.goal == "window"
-            else Goal("max" if obj.goal == "maximize" else "min"))
+    goal = Goal.from_objective(obj.goal, obj.window)
     fs = spec.agent.fidelity
     pca = fs.pca_variance
     pool = two_fidelity_pool(
