@@ -651,6 +651,7 @@ def benchmark_from_campaign(
     prop = spec.objective.property
 
     def column(p: str, where: str) -> np.ndarray:
+        """The finite values of property ``p``'s column, or an ``InputError`` naming ``where``."""
         c = colmap.get(p, p)
         if c not in df.columns:
             raise InputError(f"no column {c!r} for property {p!r}", file=str(table), where=where)

@@ -417,6 +417,7 @@ def cost_metrics(run_index: Sequence[int], run_fidelity: Sequence[int], good: np
     recall = np.cumsum(hits) / n_good
 
     def at(c):
+        """Recall once cumulative cost ``c`` is spent."""
         k = np.searchsorted(cum, c + 1e-9, side="right")
         return float(recall[k - 1]) if k > 0 else 0.0
 

@@ -84,6 +84,7 @@ class _PlanLog:
         self.requests: list[tuple[str, str]] = []
 
     def propose(self, state: PlanningState) -> Plan:
+        """The wrapped agent's plan, its requests noted."""
         plan = self.agent.propose(state)
         self.requests += [(r.candidate.id, r.oracle) for r in plan.requests]
         return plan
