@@ -62,7 +62,8 @@ class AsyncRun:
                     future = planner.submit(self._plan, self.ledger.observations(arm="agent"),
                                             set(self.ledger.requested), pending, 2 * self.workers)
                 self._submit_free()
-                if future is not None and not future.done() and not self.queue and self.n_in_flight() == 0 and exhausted:
+                idle = not self.queue and self.n_in_flight() == 0
+                if future is not None and not future.done() and idle and exhausted:
                     return exhausted
                 if time.time() - last_say > 10:
                     last_say = time.time()

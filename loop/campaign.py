@@ -82,7 +82,7 @@ class Campaign:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Run the campaign until its budget, a stop rule, or results it must wait for end it.
+        """Run (or resume) the campaign until its budget is spent, a stop rule fires, or it must wait for results.
 
         On a store that already holds part of this campaign, first resubmits the requests
         that have no observation (an interrupted run), then plans on. In batch mode each
@@ -191,7 +191,8 @@ class Campaign:
         open_reqs = self.ledger.store.open_requests()
         if open_reqs:
             self._say(f"resubmitting {len(open_reqs)} unanswered request(s) from an interrupted run")
-            reqs = [resumed_request(self.ledger, self.spec, rid, it, cid, oracle) for rid, it, _, cid, oracle in open_reqs]
+            reqs = [resumed_request(self.ledger, self.spec, rid, it, cid, oracle)
+                    for rid, it, _, cid, oracle in open_reqs]
             self._execute(reqs)
         waiting = waiting_reason(self.pending_left, self.store_path)
         if not waiting:

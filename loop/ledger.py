@@ -119,7 +119,8 @@ class Ledger:
 
     def observations(self, arm: str | None = None, oracle: str | None = None) -> list[Observation]:
         """Observations in arrival order, optionally of one arm and one oracle."""
-        return [o for o, a in self._observations if (arm is None or a == arm) and (oracle is None or o.oracle == oracle)]
+        return [o for o, a in self._observations
+                if (arm is None or a == arm) and (oracle is None or o.oracle == oracle)]
 
     def cached(self, candidate_id: str, oracle_version: str) -> Observation | None:
         """The first successful observation of this candidate by this oracle version, if any."""

@@ -54,7 +54,8 @@ def write_labels(path: Path, candidates: list[Candidate], columns: dict[str, np.
 def lookup_oracle(name: str, table: Path, prop: str, column: str, cost: float = 1.0, fidelity: int = 0) -> dict:
     """The spec of a lookup oracle reporting ``prop`` from ``column`` of the labels table."""
     return {"name": name, "kind": "lookup", "cost": cost, "fidelity": fidelity,
-            "settings": {"table": str(table), "key_column": KEY_COLUMN, "columns": {prop: column}, "duplicates": "first"}}
+            "settings": {"table": str(table), "key_column": KEY_COLUMN, "columns": {prop: column},
+                         "duplicates": "first"}}
 
 
 def objective_of(prop: str, goal: Goal) -> dict:

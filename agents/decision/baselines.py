@@ -24,7 +24,12 @@ import time
 
 import numpy as np
 
-from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings, choose_requests
+from matloop.agents.modelling.multifidelity import (
+    ChoiceSettings,
+    MultiFidelityGP,
+    MultiFidelitySettings,
+    choose_requests,
+)
 from matloop.agents.modelling.surrogates import SurrogateSettings, make_surrogate
 from matloop.core.goals import Goal
 from matloop.core.protocols import Agent, Plan, PlanningState
@@ -110,7 +115,8 @@ class ForestUcbAgent:
 
     SHORTLIST = 500
 
-    def __init__(self, oracle: str, prop: str, goal: Goal, beta: float = 1.0, settings: SurrogateSettings | None = None):
+    def __init__(self, oracle: str, prop: str, goal: Goal, beta: float = 1.0,
+                 settings: SurrogateSettings | None = None):
         self.oracle, self.prop, self.goal, self.beta = oracle, prop, goal, float(beta)
         self.settings = settings or SurrogateSettings(kind="rf")
 
@@ -215,8 +221,8 @@ class MultiFidelityRoundAgent:
         rounds = self.stats["rounds"]
         reuse = self.previous if (self.previous is not None and rounds % self.refit_every != 0) else None
         X = np.asarray(state.X)
-        model.fit(X[np.asarray(idx, dtype=int)], np.asarray(fid, dtype=int), np.asarray(y), n_fidelities=len(self.oracles),
-                  hyperparameters_from=reuse)
+        model.fit(X[np.asarray(idx, dtype=int)], np.asarray(fid, dtype=int), np.asarray(y),
+                  n_fidelities=len(self.oracles), hyperparameters_from=reuse)
         if reuse is None:
             self.previous = model
         t1 = time.perf_counter()
@@ -240,8 +246,9 @@ class MultiFidelityRoundAgent:
         rank = {(i, o): k for k, (i, o) in enumerate(self.paid)}
         labels = []
         for n, ob in enumerate(state.observations):
-            if ob.ok and ob.oracle in self.oracles and ob.value(self.prop) is not None and ob.candidate_id in state.index:
+            v = ob.value(self.prop) if ob.ok and ob.oracle in self.oracles else None
+            if v is not None and ob.candidate_id in state.index:
                 i = state.index[ob.candidate_id]
-                labels.append((rank.get((i, ob.oracle), len(rank) + n), i, self.oracles.index(ob.oracle), ob.value(self.prop)))
+                labels.append((rank.get((i, ob.oracle), len(rank) + n), i, self.oracles.index(ob.oracle), v))
         labels.sort(key=lambda t: t[0])
         return [t[1] for t in labels], [t[2] for t in labels], [t[3] for t in labels]
