@@ -362,7 +362,7 @@ def _agent_run(name: str, r: _Replay, init_idx: np.ndarray, funnel_widen, funnel
     if name == "single_fidelity":
         spec = r.spec([TOP], r.round_cost // r.costs[TOP])
         first = [(int(i), ORACLES[TOP]) for i in init_idx]
-        return spec, InitialDesign(first, build_agent(spec, build_oracles(spec)), costs), dict
+        return spec, InitialDesign(first, build_agent(spec, build_oracles(spec)), costs), lambda: {}
     if name == "funnel":
         window = _funnel_window(r.pool.goal, funnel_widen)
         screen_spec = r.spec([CHEAP], funnel_batch, objective=window)
