@@ -24,6 +24,7 @@ DEFAULT_CSV = SHARED_DATA / "bandgap_expt_vs_pbe" / "bandgap_expt_vs_pbe.csv"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the ``models`` or ``campaign`` part and print (and return) its JSON object."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("part", choices=["models", "campaign"])
     p.add_argument("--csv", default=str(DEFAULT_CSV))

@@ -23,6 +23,7 @@ def _ci(d: dict, fmt: str = "{:.3f}") -> str:
 
 
 def rows(folder: Path) -> list[str]:
+    """Markdown table lines, one per (benchmark, strategy) under ``folder``."""
     out = ["| benchmark | N / good | strategy | recall at budget [95 % CI] | AF median (reached) | EF | s/run | vs rf_ucb |",
            "|---|---|---|---|---|---|---|---|"]
     for f in sorted(folder.glob("*/summary.json")):

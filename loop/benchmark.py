@@ -29,9 +29,16 @@ Definitions (``summary.json``):
   (``n_reached`` of them); ``median`` is over every seed with the ones that did not reach
   half ranked worst (null if the median falls on one of them).
 
-Strategies: ``matloop`` (``select_batch`` with default settings on the default
-features), ``random``, ``rf_ucb`` (random forest, mean + 1 * spread across trees, on the
-goal score) and ``greedy_rf`` (the same forest, mean only).
+Strategies: ``matloop`` (the campaign's ``DefaultAgent``, default settings on the default
+features unless the campaign sets them), ``random``, ``rf_ucb`` (random forest, mean + 1 *
+spread across trees, on the goal score) and ``greedy_rf`` (the same forest, mean only); see
+``matloop.agents.decision.baselines``.
+
+Every run is the real campaign loop (``matloop.loop.replay``): the deduplicated pool and
+its labels become a lookup oracle's table, each (seed, strategy) run a ``Campaign`` on an
+in-memory store with the strategy as its agent; the pool is featurized once per benchmark.
+The initial draw is the run's first iteration; each strategy's random generator is
+``default_rng([seed, 1 + STRATEGIES.index(name)])``.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import csv
 import json
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,9 +56,18 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.agents.decision.acquisition import AcquisitionSettings, Goal, SurrogateSettings, select_batch
+from matloop.agents.decision.acquisition import AcquisitionSettings, SurrogateSettings
+from matloop.agents.decision.baselines import ForestUcbAgent, InitialDesign, RandomAgent
 from matloop.agents.modelling.features import FeaturePreprocessor, FeatureSettings, featurize, fraction_block, pool_fractions
+from matloop.core.goals import Goal
+from matloop.core.protocols import Agent
 from matloop.core.records import Candidate, InputError
+
+from .planning import build_agent
+from .pool import PoolFeatures
+from .replay import lookup_oracle, objective_of, replay, replay_spec, write_labels
+from .spec import CampaignSpec, load_campaign
+from .tiers import build_oracles
 
 STRATEGIES = ("matloop", "random", "rf_ucb", "greedy_rf")
 RF_UCB_BETA = 1.0  # botorch convention: mean + sqrt(beta) * spread across trees
@@ -230,40 +247,33 @@ def censored_median(values: Sequence[float | None]) -> float | None:
 
 # -- strategies --------------------------------------------------------------------------------
 
+LABEL = "target"  # the property the lookup oracle reports in a replay
+ORACLE = "label"  # the lookup oracle's name
 
-def _next_batch(name, X, acquired, y_acq, q, goal, rng, surrogate, acquisition, n_fraction_columns=0) -> np.ndarray:
-    if name == "random":
-        free = np.setdiff1d(np.arange(X.shape[0]), acquired)
-        return rng.choice(free, size=q, replace=False)
-    k = 0
+
+def strategy_agent(name: str, spec: CampaignSpec, goal: Goal, init_rows: np.ndarray) -> Agent:
+    """The agent of one strategy, behind the shared initial design (``init_rows``, one iteration).
+
+    ``matloop`` is the campaign's ``DefaultAgent`` (``build_agent``); the others are the
+    baselines of ``matloop.agents.decision.baselines``.
+    """
     if name == "matloop":
-        s, a, k = surrogate, acquisition, n_fraction_columns
+        agent = build_agent(spec, build_oracles(spec))
+    elif name == "random":
+        agent = RandomAgent(ORACLE)
     elif name in ("rf_ucb", "greedy_rf"):
-        s = SurrogateSettings(kind="rf")
-        a = AcquisitionSettings(kind="ucb", beta=RF_UCB_BETA if name == "rf_ucb" else 0.0, init=0)
-        if n_fraction_columns:  # the baselines keep the default features
-            X = X[:, : X.shape[1] - n_fraction_columns]
+        agent = ForestUcbAgent(ORACLE, LABEL, goal, beta=RF_UCB_BETA if name == "rf_ucb" else 0.0)
     else:
         raise InputError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}", where="strategies")
-    sel = select_batch(X, acquired, y_acq, q, goal, exclude=acquired, surrogate=s, acquisition=a, rng=rng,
-                       n_fraction_columns=k)
-    return sel.indices
+    return InitialDesign([(int(i), ORACLE) for i in init_rows], agent)
 
 
-def _one_run(name, X, y, goal, init_idx, budget, batch_size, rng, surrogate, acquisition,
-             n_fraction_columns=0) -> np.ndarray:
-    """One strategy's acquisition order (``budget`` pool indices). ``n_fraction_columns``: the
-    trailing element-fraction block of ``X`` that the ``matloop`` strategy's
-    ``kernel_structure='additive_fractions'`` GP needs (the forest baselines do not see it)."""
-    acquired = list(int(i) for i in init_idx)
-    while len(acquired) < budget:
-        q = min(batch_size, budget - len(acquired))
-        idx = np.asarray(acquired, dtype=int)
-        new = _next_batch(name, X, idx, y[idx], q, goal, rng, surrogate, acquisition, n_fraction_columns)
-        if len(new) == 0:
-            break
-        acquired.extend(int(i) for i in new)
-    order = np.asarray(acquired, dtype=int)
+def _one_run(name: str, spec: CampaignSpec, pool: Pool, X: PoolFeatures, goal: Goal, init_idx: np.ndarray,
+             rng: np.random.Generator) -> np.ndarray:
+    """One strategy's acquisition order (pool indices), from a replay through the campaign loop."""
+    row = {c.id: i for i, c in enumerate(pool.candidates)}
+    requests = replay(spec, pool.candidates, X, strategy_agent(name, spec, goal, init_idx), rng)
+    order = np.array([row[cid] for cid, _ in requests], dtype=int)
     if len(np.unique(order)) != len(order):
         raise RuntimeError(f"strategy {name} acquired a candidate twice")
     return order
@@ -335,6 +345,45 @@ def run_benchmark(
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     goal = Goal.parse(goal) if isinstance(goal, str) else goal
     names = _parse_strategies(strategies)
+    pool, good = _checked_pool(pool_compositions, targets, goal, top_fraction, budget, batch_size, init, seeds, X,
+                               structures, file)
+    N = len(pool.targets)
+    surrogate = surrogate or SurrogateSettings()
+    acquisition = acquisition or AcquisitionSettings()
+    t0 = time.perf_counter()
+    Xp = _pool_matrix(pool, X, features, surrogate.fraction_block and "matloop" in names)
+    n_frac = Xp.fraction_columns
+    log(f"[{dataset_name}] N={N} (merged {pool.n_merged_duplicates}), |G|={int(good.sum())}, "
+        f"d={Xp.X.shape[1]}" + (f" ({n_frac} fraction columns last)" if n_frac else "")
+        + f", features {time.perf_counter() - t0:.1f} s")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="matloop-benchmark-") as tmp:
+        table = write_labels(Path(tmp) / "labels.csv", pool.candidates, {LABEL: pool.targets})
+        spec = replay_spec(dataset_name, table, [lookup_oracle(ORACLE, table, LABEL, LABEL)], objective_of(LABEL, goal),
+                           {"evaluations": int(budget)}, batch_size,
+                           agent={"surrogate": surrogate.model_dump(), "acquisition": acquisition.model_dump()},
+                           features=(features or FeatureSettings()).model_dump())
+        for seed in range(seeds):
+            init_idx = np.random.default_rng(seed).choice(N, size=init, replace=False)
+            for name in names:
+                rng = np.random.default_rng([seed, 1 + STRATEGIES.index(name)])
+                t1 = time.perf_counter()
+                order = _one_run(name, spec, pool, Xp, goal, init_idx, rng)
+                m = run_metrics(order, good, budget)
+                m["seconds"] = time.perf_counter() - t1
+                m["order"] = order
+                runs[name].append(m)
+                log(f"[{dataset_name}] seed {seed} {name}: recall {m['recall_at_budget']:.3f}, "
+                    f"evals_to_half {m['evals_to_half']}, AF {_fmt(m['AF_vs_random'])}, {m['seconds']:.1f} s")
+    summary = _summary(dataset_name, pool, good, goal, budget, batch_size, init, seeds, runs)
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), summary, runs, pool, good, goal, Xp.X.shape[1] - n_frac, n_frac)
+    return summary
+
+
+def _checked_pool(pool_compositions, targets, goal, top_fraction, budget, batch_size, init, seeds, X, structures,
+                  file) -> tuple[Pool, np.ndarray]:
+    """The deduplicated pool and its good set, after checking the inputs (see ``run_benchmark``)."""
     y_in = np.asarray(targets, dtype=float).reshape(-1)
     if len(pool_compositions) == 0:
         raise InputError("empty pool", file=file)
@@ -357,39 +406,26 @@ def run_benchmark(
     good = good_mask(pool.targets, goal, top_fraction)
     if not good.any():
         raise InputError(f"no candidate satisfies the goal {goal}: the good set is empty", file=file)
-    t0 = time.perf_counter()
+    return pool, good
+
+
+def _pool_matrix(pool: Pool, X: np.ndarray | None, features: FeatureSettings | None, fractions: bool) -> PoolFeatures:
+    """The pool features every run shares; with ``fractions`` the element-fraction block goes last."""
     if X is None:
         Xp = pool_features(pool.candidates, features)
     else:
         Xp = FeaturePreprocessor().fit_transform(np.asarray(X, dtype=float)[pool.source_rows]).astype(np.float32)
-    surrogate = surrogate or SurrogateSettings()
-    acquisition = acquisition or AcquisitionSettings()
-    n_frac = 0
-    if surrogate.fraction_block and "matloop" in names:  # additive_fractions: element fractions go last
-        F = fraction_block(pool.candidates)
-        Xp, n_frac = np.hstack([Xp, F]), F.shape[1]
-    log(f"[{dataset_name}] N={N} (merged {pool.n_merged_duplicates}), |G|={int(good.sum())}, "
-        f"d={Xp.shape[1]}" + (f" ({n_frac} fraction columns last)" if n_frac else "")
-        + f", features {time.perf_counter() - t0:.1f} s")
+    if not fractions:  # additive_fractions: element fractions go last, for the matloop strategy
+        return PoolFeatures(Xp, 0)
+    F = fraction_block(pool.candidates)
+    return PoolFeatures(np.hstack([Xp, F]), F.shape[1])
 
-    runs: dict[str, list[dict]] = {n: [] for n in names}
-    for seed in range(seeds):
-        init_idx = np.random.default_rng(seed).choice(N, size=init, replace=False)
-        for k, name in enumerate(names):
-            rng = np.random.default_rng([seed, 1 + STRATEGIES.index(name)])
-            t1 = time.perf_counter()
-            order = _one_run(name, Xp, pool.targets, goal, init_idx, budget, batch_size, rng, surrogate, acquisition,
-                             n_frac)
-            m = run_metrics(order, good, budget)
-            m["seconds"] = time.perf_counter() - t1
-            m["order"] = order
-            runs[name].append(m)
-            log(f"[{dataset_name}] seed {seed} {name}: recall {m['recall_at_budget']:.3f}, "
-                f"evals_to_half {m['evals_to_half']}, AF {_fmt(m['AF_vs_random'])}, {m['seconds']:.1f} s")
 
+def _summary(dataset_name, pool, good, goal, budget, batch_size, init, seeds, runs) -> dict:
+    """The ``summary.json`` content: the settings and, per strategy, the aggregates over seeds."""
     summary = {
         "dataset": dataset_name,
-        "n_pool": int(N),
+        "n_pool": int(len(pool.targets)),
         "n_merged_duplicates": int(pool.n_merged_duplicates),
         "n_good": int(good.sum()),
         "goal": str(goal),
@@ -411,8 +447,6 @@ def run_benchmark(
             "curve": [[t + 1, float(c)] for t, c in enumerate(curve)],
             "seconds_per_run": {"mean": float(np.mean([r["seconds"] for r in rs]))},
         }
-    if out_dir is not None:
-        _write_outputs(Path(out_dir), summary, runs, pool, good, goal, Xp.shape[1] - n_frac, n_frac)
     return summary
 
 
@@ -602,8 +636,6 @@ def benchmark_from_campaign(
     """
     import pandas as pd
 
-    from matloop.loop.spec import load_campaign
-
     spec = load_campaign(path)
     src = next((s for s in spec.sources if s.kind == "file"), None)
     if src is None:
@@ -619,6 +651,7 @@ def benchmark_from_campaign(
     prop = spec.objective.property
 
     def column(p: str, where: str) -> np.ndarray:
+        """The finite values of property ``p``'s column, or an ``InputError`` naming ``where``."""
         c = colmap.get(p, p)
         if c not in df.columns:
             raise InputError(f"no column {c!r} for property {p!r}", file=str(table), where=where)
@@ -629,25 +662,9 @@ def benchmark_from_campaign(
         return v
 
     y = column(prop, "objective.property")
-    obj = spec.objective
-    if obj.goal == "window":
-        goal = Goal("window", float(obj.window[0]), float(obj.window[1]))
-    else:
-        goal = Goal("max" if obj.goal == "maximize" else "min")
+    goal = Goal.from_objective(spec.objective.goal, spec.objective.window)
     if spec.constraints:
-        if goal.kind != "window":
-            raise InputError("constraints in a benchmark need a window objective", file=str(path), where="constraints")
-        lo, hi = goal.lo, goal.hi
-        parts = [np.abs(y - 0.5 * (lo + hi)) - 0.5 * (hi - lo) if math.isfinite(hi - lo)
-                 else (lo - y if math.isfinite(lo) else y - hi)]
-        for i, c in enumerate(spec.constraints):
-            v = column(c.property, f"constraints[{i}].property")
-            if c.max is not None:
-                parts.append(v - c.max)
-            if c.min is not None:
-                parts.append(c.min - v)
-        y = np.max(np.stack(parts), axis=0)
-        goal = Goal("window", -math.inf, 0.0)
+        y, goal = _combined_criterion(y, goal, spec, column, str(path))
     comps = df[key_col].astype(str).tolist()
     acq = AcquisitionSettings(**spec.agent.acquisition)
     return run_benchmark(
@@ -665,6 +682,22 @@ def benchmark_from_campaign(
         acquisition=acq,
         file=str(table),
     )
+
+
+def _combined_criterion(y: np.ndarray, goal: Goal, spec: CampaignSpec, column, file: str) -> tuple[np.ndarray, Goal]:
+    """Objective window and constraints as one scalar ``v`` (``n``) with the goal ``v <= 0`` (see above)."""
+    if goal.kind != "window":
+        raise InputError("constraints in a benchmark need a window objective", file=file, where="constraints")
+    lo, hi = goal.lo, goal.hi
+    parts = [np.abs(y - 0.5 * (lo + hi)) - 0.5 * (hi - lo) if math.isfinite(hi - lo)
+             else (lo - y if math.isfinite(lo) else y - hi)]
+    for i, c in enumerate(spec.constraints):
+        v = column(c.property, f"constraints[{i}].property")
+        if c.max is not None:
+            parts.append(v - c.max)
+        if c.min is not None:
+            parts.append(c.min - v)
+    return np.max(np.stack(parts), axis=0), Goal("window", -math.inf, 0.0)
 
 
 def print_summary(summary: dict, file=None) -> None:

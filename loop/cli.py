@@ -43,7 +43,7 @@ def cmd_run(args) -> int:
     """``matloop run``: run or resume a campaign until it stops; ``--json`` prints the final summary. Returns 0."""
     from rich.console import Console
 
-    from .runner import Campaign
+    from .campaign import Campaign
     from .spec import load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))

@@ -23,20 +23,23 @@ Definitions (``summary.json``), following ``matloop.loop.benchmark`` where they 
   ratio ``cost_to_half(agent) / cost_to_half(multi_fidelity)`` is per seed, over the
   seeds where both reached half.
 
-Agents (same ``n_init`` random candidates per seed; rounds until the budget is spent):
+Agents (same ``n_init`` random candidates per seed, as the first iteration; rounds until
+the budget is spent). Every run is the real campaign loop (``matloop.loop.replay``): a
+lookup oracle per fidelity over the pool's labels, a cost budget, one ``Campaign`` on an
+in-memory store per run, the agent from ``matloop.agents.decision.baselines``:
 
-* ``single_fidelity``: top fidelity only. Init at the top, then ``select_batch`` (GP,
-  window probability) on experimental labels, ``round_cost / c_top`` per round.
-* ``funnel``: the rule a practitioner writes. Each round ``select_batch`` (GP on the PBE
-  labels, goal = the widened PBE window) picks ``funnel_batch`` candidates for PBE; every
-  PBE-measured candidate whose PBE gap lies in the widened window
-  (default ``[lo - 0.7, hi + 0.2]`` eV, because PBE underestimates gaps) is promoted to
-  the top fidelity. The init candidates get PBE and the same rule.
-* ``multi_fidelity``: ``MultiFidelityGP`` on every label of both fidelities and
-  ``choose_requests`` (screen-or-confirm, expected hits per unit cost) up to
-  ``round_cost`` per round. The init candidates are measured at both fidelities.
-  Hyperparameters are refitted every ``refit_every`` rounds and reused (conditioning on
-  the new labels only) in between.
+* ``single_fidelity``: top fidelity only. Init at the top, then the default agent (GP, UCB
+  on the goal score) on experimental labels, ``round_cost / c_top`` per round.
+* ``funnel`` (``FunnelAgent``): the rule a practitioner writes. A screening round has the
+  default agent (GP on the PBE labels, goal = the widened PBE window) pick ``funnel_batch``
+  candidates for PBE; the next round promotes every PBE-measured candidate whose PBE gap
+  lies in the widened window (default ``[lo - 0.7, hi + 0.2]`` eV, because PBE
+  underestimates gaps) to the top fidelity. The init candidates get PBE and the same rule.
+* ``multi_fidelity`` (``MultiFidelityRoundAgent``): ``MultiFidelityGP`` on every label of
+  both fidelities (in the order paid for) and ``choose_requests`` (screen-or-confirm,
+  expected hits per unit cost) up to ``round_cost`` per round. The init candidates are
+  measured at both fidelities. Hyperparameters are refitted every ``refit_every`` rounds
+  and reused (conditioning on the new labels only) in between.
 * ``mf_variance``: the same model with ``choose_requests(criterion='variance_per_cost')``.
 
 Model comparison (``compare_models``): held-out RMSE and Gaussian NLL of the experimental
@@ -75,19 +78,28 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from matloop.agents.decision.acquisition import Goal, select_batch
+from matloop.agents.decision.baselines import FunnelAgent, InitialDesign, MultiFidelityRoundAgent
 from matloop.agents.modelling.features import FeatureSettings
-from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings, choose_requests
+from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings
 from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings, fit_pca
-from matloop.loop.benchmark import deduplicate, good_mask, mean_ci, pool_features, read_table
+from matloop.core.goals import Goal
+from matloop.core.protocols import Agent
 from matloop.core.records import Candidate, InputError
+
+from .benchmark import deduplicate, good_mask, mean_ci, pool_features, read_table
+from .planning import build_agent
+from .pool import PoolFeatures
+from .replay import lookup_oracle, objective_of, replay, replay_spec, write_labels
+from .spec import CampaignSpec, load_campaign
+from .tiers import build_oracles
 
 AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
 MODELS = ("mtgp", "mtgp_point", "mtgp_lcm2", "smfgp", "single", "single_pbe_feature", "pbe_linear")
@@ -315,23 +327,8 @@ def compare_models(
 
 # -- agents ------------------------------------------------------------------------------------
 
-
-@dataclass
-class _Run:
-    """Requests in the order paid for: pool index and fidelity each."""
-
-    index: list
-    fidelity: list
-
-    def add(self, i: int, f: int) -> None:
-        self.index.append(int(i))
-        self.fidelity.append(int(f))
-
-    def done(self, f: int) -> np.ndarray:
-        return np.array([i for i, g in zip(self.index, self.fidelity) if g == f], dtype=int)
-
-    def cost(self, costs: dict) -> float:
-        return float(sum(costs[f] for f in self.fidelity))
+LABEL = "target"  # the property both lookup oracles report in a replay
+ORACLES = ("cheap", "top")  # oracle names (and label columns) by fidelity
 
 
 def _funnel_window(goal: Goal, widen: tuple[float, float]) -> Goal:
@@ -340,96 +337,56 @@ def _funnel_window(goal: Goal, widen: tuple[float, float]) -> Goal:
     return Goal("window", goal.lo - widen[0], goal.hi + widen[1])
 
 
-def _run_single_fidelity(pool, costs, budget, round_cost, init_idx, rng, **_):
-    run = _Run([], [])
-    for i in init_idx:
-        run.add(i, TOP)
-    q = max(1, int(round_cost // costs[TOP]))
-    while run.cost(costs) + costs[TOP] <= budget + 1e-9:
-        acq = run.done(TOP)
-        qq = int(min(q, (budget - run.cost(costs)) // costs[TOP]))
-        sel = select_batch(pool.X, acq, pool.y[acq, TOP], qq, pool.goal, exclude=acq, rng=rng)
-        if len(sel.indices) == 0:
-            break
-        for i in sel.indices:
-            run.add(i, TOP)
-    return run, {}
+@dataclass
+class _Replay:
+    """What every run of one benchmark shares: the labels table, the costs and the pool features."""
+
+    table: Path
+    costs: dict[int, float]
+    budget: float
+    round_cost: float
+    pool: MFPool
+
+    def spec(self, fidelities: Sequence[int], batch_size: int, objective: Goal | None = None) -> CampaignSpec:
+        """A campaign over the lookup oracles of ``fidelities`` with the cost budget."""
+        oracles = [lookup_oracle(ORACLES[f], self.table, LABEL, ORACLES[f], cost=self.costs[f], fidelity=f)
+                   for f in fidelities]
+        return replay_spec("mf_benchmark", self.table, oracles, objective_of(LABEL, objective or self.pool.goal),
+                           {"cost": self.budget}, max(1, int(batch_size)))
 
 
-def _run_funnel(pool, costs, budget, round_cost, init_idx, rng, funnel_widen, funnel_batch, **_):
-    run = _Run([], [])
-    window = _funnel_window(pool.goal, funnel_widen)
-    promoted: set[int] = set()
-
-    def screen_and_promote(batch):
-        for i in batch:
-            if run.cost(costs) + costs[CHEAP] > budget + 1e-9:
-                return False
-            run.add(i, CHEAP)
-        for i in batch:
-            if i not in promoted and window.contains(pool.y[i, CHEAP]):
-                if run.cost(costs) + costs[TOP] > budget + 1e-9:
-                    return False
-                run.add(i, TOP)
-                promoted.add(int(i))
-        return True
-
-    going = screen_and_promote([int(i) for i in init_idx])
-    n_rounds = 0
-    while going:
-        acq = run.done(CHEAP)
-        sel = select_batch(pool.X, acq, pool.y[acq, CHEAP], funnel_batch, window, exclude=acq, rng=rng)
-        if len(sel.indices) == 0:
-            break
-        going = screen_and_promote([int(i) for i in sel.indices])
-        n_rounds += 1
-    return run, {"funnel_window": [window.lo, window.hi], "rounds": n_rounds}
+def _agent_run(name: str, r: _Replay, init_idx: np.ndarray, funnel_widen, funnel_batch, model_settings,
+               refit_every) -> tuple[CampaignSpec, Agent, Callable[[], dict]]:
+    """The campaign, the agent (behind its initial design) and its run statistics, for one agent name."""
+    costs = {ORACLES[f]: c for f, c in r.costs.items()}
+    if name == "single_fidelity":
+        spec = r.spec([TOP], r.round_cost // r.costs[TOP])
+        first = [(int(i), ORACLES[TOP]) for i in init_idx]
+        return spec, InitialDesign(first, build_agent(spec, build_oracles(spec)), costs), lambda: {}
+    if name == "funnel":
+        window = _funnel_window(r.pool.goal, funnel_widen)
+        screen_spec = r.spec([CHEAP], funnel_batch, objective=window)
+        agent = FunnelAgent(build_agent(screen_spec, build_oracles(screen_spec)), ORACLES[CHEAP], ORACLES[TOP], LABEL,
+                            window, costs)
+        first = [(int(i), ORACLES[CHEAP]) for i in init_idx]
+        return (r.spec([CHEAP, TOP], funnel_batch), InitialDesign(first, agent, costs),
+                lambda: {"funnel_window": [window.lo, window.hi], "rounds": agent.rounds})
+    choice = ChoiceSettings(criterion="variance_per_cost" if name == "mf_variance" else "hits_per_cost")
+    first = [(int(i), ORACLES[f]) for i in init_idx for f in (CHEAP, TOP)]
+    agent = MultiFidelityRoundAgent(list(ORACLES), [r.costs[CHEAP], r.costs[TOP]], LABEL, r.pool.goal, model_settings,
+                                    choice, r.round_cost, refit_every, first=first)
+    spec = r.spec([CHEAP, TOP], r.round_cost // min(r.costs.values()))
+    return spec, InitialDesign(first, agent), lambda: dict(agent.stats)
 
 
-def _run_multi_fidelity(
-    pool, costs, budget, round_cost, init_idx, rng, model_settings, choice_settings, refit_every, **_
-):
-    run = _Run([], [])
-    for i in init_idx:
-        run.add(i, CHEAP)
-        run.add(i, TOP)
-    bounds = _bounds(pool.X)
-    prev = None
-    rounds, fit_s, choose_s, reasons = 0, 0.0, 0.0, []
-    while run.cost(costs) + min(costs.values()) <= budget + 1e-9:
-        idx = np.asarray(run.index, dtype=int)
-        fid = np.asarray(run.fidelity, dtype=int)
-        t0 = time.perf_counter()
-        model = MultiFidelityGP(model_settings, bounds=bounds, seed=int(rng.integers(2**31 - 1)))
-        reuse = prev if (prev is not None and rounds % refit_every != 0) else None
-        model.fit(pool.X[idx], fid, pool.y[idx, fid], n_fidelities=2, hyperparameters_from=reuse)
-        if reuse is None:
-            prev = model
-        t1 = time.perf_counter()
-        left = budget - run.cost(costs)
-        reqs = choose_requests(
-            model, pool.X, costs, TOP, pool.goal, int(round_cost // min(costs.values())),
-            {CHEAP: run.done(CHEAP), TOP: run.done(TOP)}, rng,
-            settings=choice_settings, max_cost=min(round_cost, left),
-        )
-        choose_s += time.perf_counter() - t1
-        fit_s += t1 - t0
-        if not reqs:
-            break
-        if rounds < 3:
-            reasons.append(reqs[0].rationale)
-        for r in reqs:
-            run.add(r.index, r.fidelity)
-        rounds += 1
-    return run, {"rounds": rounds, "seconds_fit": fit_s, "seconds_choose": choose_s, "first_rationales": reasons}
-
-
-_RUNNERS = {
-    "single_fidelity": _run_single_fidelity,
-    "funnel": _run_funnel,
-    "multi_fidelity": _run_multi_fidelity,
-    "mf_variance": _run_multi_fidelity,
-}
+def _one_run(name: str, r: _Replay, seed: int, init_idx: np.ndarray, **settings) -> tuple[list, list, dict]:
+    """One agent's requests (pool indices and fidelities, in the order paid for) and its statistics."""
+    spec, agent, stats = _agent_run(name, r, init_idx, **settings)
+    rng = np.random.default_rng([seed, AGENTS.index(name)])
+    row = {c.id: i for i, c in enumerate(r.pool.candidates)}
+    X = PoolFeatures(r.pool.X)
+    requests = replay(spec, r.pool.candidates, X, agent, rng)
+    return [row[cid] for cid, _ in requests], [ORACLES.index(o) for _, o in requests], stats()
 
 
 def cost_metrics(run_index: Sequence[int], run_fidelity: Sequence[int], good: np.ndarray, costs: dict,
@@ -460,6 +417,7 @@ def cost_metrics(run_index: Sequence[int], run_fidelity: Sequence[int], good: np
     recall = np.cumsum(hits) / n_good
 
     def at(c):
+        """Recall once cumulative cost ``c`` is spent."""
         k = np.searchsorted(cum, c + 1e-9, side="right")
         return float(recall[k - 1]) if k > 0 else 0.0
 
@@ -521,23 +479,39 @@ def run_mf_benchmark(
     grid = np.linspace(0.0, budget, 121)
     runs: dict[str, list] = {a: [] for a in agents}
     N = len(pool.X)
-    for seed in range(seeds):
-        init_idx = np.random.default_rng(seed).choice(N, n_init, replace=False)
-        for name in agents:
-            rng = np.random.default_rng([seed, AGENTS.index(name)])
-            t0 = time.perf_counter()
-            choice = ChoiceSettings(criterion="variance_per_cost" if name == "mf_variance" else "hits_per_cost")
-            run, extra = _RUNNERS[name](
-                pool, costs, budget, round_cost, init_idx, rng, funnel_widen=funnel_widen, funnel_batch=funnel_batch,
-                model_settings=model_settings, choice_settings=choice, refit_every=refit_every,
-            )
-            m = cost_metrics(run.index, run.fidelity, pool.good, costs, grid, eval_cost)
-            m.update(extra, seconds=time.perf_counter() - t0, index=run.index, fidelity=run.fidelity)
-            runs[name].append(m)
-            c2h = m["cost_to_half"]
-            log(f"[mf] seed {seed} {name}: cost_to_half {c2h if c2h is None else round(c2h)}, recall@{eval_cost:g} "
-                f"{m['recall_at_cost']:.3f}, evaluations {m['n_by_fidelity']}, {m['seconds']:.0f} s")
+    settings = dict(funnel_widen=funnel_widen, funnel_batch=funnel_batch, model_settings=model_settings,
+                    refit_every=refit_every)
+    with tempfile.TemporaryDirectory(prefix="matloop-mf-benchmark-") as tmp:
+        table = write_labels(Path(tmp) / "labels.csv", pool.candidates,
+                             {ORACLES[CHEAP]: pool.y[:, CHEAP], ORACLES[TOP]: pool.y[:, TOP]})
+        r = _Replay(table, costs, float(budget), float(round_cost), pool)
+        for seed in range(seeds):
+            init_idx = np.random.default_rng(seed).choice(N, n_init, replace=False)
+            for name in agents:
+                t0 = time.perf_counter()
+                index, fidelity, extra = _one_run(name, r, seed, init_idx, **settings)
+                m = cost_metrics(index, fidelity, pool.good, costs, grid, eval_cost)
+                m.update(extra, seconds=time.perf_counter() - t0, index=index, fidelity=fidelity)
+                runs[name].append(m)
+                c2h = m["cost_to_half"]
+                log(f"[mf] seed {seed} {name}: cost_to_half {c2h if c2h is None else round(c2h)}, "
+                    f"recall@{eval_cost:g} {m['recall_at_cost']:.3f}, evaluations {m['n_by_fidelity']}, "
+                    f"{m['seconds']:.0f} s")
 
+    summary = _mf_summary(pool, costs, budget, round_cost, eval_cost, n_init, seeds, funnel_widen, model_settings,
+                          refit_every, runs, grid)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "runs.json").write_text(json.dumps({"definitions": __doc__, "runs": runs}, default=float))
+        plot_recall_vs_cost(runs, grid, summary, out / "recall_vs_cost.png")
+    return summary
+
+
+def _mf_summary(pool, costs, budget, round_cost, eval_cost, n_init, seeds, funnel_widen, model_settings, refit_every,
+                runs, grid) -> dict:
+    """The ``summary.json`` content: the settings, per agent the aggregates, and the paired cost ratios."""
     summary = {
         "pool": pool.info,
         "goal": str(pool.goal),
@@ -573,12 +547,6 @@ def run_mf_benchmark(
             ratios = [a["cost_to_half"] / b["cost_to_half"] for a, b in zip(rs, runs[ref])
                       if a["cost_to_half"] is not None and b["cost_to_half"] is not None]
             summary["agents"][name]["cost_ratio_vs_multi_fidelity"] = {**mean_ci(ratios), "n_pairs": len(ratios)}
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        (out / "runs.json").write_text(json.dumps({"definitions": __doc__, "runs": runs}, default=float))
-        plot_recall_vs_cost(runs, grid, summary, out / "recall_vs_cost.png")
     return summary
 
 
@@ -634,8 +602,6 @@ def mf_benchmark_from_campaign(
     """
     import pandas as pd
 
-    from matloop.loop.spec import load_campaign
-
     spec = load_campaign(path)
     file = str(path)
     if spec.agent.fidelity.strategy != "multi_fidelity" or spec.objectives:
@@ -659,8 +625,7 @@ def mf_benchmark_from_campaign(
         labels.append(df.groupby(df[key].astype(str))[col].apply(lambda v: pd.to_numeric(v, errors="coerce").iloc[0]))
     formulas = sorted(set(labels[0].index) & set(labels[1].index))
     obj = spec.primary_objective
-    goal = (Goal("window", float(obj.window[0]), float(obj.window[1])) if obj.goal == "window"
-            else Goal("max" if obj.goal == "maximize" else "min"))
+    goal = Goal.from_objective(obj.goal, obj.window)
     fs = spec.agent.fidelity
     pca = fs.pca_variance
     pool = two_fidelity_pool(

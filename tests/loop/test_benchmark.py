@@ -199,16 +199,31 @@ def test_benchmark_from_campaign_with_a_constraint(tmp_path):
 
 
 def test_additive_fractions_benchmark_appends_the_fraction_block_for_matloop_only(grid_csv, tmp_path, monkeypatch):
+    from matloop.agents.decision import baselines
     from matloop.agents.decision.acquisition import SurrogateSettings
 
-    seen = []
-    real = bm.select_batch
+    seen, forest_widths = [], []
+    real_replay, real_make = bm.replay, baselines.make_surrogate
 
-    def spy(X, *a, surrogate=None, n_fraction_columns=0, **kw):
-        seen.append((surrogate.kind, surrogate.kernel_structure, X.shape[1], n_fraction_columns))
-        return real(X, *a, surrogate=surrogate, n_fraction_columns=n_fraction_columns, **kw)
+    def spy_replay(spec, candidates, pool, agent, rng):
+        inner = agent.then  # behind the shared initial design
+        seen.append((type(inner).__name__, pool.X.shape[1], pool.fraction_columns,
+                     getattr(getattr(inner, "config", None), "surrogate", None)))
+        return real_replay(spec, candidates, pool, agent, rng)
 
-    monkeypatch.setattr(bm, "select_batch", spy)
+    def spy_make(*a, **kw):
+        model = real_make(*a, **kw)
+        fit = model.fit
+
+        def recording_fit(X, y, yvar=None):
+            forest_widths.append(X.shape[1])
+            return fit(X, y, yvar)
+
+        model.fit = recording_fit
+        return model
+
+    monkeypatch.setattr(bm, "replay", spy_replay)
+    monkeypatch.setattr(baselines, "make_surrogate", spy_make)
     out = tmp_path / "bm"
     s = bm.benchmark_from_csv(grid_csv, "composition", "target", "min", out_dir=out, top_fraction=0.05, budget=16,
                               batch_size=3, init=10, seeds=1, strategies="rf_ucb,matloop",
@@ -216,8 +231,27 @@ def test_additive_fractions_benchmark_appends_the_fraction_block_for_matloop_onl
     details = json.loads((out / "details.json").read_text())
     d, k = details["n_features"], details["n_fraction_columns"]
     assert k == 4  # Fe, Ni, Co, Mn: the element fractions, appended last
-    gp = {t for t in seen if t[0] == "gp"}
-    rf = {t for t in seen if t[0] == "rf"}
-    assert gp == {("gp", "additive_fractions", d + k, k)}
-    assert rf == {("rf", "single", d, 0)}  # the forest baseline keeps the default features
+    matloop = [t for t in seen if t[0] == "DefaultAgent"]
+    assert len(matloop) == 1 and matloop[0][1:3] == (d + k, k)
+    assert matloop[0][3].kernel_structure == "additive_fractions"
+    assert forest_widths and set(forest_widths) == {d}  # the forest baseline keeps the default features
     assert s["strategies"]["matloop"]["recall_at_budget"]["mean"] > 0
+
+
+def test_every_run_is_the_campaign_loop(grid_csv, monkeypatch):
+    """Each (seed, strategy) run goes through Campaign.run on its own in-memory store."""
+    from matloop.loop import campaign
+
+    runs = []
+    real_run = campaign.Campaign.run
+
+    def spy(self):
+        summary = real_run(self)
+        runs.append((str(self.store_path), summary["agent"]["evaluations"], summary["stop_reason"]))
+        return summary
+
+    monkeypatch.setattr(campaign.Campaign, "run", spy)
+    bm.benchmark_from_csv(grid_csv, "composition", "target", "min", top_fraction=0.05, budget=12, batch_size=4,
+                          init=4, seeds=2, strategies="random,greedy_rf", log=lambda m: None)
+    assert len(runs) == 4
+    assert all(path == ":memory:" and n == 12 and "evaluation budget" in why for path, n, why in runs)

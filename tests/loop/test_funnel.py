@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 

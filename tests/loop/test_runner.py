@@ -6,7 +6,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 
@@ -177,3 +177,53 @@ def test_oracle_uncertainties_become_the_gp_noise(tmp_path, grid_csv):
     its = Store(spec.resolve(spec.store)).iterations("agent")
     sel = its[-1]["rationale"]["tiers"]["table"]["selection"]
     assert sel["label_noise"].startswith("reported") and "median 0.0001" in sel["label_noise"]
+
+
+def test_injected_agent_pool_and_in_memory_store(tmp_path, grid_csv):
+    """Campaign(agent=, pool=, rng=, store=): no featurization, the store left open, the agent's picks."""
+    from matloop.agents.decision.baselines import RandomAgent
+    from matloop.agents.generation.sources import make_source
+    from matloop.loop.pool import PoolFeatures
+
+    spec = load_campaign(write_campaign(tmp_path, grid_csv))
+    st = Store(":memory:")
+    cands = make_source("file", "file", spec.sources[0].settings, spec.base_dir).load()
+    st.add_candidates(cands)
+    st.set_meta("pool_loaded", True)
+    pool = PoolFeatures(np.zeros((len(cands), 3), dtype=np.float32))
+    summary = Campaign(spec, agent=RandomAgent("table"), pool=pool, rng=np.random.default_rng(5), store=st,
+                           quiet=True).run()
+    assert summary["agent"]["evaluations"] == 14 and summary["store"] == ":memory:"
+    assert st.get_features(spec.features.key, [c.id for c in cands])[0] is None  # nothing featurized
+    picked = [o.candidate_id for o in st.observations(arm="agent")]
+    free = np.arange(len(cands))
+    rng = np.random.default_rng(5)
+    expected = [cands[i].id for i in rng.choice(free, size=4, replace=False)]
+    assert picked[:4] == expected  # the injected generator drives the injected agent
+    assert not (tmp_path / "store.sqlite").exists()
+    st.close()
+
+
+def test_one_budget_for_batch_and_async(tmp_path, grid_csv):
+    from matloop.loop.budget import Budget, stop_reason
+    from matloop.loop.ledger import Ledger
+    from matloop.loop.spec import Budget as BudgetSpec, StopRule
+
+    spec = load_campaign(write_campaign(tmp_path, grid_csv, budget={"evaluations": 14}))
+    Campaign(spec, quiet=True).run()
+    st = Store(spec.resolve(spec.store))
+    ledger = Ledger(st)
+    assert ledger.spent() == (14.0, 14) and ledger.requested == st.requested_pairs()
+    assert [o.request_id for o in ledger.observations(arm="agent")] == [o.request_id for o in st.observations(arm="agent")]
+    assert Budget(BudgetSpec(evaluations=14), ledger).exhausted() == "evaluation budget reached (14)"
+    b = Budget(BudgetSpec(evaluations=20, cost=100), ledger, max_unit_cost=10)
+    assert b.exhausted() is None and b.evaluations_left() == 6 and b.cost_left() == 86
+    assert b.exhausted(in_flight=9) == "cost budget spent (104 of 100)"  # 14 + 9 x 10, checked before evaluations
+    assert Budget(BudgetSpec(evaluations=20), ledger).exhausted(in_flight=6) == "evaluation budget reached (20)"
+    assert Budget(BudgetSpec(iterations=4), ledger).exhausted() == "iteration budget reached (4)"
+    st.close()
+    goal = Campaign(spec, quiet=True).goal
+    rules = [StopRule(kind="no_improvement", patience=2), StopRule(kind="target", value=0.01)]
+    assert stop_reason(rules, goal, [0.5, 0.2, 0.2, 0.3]) == "no improvement for 2 iterations"
+    assert stop_reason(rules, goal, [0.5, 0.2, 0.1]) is None
+    assert stop_reason(rules, goal, [0.5, 0.005]) == "target 0.01 reached (best 0.005)"
