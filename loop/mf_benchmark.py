@@ -88,7 +88,8 @@ import numpy as np
 
 from matloop.agents.decision.baselines import FunnelAgent, InitialDesign, MultiFidelityRoundAgent
 from matloop.agents.modelling.features import FeatureSettings
-from matloop.agents.modelling.multifidelity import ChoiceSettings, MultiFidelityGP, MultiFidelitySettings
+from matloop.agents.decision.multifidelity import ChoiceSettings
+from matloop.agents.modelling.multifidelity import MultiFidelityGP, MultiFidelitySettings
 from matloop.agents.modelling.surrogates import GPSurrogate, SurrogateSettings, fit_pca
 from matloop.core.goals import Goal
 from matloop.core.protocols import Agent

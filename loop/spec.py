@@ -7,7 +7,6 @@ turns into exit status 2 without a traceback.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 

@@ -24,12 +24,8 @@ import time
 
 import numpy as np
 
-from matloop.agents.modelling.multifidelity import (
-    ChoiceSettings,
-    MultiFidelityGP,
-    MultiFidelitySettings,
-    choose_requests,
-)
+from matloop.agents.decision.multifidelity import ChoiceSettings, choose_requests
+from matloop.agents.modelling.multifidelity import MultiFidelityGP, MultiFidelitySettings
 from matloop.agents.modelling.surrogates import SurrogateSettings, make_surrogate
 from matloop.core.goals import Goal
 from matloop.core.protocols import Agent, Plan, PlanningState

@@ -349,7 +349,6 @@ class VaeGenerator:
 
     @staticmethod
     def _losses(model, enc: CellEncoding, x, y, mask, noise) -> dict:
-        import torch
         import torch.nn.functional as F
 
         recon, mu, logvar, pred = model(x, noise)

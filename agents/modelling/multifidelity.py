@@ -65,17 +65,6 @@ __all__ = [
     "MultiFidelityGP",
 ]
 
-# the fidelity choice moved to the decision layer; these names stay importable from here
-_MOVED = ("ChoiceSettings", "FidelityRequest", "choose_requests")
-
-
-def __getattr__(name: str):
-    """``ChoiceSettings``, ``FidelityRequest`` and ``choose_requests`` from ``matloop.agents.decision.multifidelity``."""
-    if name in _MOVED:
-        from matloop.agents.decision import multifidelity
-
-        return getattr(multifidelity, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class MultiFidelitySettings(BaseModel):
