@@ -43,10 +43,9 @@ if want perov5; then
     # [1.5, 3] eV AND heat_ref <= 0.2 eV/atom. One derived scalar carries both:
     # v = max(|gap - 2.25| - 0.75, heat_ref - 0.2); v <= 0 exactly when both hold, and the
     # agent targets the window v in (-inf, 0]. Structures (CIF) add structure features.
-    # Every run replays the pool through the campaign loop with a lookup oracle, which keys
-    # labels by composition: the site-swapped polymorphs of this pool (1,473 of 7,572 rows
-    # share a composition) stop the benchmark with an error until the lookup oracle can key
-    # labels by candidate (structure) id.
+    # Every run replays the pool through the campaign loop with a lookup oracle keyed by
+    # candidate id, so the site-swapped polymorphs (1,473 of 7,572 rows share a composition)
+    # keep their own labels.
     mkdir -p "$OUT/perov5"
     "$PY" - "$DATA/perov5" "$OUT/perov5/pool.csv" <<'EOF'
 import sys

@@ -16,46 +16,37 @@ import numpy as np
 
 from matloop.core.goals import Goal
 from matloop.core.protocols import Agent, Plan, PlanningState
-from matloop.core.records import Candidate, InputError
+from matloop.core.records import Candidate
 
 from .campaign import Campaign
 from .pool import PoolFeatures
 from .spec import CampaignSpec
 from .store import Store
 
-KEY_COLUMN = "composition"
+ID_COLUMN = "candidate_id"
+COMPOSITION_COLUMN = "composition"
 
 
 def write_labels(path: Path, candidates: list[Candidate], columns: dict[str, np.ndarray]) -> Path:
-    """Write the lookup table: each candidate's composition and its labels, one row per candidate.
+    """Write the lookup table: each candidate's id, composition and labels, one row per candidate.
 
-    Labels are written as ``repr`` (shortest round trip): a value that was read from a CSV
-    reads back as the same float.
-
-    Raises:
-        InputError: two candidates share a composition (polymorphs): the lookup oracle keys
-            labels by composition and could not tell them apart.
+    Rows are keyed by candidate id, so polymorphs of one composition (perov5's site swaps)
+    keep their own labels. Labels are written as ``repr`` (shortest round trip): a value
+    that was read from a CSV reads back as the same float.
     """
-    keys: dict[str, str] = {}
-    for c in candidates:
-        key = Candidate.from_composition(c.composition).id
-        if key in keys:
-            raise InputError(f"{keys[key]} and {c.composition} are one composition with different structures; "
-                             "a lookup oracle keys labels by composition, so polymorphs cannot be replayed")
-        keys[key] = c.composition
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow([KEY_COLUMN, *columns])
+        w.writerow([ID_COLUMN, COMPOSITION_COLUMN, *columns])
         for r, c in enumerate(candidates):
-            w.writerow([c.composition, *(repr(float(v[r])) for v in columns.values())])
+            w.writerow([c.id, c.composition, *(repr(float(v[r])) for v in columns.values())])
     return path
 
 
 def lookup_oracle(name: str, table: Path, prop: str, column: str, cost: float = 1.0, fidelity: int = 0) -> dict:
     """The spec of a lookup oracle reporting ``prop`` from ``column`` of the labels table."""
     return {"name": name, "kind": "lookup", "cost": cost, "fidelity": fidelity,
-            "settings": {"table": str(table), "key_column": KEY_COLUMN, "columns": {prop: column},
-                         "duplicates": "first"}}
+            "settings": {"table": str(table), "key_column": ID_COLUMN, "key": "candidate_id",
+                         "columns": {prop: column}, "duplicates": "first"}}
 
 
 def objective_of(prop: str, goal: Goal) -> dict:
@@ -70,7 +61,7 @@ def replay_spec(name: str, table: Path, oracles: list[dict], objective: dict, bu
     """A campaign over the labels table: its pool, lookup ``oracles``, the inline executor, no store file."""
     spec = CampaignSpec.model_validate({
         "name": name, "objective": objective, "oracles": oracles, "budget": budget, "batch_size": batch_size,
-        "sources": [{"kind": "file", "settings": {"path": str(table), "composition_column": KEY_COLUMN}}],
+        "sources": [{"kind": "file", "settings": {"path": str(table), "composition_column": COMPOSITION_COLUMN}}],
         "agent": agent or {}, "features": features or {}, "store": ":memory:", "executor": {"kind": "inline"},
     })
     spec.base_dir = Path(table).parent

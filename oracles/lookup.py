@@ -23,7 +23,12 @@ class LookupSettings(OracleSettings):
     table: str = Field(
         description="CSV file holding the labels (a relative path is taken from the campaign file's folder)"
     )
-    key_column: str = Field("composition", description="column with compositions (or CIF paths with key='structure')")
+    key_column: str = Field("composition", description="column holding each row's key (see key)")
+    key: Literal["composition", "candidate_id"] = Field(
+        "composition",
+        description="composition: rows match candidates by composition (fractions normalised); candidate_id: "
+        "rows hold matloop candidate ids, so polymorphs of one composition keep their own labels",
+    )
     columns: dict[str, str] = Field(
         description="reported property name -> column of the table, e.g. {overpotential_v: overpotential_V}"
     )
@@ -42,7 +47,7 @@ _TABLES: dict = {}
 
 
 class LookupOracle(Oracle):
-    """Answers from a table keyed by composition (fractions normalised)."""
+    """Answers from a table keyed by composition (fractions normalised) or by candidate id."""
 
     kind = "lookup"
     properties = ()  # declared per instance from settings.columns
@@ -99,9 +104,11 @@ class LookupOracle(Oracle):
         if missing:
             raise InputError(f"missing columns {missing}; has {list(df.columns)}", file=str(path))
         groups: dict[str, list[dict[str, float]]] = {}
+        by_id = self.settings.key == "candidate_id"
         for i, row in df.iterrows():
             try:
-                cid = Candidate.from_composition(str(row[self.settings.key_column])).id
+                cid = str(row[self.settings.key_column]) if by_id else Candidate.from_composition(
+                    str(row[self.settings.key_column])).id
             except Exception:
                 continue  # unparseable rows cannot be requested anyway
             vals = {}
@@ -129,7 +136,7 @@ class LookupOracle(Oracle):
         return table
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
-        """The table's row for ``candidate``'s composition; a missing row is an ``OracleError``."""
+        """The table's row for ``candidate`` (by composition or id); a missing row is an ``OracleError``."""
         table = self.load()
         if self.settings.latency_s > 0:
             import time
@@ -141,7 +148,10 @@ class LookupOracle(Oracle):
                 # seeded per request so that replays are reproducible
                 delay = float(np.random.default_rng(int(stable_hash(candidate.id, 8), 16)).exponential(delay))
             time.sleep(delay)
-        key = candidate.id if candidate.id.startswith("c-") else Candidate.from_composition(candidate.composition).id
+        if self.settings.key == "candidate_id" or candidate.id.startswith("c-"):
+            key = candidate.id
+        else:
+            key = Candidate.from_composition(candidate.composition).id
         row = table.get(key)
         if row is None:
             raise OracleError(f"no row for {candidate.composition} in {self.table_path.name}")

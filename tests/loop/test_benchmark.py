@@ -255,3 +255,23 @@ def test_every_run_is_the_campaign_loop(grid_csv, monkeypatch):
                           init=4, seeds=2, strategies="random,greedy_rf", log=lambda m: None)
     assert len(runs) == 4
     assert all(path == ":memory:" and n == 12 and "evaluation budget" in why for path, n, why in runs)
+
+
+def test_benchmark_replays_polymorphs_with_their_own_labels():
+    """perov5-style pools: one composition, several structures, each with its own label."""
+    from pymatgen.core import Lattice, Structure
+
+    coords = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    structures, comps, y = [], [], []
+    for k, (a_el, b_el) in enumerate([("Sr", "Ti"), ("Ba", "Ti"), ("Ca", "Zr"), ("Sr", "Zr"), ("Ba", "Zr"), ("Ca", "Ti")]):
+        for swap in (False, True):
+            sp = [b_el, a_el] if swap else [a_el, b_el]
+            structures.append(Structure(Lattice.cubic(3.9 + 0.1 * k + 0.3 * swap), [*sp, "O", "O", "O"], coords))
+            comps.append(f"{a_el}{b_el}O3")
+            y.append(float(k) + (10.0 if swap else 0.0))  # the swapped polymorph is the better one
+    X = np.c_[np.arange(12.0), np.array(y)]
+    s = bm.run_benchmark(comps, np.array(y), "max", budget=12, batch_size=4, init=4, seeds=1, top_fraction=0.1,
+                         strategies=["random"], X=X, structures=structures, log=lambda m: None)
+    assert s["n_pool"] == 12 and s["n_merged_duplicates"] == 0
+    # every polymorph was evaluated with its own label: the whole pool, so recall is 1
+    assert s["strategies"]["random"]["recall_at_budget"]["mean"] == 1.0
