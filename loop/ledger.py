@@ -14,20 +14,9 @@ import json
 import math
 from collections.abc import Iterable
 
-import numpy as np
-
 from matloop.core.records import Candidate, Observation, Request
 
-from .store import Store
-
-
-def _json_safe(o):
-    # the store's rule for ``extra``: NumPy scalars and arrays as numbers and lists, else text
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+from .store import Store, json_default
 
 
 def as_stored_observation(obs: Observation) -> Observation:
@@ -35,7 +24,7 @@ def as_stored_observation(obs: Observation) -> Observation:
     return Observation(
         obs.request_id, obs.candidate_id, obs.oracle, obs.oracle_version, obs.fidelity, obs.status,
         json.loads(json.dumps(obs.properties)), json.loads(json.dumps(obs.uncertainties)),
-        json.loads(json.dumps(obs.extra, default=_json_safe)), obs.cost, obs.wall_time_s, obs.reason,
+        json.loads(json.dumps(obs.extra, default=json_default)), obs.cost, obs.wall_time_s, obs.reason,
     )
 
 

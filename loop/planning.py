@@ -1,13 +1,11 @@
-"""From the campaign spec to the agent, and from the store to what the agent sees.
+"""From the campaign spec to the agent.
 
-``build_agent`` turns the validated spec into the agent's own settings (the only place
-spec dicts become agent settings); ``planning_state`` gathers one iteration's
-``PlanningState`` from the store.
+``build_agent`` turns the validated spec into the agent's own settings: the only place
+spec dicts become agent settings.
 """
 
 from __future__ import annotations
 
-import numpy as np
 
 from matloop.agents.decision.acquisition import AcquisitionSettings
 from matloop.agents.decision.agent import AgentConfig, DefaultAgent, MultiFidelityConfig, ObjectiveInfo
@@ -15,11 +13,9 @@ from matloop.agents.decision.multifidelity import ChoiceSettings
 from matloop.agents.modelling.multifidelity import MultiFidelitySettings
 from matloop.agents.modelling.surrogates import SurrogateSettings
 from matloop.core.goals import Goal
-from matloop.core.protocols import OracleInfo, PlanningState
-from matloop.core.records import Candidate
+from matloop.core.protocols import OracleInfo
 
 from .spec import CampaignSpec
-from .store import Store
 from .tiers import oracle_properties
 
 
@@ -54,14 +50,3 @@ def build_agent(spec: CampaignSpec, oracles: dict) -> DefaultAgent:
         fidelity=fidelity,
     )
     return DefaultAgent(cfg)
-
-
-def planning_state(store: Store, iteration: int, candidates: list[Candidate], X: np.ndarray, batch_size: int,
-                   rng: np.random.Generator, *, pending: set | None = None, budget_left: float | None = None,
-                   max_requests: int | None = None, fraction_columns: int = 0) -> PlanningState:
-    """The agent arm's ``PlanningState`` for one iteration, read from the store."""
-    return PlanningState(
-        iteration=iteration, candidates=candidates, X=X, observations=store.observations(arm="agent"),
-        requested=set(store.requested_pairs()), pending=set(pending or ()), batch_size=batch_size, rng=rng,
-        budget_left=budget_left, max_requests=max_requests, fraction_columns=fraction_columns,
-    )

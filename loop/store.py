@@ -230,7 +230,7 @@ class Store:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO iterations(idx, arm, started_at, status, rationale) VALUES (?,?,?,?,?)",
-                (idx, arm, now, "running", json.dumps(rationale, default=_json_default)),
+                (idx, arm, now, "running", json.dumps(rationale, default=json_default)),
             )
             db.executemany(
                 "INSERT OR IGNORE INTO requests(id, iteration, arm, candidate_id, oracle, acquisition, created_at)"
@@ -291,7 +291,7 @@ class Store:
                 obs.status.value,
                 json.dumps(obs.properties),
                 json.dumps(obs.uncertainties),
-                json.dumps(obs.extra, default=_json_default),
+                json.dumps(obs.extra, default=json_default),
                 obs.cost,
                 obs.wall_time_s,
                 obs.reason,
@@ -396,7 +396,8 @@ class Store:
         return rows
 
 
-def _json_default(o):
+def json_default(o):
+    """How the store writes what JSON cannot: NumPy scalars and arrays as numbers and lists, else text."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
