@@ -372,6 +372,16 @@ def parse_yaml(path: Path):
     return data, root
 
 
+def settings_problems(model: type[BaseModel], data: dict, prefix: tuple, where) -> list[str]:
+    """One problem line per validation error of ``data`` against ``model``, at YAML path ``prefix`` (``where`` adds the line)."""
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        return [f"  {where((*prefix, *err['loc']))}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+                for err in exc.errors()]
+    return []
+
+
 def load_campaign(path: str | Path, overrides: dict[str, Any] | None = None) -> CampaignSpec:
     """Read and validate a campaign YAML; raise InputError listing every problem."""
     path = Path(path)
@@ -439,37 +449,19 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
         for k in moved:
             problems.append(f"  {_key_where(root, ('oracles', i, 'settings', k))}: a site setting now, not science: "
                             f"move it to oracles[{i}].site.{k}")
-        try:
-            cls.Settings.model_validate({k: v for k, v in o.settings.items() if k not in moved})
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("oracles", i, "settings", *err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append(f"  {where(loc)}: {msg}")
+        problems += settings_problems(cls.Settings, {k: v for k, v in o.settings.items() if k not in moved},
+                                      ("oracles", i, "settings"), where)
     generator_kinds = set(names("matloop.generators"))
     for i, s in enumerate(spec.sources):
         if s.kind in SOURCE_KINDS:
-            try:
-                source_settings_model(s.kind).model_validate(s.settings)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    loc = ("sources", i, "settings", *err["loc"])
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                    problems.append(f"  {where(loc)}: {msg}")
+            problems += settings_problems(source_settings_model(s.kind), s.settings, ("sources", i, "settings"), where)
         elif s.kind not in generator_kinds:
             known = sorted(set(SOURCE_KINDS) | generator_kinds)
             problems.append(f"  {where(('sources', i, 'kind'))}: unknown source kind {s.kind!r}; known: {', '.join(known)}")
-    for section in ("surrogate", "acquisition"):
-        try:
-            from matloop.agents.decision import acquisition as acq
+    from matloop.agents.decision import acquisition as acq
 
-            model = acq.SurrogateSettings if section == "surrogate" else acq.AcquisitionSettings
-            model.model_validate(getattr(spec.agent, section))
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("agent", section, *err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append(f"  {where(loc)}: {msg}")
+    for section, model in (("surrogate", acq.SurrogateSettings), ("acquisition", acq.AcquisitionSettings)):
+        problems += settings_problems(model, getattr(spec.agent, section), ("agent", section), where)
     objective_problems = _check_objectives(spec, where)
     problems += objective_problems
     if (spec.objective is None) != (not spec.objectives):  # exactly one of objective / objectives
@@ -536,13 +528,7 @@ def _check_fidelity(spec: CampaignSpec, where) -> list[str]:
     fid = spec.agent.fidelity
     out = []
     for section, model in (("model", MultiFidelitySettings), ("choice", ChoiceSettings)):
-        try:
-            model.model_validate(getattr(fid, section))
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("agent", "fidelity", section, *err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                out.append(f"  {where(loc)}: {msg}")
+        out += settings_problems(model, getattr(fid, section), ("agent", "fidelity", section), where)
     if fid.strategy != "multi_fidelity":
         return out
     here = ("agent", "fidelity", "strategy")
