@@ -47,7 +47,11 @@ class CampaignState:
 
 @runtime_checkable
 class Generator(Protocol):
-    """A source of new candidates (mutation, generative decoding, database enumeration)."""
+    """A source of new candidates (mutation, generative decoding, database enumeration).
+
+    Registered under ``matloop.generators`` and built as ``cls(name, settings, base_dir=...)``:
+    ``base_dir`` is the campaign file's folder, which relative paths in ``settings`` are taken from.
+    """
 
     name: str
 

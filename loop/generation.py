@@ -31,7 +31,8 @@ class GeneratorSources:
         self.spec = spec
         self.scoreboard = scoreboard
         self.say = say
-        self.sources = [(s, load("matloop.generators", s.kind)(s.label, dict(s.settings)))
+        # relative paths in a generator's settings (ase-db path, optimade cache) are taken from the campaign folder
+        self.sources = [(s, load("matloop.generators", s.kind)(s.label, dict(s.settings), base_dir=spec.base_dir))
                         for s in spec.sources if s.kind not in SOURCE_KINDS]
 
     def __bool__(self) -> bool:

@@ -372,7 +372,8 @@ class MaterialsProjectGenerator(_EnumeratingGenerator):
     Settings: ClassVar[type[MaterialsProjectSettings]] = MaterialsProjectSettings
     operator: ClassVar[str] = "materials_project"
 
-    def __init__(self, name: str = "materials_project", settings: dict | None = None):
+    def __init__(self, name: str = "materials_project", settings: dict | None = None, base_dir=None):
+        del base_dir  # no path settings; accepted as every generator's constructor is
         super().__init__(name, settings)
         try:
             import mp_api.client  # noqa: F401

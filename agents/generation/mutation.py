@@ -329,7 +329,8 @@ class MutationGenerator:
 
     Settings: ClassVar[type[MutationSettings]] = MutationSettings
 
-    def __init__(self, name: str = "mutation", settings: dict | None = None):
+    def __init__(self, name: str = "mutation", settings: dict | None = None, base_dir=None):
+        del base_dir  # no path settings; accepted as every generator's constructor is
         self.name = name
         self.settings = settings if isinstance(settings, MutationSettings) else MutationSettings(**(settings or {}))
         s = self.settings

@@ -266,7 +266,8 @@ class VaeGenerator:
 
     Settings: ClassVar[type[VaeSettings]] = VaeSettings
 
-    def __init__(self, name: str = "vae", settings: dict | None = None):
+    def __init__(self, name: str = "vae", settings: dict | None = None, base_dir=None):
+        del base_dir  # no path settings; accepted as every generator's constructor is
         self.name = name
         self.settings = settings if isinstance(settings, VaeSettings) else VaeSettings(**(settings or {}))
         self.validity = ValidityFilter(self.settings.validity)

@@ -147,3 +147,21 @@ def test_site_settings_resolve_paths():
         SiteSettings(device="tpu")
     with pytest.raises(ValueError):
         SiteSettings(threads=2)
+
+
+def test_generator_paths_are_taken_from_the_campaign_folder(campaign_dir, elsewhere):
+    """A relative ase-db path in a generator source resolves against the campaign file's folder."""
+    import ase.db
+    from ase.build import bulk
+
+    from matloop.loop.generation import GeneratorSources
+
+    with ase.db.connect(str(campaign_dir / "known.db")) as db:
+        db.write(bulk("NaCl", "rocksalt", a=5.64))
+    path = write_spec(campaign_dir, "http://127.0.0.1:9")
+    spec = yaml.safe_load(path.read_text())
+    spec["sources"].append({"name": "db", "kind": "ase-db", "settings": {"path": "known.db"}, "n_initial": 1})
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sources = GeneratorSources(load_campaign(path), scoreboard=None, say=lambda text: None)
+    [(_, generator)] = sources.sources
+    assert generator.path == campaign_dir.resolve() / "known.db"
