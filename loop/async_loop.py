@@ -59,7 +59,7 @@ class AsyncRun:
                     future = None
                 if future is None and not exhausted:  # start the next plan at once
                     pending = {(h.request.candidate.id, h.request.oracle) for hs in self.in_flight.values() for h in hs}
-                    future = planner.submit(self._plan, self.ledger.observations(arm="agent"),
+                    future = planner.submit(self._plan, self.ledger.labels(arm="agent"),
                                             set(self.ledger.requested), pending, 2 * self.workers)
                 self._submit_free()
                 idle = not self.queue and self.n_in_flight() == 0

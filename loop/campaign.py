@@ -242,7 +242,7 @@ class Campaign:
         left_evals = self.budget.evaluations_left()
         if left_evals is not None:
             q = min(q, left_evals)
-        state = PlanningState(idx, self.ledger.candidates, self.pool.X, self.ledger.observations(arm="agent"),
+        state = PlanningState(idx, self.ledger.candidates, self.pool.X, self.ledger.labels(arm="agent"),
                               set(self.ledger.requested), set(), q, self.rng, budget_left=self.budget.cost_left(),
                               max_requests=left_evals, fraction_columns=self.pool.fraction_columns)
         plan = self.agent.propose(state)

@@ -54,6 +54,13 @@ class Ledger:
         self._arm_of: dict[str, str] = {r[0]: r[2] for r in store.open_requests()}
         for arm in sorted({arm for arm, _ in self._iterations.values()}):
             self._arm_of.update((o.request_id, arm) for o in store.observations(arm=arm))
+        # planning sees labels in plan order (per iteration: tier by tier in the order the plan
+        # first names them, then request order), not in the order parallel workers happened to
+        # finish them, so a campaign replays to the same picks with any number of workers
+        self._request_rank: dict[str, tuple[int, int, int]] = {}
+        self._tiers_of: dict[int, list[str]] = {}
+        for rid, iteration, oracle in store.requests_in_order():
+            self._rank(rid, iteration, oracle)
         self._observations: list[tuple[Observation, str]] = []  # arrival order, with each one's arm
         self._first_success: dict[tuple[str, str], Observation] = {}
         self._remember(store.observations())
@@ -82,6 +89,7 @@ class Ledger:
         self._iterations[idx] = [arm, "running"]
         for r in requests:
             self._arm_of.setdefault(r.id, arm)
+            self._rank(r.id, idx, r.oracle)
             self.requested.add((r.candidate.id, r.oracle))
 
     def finish_iteration(self, idx: int, status: str = "done") -> None:
@@ -110,6 +118,17 @@ class Ledger:
         """Observations in arrival order, optionally of one arm and one oracle."""
         return [o for o, a in self._observations
                 if (arm is None or a == arm) and (oracle is None or o.oracle == oracle)]
+
+    def labels(self, arm: str = "agent") -> list[Observation]:
+        """An arm's observations in plan order, whatever order they arrived in (what the agent plans from)."""
+        last = (math.inf, 0, 0)
+        return sorted(self.observations(arm=arm), key=lambda o: self._request_rank.get(o.request_id, last))
+
+    def _rank(self, request_id: str, iteration: int, oracle: str) -> None:
+        tiers = self._tiers_of.setdefault(iteration, [])
+        if oracle not in tiers:
+            tiers.append(oracle)
+        self._request_rank.setdefault(request_id, (iteration, tiers.index(oracle), len(self._request_rank)))
 
     def cached(self, candidate_id: str, oracle_version: str) -> Observation | None:
         """The first successful observation of this candidate by this oracle version, if any."""

@@ -272,6 +272,10 @@ class Store:
             for r in self.db.execute(q + " ORDER BY idx", args)
         ]
 
+    def requests_in_order(self) -> list[tuple[str, int, str]]:
+        """(request id, iteration, oracle) of every request, in the order the requests were made."""
+        return list(self.db.execute("SELECT id, iteration, oracle FROM requests ORDER BY rowid"))
+
     def requested_pairs(self) -> set[tuple[str, str]]:
         """(candidate id, oracle) for every request ever made."""
         return set(self.db.execute("SELECT candidate_id, oracle FROM requests"))
