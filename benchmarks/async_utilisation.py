@@ -41,7 +41,7 @@ def make_pool(path: Path) -> None:
 
 
 def run(mode: str, workers: int, evaluations: int, executor: str, tmp: Path, pool: Path) -> dict:
-    from matloop.loop.runner import Campaign
+    from matloop.loop.campaign import Campaign
     from matloop.loop.spec import load_campaign
 
     spec = {

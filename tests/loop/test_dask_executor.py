@@ -8,7 +8,7 @@ import time
 import pytest
 
 from matloop.loop.dask_executor import DaskExecutor
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 from matloop.oracles.lookup import LookupOracle

@@ -3,7 +3,7 @@ no experiment is started twice and no result is lost."""
 
 import sqlite3
 
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.oracles.labsim import LabService
 

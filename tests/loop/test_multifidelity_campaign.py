@@ -1,6 +1,6 @@
 """Cost-aware fidelity choice from YAML: validation through the CLI, and a two-fidelity table campaign."""
 
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 

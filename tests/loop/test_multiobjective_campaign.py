@@ -4,7 +4,7 @@ import numpy as np
 import yaml
 
 from matloop.agents.decision.multiobjective import pareto_front
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 

@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 import pytest
 
 from matloop.loop.report import add_arguments, cmd_report, write_report
-from matloop.loop.runner import Campaign
+from matloop.loop.campaign import Campaign
 from matloop.loop.spec import load_campaign
 from matloop.loop.store import Store
 from matloop.core.records import Candidate, InputError
