@@ -76,6 +76,7 @@ class SourceSpec(_Model):
 
     @property
     def label(self) -> str:
+        """Name stored as each candidate's source: ``name``, or ``kind`` when unset."""
         return self.name or self.kind
 
 
@@ -213,6 +214,7 @@ class GenerationSpec(_Model):
 
 
 class ReportSpec(_Model):
+    """End-of-run report options (e.g. a random-pick baseline to compare against)."""
     compare_random: bool = Field(
         False, description="also evaluate as many random picks from the same pool, to compare at the end"
     )
@@ -269,6 +271,7 @@ class CampaignSpec(_Model):
     base_dir: Path | None = Field(None, exclude=True, description="(internal) folder of the YAML file")
 
     def resolve(self, path: str | Path) -> Path:
+        """``path`` with ``~`` expanded, resolved against the YAML file's folder when relative."""
         p = Path(path).expanduser()
         if p.is_absolute() or self.base_dir is None:
             return p
@@ -276,6 +279,7 @@ class CampaignSpec(_Model):
 
     @property
     def multi_objective(self) -> bool:
+        """True when ``objectives`` is set (a Pareto search), False for a single ``objective``."""
         return bool(self.objectives)
 
     @property
@@ -354,6 +358,7 @@ def _fmt_loc(loc) -> str:
 
 
 def parse_yaml(path: Path):
+    """Read a campaign YAML file; returns (data mapping, composed node tree); raises InputError if unusable."""
     if not path.exists():
         raise InputError("file not found", file=str(path))
     if path.is_dir():

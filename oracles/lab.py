@@ -69,9 +69,11 @@ class LabHandle:
 
     @property
     def request_id(self) -> str:
+        """Id (idempotency key) of the tracked request."""
         return self.request.id
 
     def done(self) -> bool:
+        """True once the handle holds an observation."""
         return self.observation is not None
 
     def result(self) -> Observation:
@@ -491,14 +493,17 @@ class FolderOracle(_AsyncLabOracle):
 
     @property
     def outbox(self) -> Path:
+        """Folder request files are written to (relative: from the site's ``base_dir``)."""
         return self.site.resolve(self.settings.outbox)
 
     @property
     def inbox(self) -> Path:
+        """Folder result files are read from (relative: from the site's ``base_dir``)."""
         return self.site.resolve(self.settings.inbox)
 
     @property
     def ledger(self) -> Path:
+        """Folder recording handed-over requests (default ``<outbox>/.matloop-sent``)."""
         return self.site.resolve(self.settings.ledger) if self.settings.ledger else self.outbox / ".matloop-sent"
 
     def _result_path(self, request_id: str) -> Path:
@@ -729,6 +734,7 @@ class CommandOracle(Oracle):
         return self.site.resolve(self.settings.workdir)
 
     def run(self, request: Request) -> Observation:
+        """Run ``request`` as ``Oracle.run`` does, with the request visible to ``evaluate``; never raises."""
         token = _RUNNING.set(request)
         try:
             return super().run(request)
@@ -753,6 +759,7 @@ class CommandOracle(Oracle):
         return argv
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
+        """Write the job folder, run the command (``timeout_s`` seconds max) and read its output; raises OracleError on failure."""
         request = _RUNNING.get()
         job_dir = (self.workdir / (request.id if request is not None else candidate.id)).resolve()
         job_dir.mkdir(parents=True, exist_ok=True)

@@ -172,6 +172,7 @@ class LabService:
 
     @property
     def url(self) -> str:
+        """Base URL ``http://host:port`` of the running service; raises RuntimeError if not started."""
         if self._server is None:
             raise RuntimeError("LabService is not started")
         host, port = self._server.server_address[:2]
@@ -179,6 +180,7 @@ class LabService:
 
     @property
     def port(self) -> int:
+        """TCP port served on; while not serving, the requested one (0: any free port)."""
         return int(self._server.server_address[1]) if self._server else int(self._address[1])
 
     @property
@@ -189,6 +191,7 @@ class LabService:
 
     # -- the API -----------------------------------------------------------------------------
     def authorised(self, header: str | None) -> bool:
+        """True if the ``Authorization`` header carries the right Bearer token; counts failures."""
         given = header[7:].strip().encode() if header and header.startswith("Bearer ") else b""
         ok = bool(given) and hmac.compare_digest(given, self._token)
         if not ok:
@@ -238,6 +241,7 @@ class LabService:
             return 201, exp.record(now)
 
     def status(self, key: str) -> tuple[int, dict]:
+        """Look up the experiment for idempotency ``key``; returns (HTTP status, record), 404 if unknown."""
         with self._lock:
             exp = self._experiments.get(key)
         if exp is None:

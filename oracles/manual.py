@@ -30,9 +30,11 @@ class ManualHandle:
         self.request = request
 
     def done(self) -> bool:
+        """Always False: only ``matloop tell`` answers a manual request."""
         return False
 
     def result(self):
+        """Always raises RuntimeError: the result comes from ``matloop tell``, not the handle."""
         raise RuntimeError(f"request {self.request.id} waits for `matloop tell`")
 
 
@@ -49,7 +51,9 @@ class ManualOracle(Oracle):
         self.properties = tuple(self.settings.properties)
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
+        """Always raises OracleError: manual results come from ``matloop tell``."""
         raise OracleError("manual oracle: results come from `matloop tell`, not from evaluate()")
 
     def submit(self, requests: list[Request], executor=None) -> list[ManualHandle]:
+        """Mark ``requests`` as waiting for a person; returns one never-done handle each."""
         return [ManualHandle(r) for r in requests]

@@ -109,17 +109,21 @@ class CellEncoding:
 
     @property
     def dim(self) -> int:
+        """Length of the encoded vector: ``6 + max_atoms * (n_elements + 1) + max_atoms * 6``."""
         return 6 + self.max_atoms * self.n_classes + self.max_atoms * 6
 
     @property
     def species_slice(self) -> slice:
+        """Slice of the vector holding the per-slot species one-hots (empty slot last)."""
         return slice(6, 6 + self.max_atoms * self.n_classes)
 
     @property
     def coords_slice(self) -> slice:
+        """Slice of the vector holding the per-slot sin/cos fractional coordinates."""
         return slice(6 + self.max_atoms * self.n_classes, self.dim)
 
     def fits(self, structure) -> bool:
+        """True if ``structure`` is ordered, has at most ``max_atoms`` sites, and only covered elements."""
         return (
             structure.is_ordered
             and len(structure) <= self.max_atoms
