@@ -220,16 +220,20 @@ class MlipSettings(MlipModelSettings):
     @field_validator("interface_partners")
     @classmethod
     def _partner_formulas(cls, v: list[str]) -> list[str]:
-        from pymatgen.core import Composition
+        from pymatgen.core import Composition, Element
 
         seen: dict[str, str] = {}
         for formula in v:
             if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", formula):
                 raise ValueError(f"interface partner {formula!r} must be a plain formula such as LiCoO2 (it names a property)")
             try:
-                reduced = Composition(formula).reduced_formula
+                comp = Composition(formula)
             except Exception as exc:  # pymatgen raises several kinds for a bad formula
                 raise ValueError(f"interface partner {formula!r} is not a chemical formula: {exc}") from None
+            bad = [str(el) for el in comp.elements if not isinstance(el, Element)]  # pymatgen reads Xx as a dummy
+            if bad:
+                raise ValueError(f"interface partner {formula!r} is not a chemical formula: unknown element(s) {bad}")
+            reduced = comp.reduced_formula
             if reduced in seen:
                 raise ValueError(f"interface partners {seen[reduced]!r} and {formula!r} are the same phase")
             seen[reduced] = formula
