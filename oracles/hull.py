@@ -550,6 +550,42 @@ def reference_hull(resolved: str, elements: Iterable[str], cache_dir: str | Path
     return hull
 
 
+class ReferenceHullMixin:
+    """For oracles whose settings have ``hull`` (``HullSettings``) and ``formation_energy``.
+
+    Resolves the hull source once, on first use (so ``auto`` reads ``MP_API_KEY`` then, and
+    the resolution travels with the pickled oracle to worker processes), and puts the
+    resolved source and the reference's version into the oracle's ``version``.
+    """
+
+    _hull_source: str | None = None
+
+    def hull_source(self) -> str:
+        """``shipped`` or ``mp-api``, resolved on first use and kept."""
+        if self._hull_source is None:
+            self._hull_source = resolve_hull_source(self.settings.hull.source)
+        return self._hull_source
+
+    @property
+    def version(self) -> str:
+        """Kind, code version and a hash of the science settings and, with formation energies, the hull's version.
+
+        ``hull.source: auto`` enters as the source it resolved to, so it shares results with that source.
+        """
+        from matloop.core.records import stable_hash
+
+        science: Any = self.settings.model_dump(mode="json")
+        if self.settings.formation_energy:
+            source = self.hull_source()
+            science["hull"]["source"] = source
+            science = [science, hull_source_version(source)]
+        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+
+    def reference_hull(self, elements: Iterable[str]) -> ReferenceHull:
+        """The reference hull covering ``elements`` (mp-api caches go to ``<site cache_dir>/mp-api``)."""
+        return reference_hull(self.hull_source(), elements, self.site.cache_folder("mp-api"))
+
+
 @lru_cache(maxsize=32)
 def _mp_api_hull(chemsys: str, api_key: str, cache_dir: str | None) -> ReferenceHull:
     return ReferenceHull.from_mp_api(chemsys, api_key, cache_dir=cache_dir)
@@ -765,6 +801,7 @@ __all__ = [
     "InterfaceReaction",
     "MP_API_KEY_ENV",
     "ReferenceHull",
+    "ReferenceHullMixin",
     "ReferencePhase",
     "Stability",
     "corrected_formation_energy",

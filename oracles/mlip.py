@@ -61,18 +61,16 @@ import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matloop.core.oracle import Oracle, OracleSettings
-from matloop.core.records import Candidate, InputError, OracleError, OracleResult, stable_hash
+from matloop.core.records import Candidate, InputError, OracleError, OracleResult
 from matloop.core.registry import CALCULATORS, calculator_factory, distribution, names
 
 from .hull import (
     HullSettings,
+    ReferenceHullMixin,
     ReferencePhase,
     corrected_formation_energy,
-    hull_source_version,
     mlip_needs_mp2020,
     mp_elemental_energies_ev_per_atom,
-    reference_hull,
-    resolve_hull_source,
 )
 
 #: the models built in, with the pretrained weights used when ``model_version`` is unset
@@ -487,7 +485,7 @@ def _phase_formation_energy(formula: str, energy_ev_per_atom: float, apply_mp202
     return corrected_formation_energy(comp, energy_ev_per_atom * comp.num_atoms, apply_mp2020=apply_mp2020)
 
 
-class MlipOracle(Oracle):
+class MlipOracle(ReferenceHullMixin, Oracle):
     """MLIP relaxation, then energy, formation energy and energy above the reference hull per atom.
 
     The ML potential is the ``model`` setting (``MlipModelSettings``); the site gives the
@@ -508,28 +506,8 @@ class MlipOracle(Oracle):
         self.settings = self.settings.with_defaults(self.default_model)
         self.properties = mlip_properties(self.settings)  # declare what this instance reports
         self.campaign_phases: list[tuple[str, float]] = []
-        self._hull_source: str | None = None
 
     # the reference hull --------------------------------------------------------------------
-    def hull_source(self) -> str:
-        """``shipped`` or ``mp-api``, resolved on first use (``auto`` reads ``MP_API_KEY`` then) and kept."""
-        if self._hull_source is None:
-            self._hull_source = resolve_hull_source(self.settings.hull.source)
-        return self._hull_source
-
-    @property
-    def version(self) -> str:
-        """Kind, code version and a hash of the science settings and, with formation energies, the hull's version.
-
-        ``hull.source: auto`` enters as the source it resolved to, so it shares results with that source.
-        """
-        science: Any = self.settings.model_dump(mode="json")
-        if self.settings.formation_energy:
-            source = self.hull_source()
-            science["hull"]["source"] = source
-            science = [science, hull_source_version(source)]
-        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
-
     def applies_mp2020(self) -> bool:
         """Whether the model's energies get the MP2020 corrections (the setting, else ``mlip_needs_mp2020``)."""
         s = self.settings
@@ -539,9 +517,6 @@ class MlipOracle(Oracle):
             return mlip_needs_mp2020(s.model, s.model_version or "")
         except OracleError as exc:
             raise OracleError(f"{exc}; set hull.mp2020_corrections, or formation_energy: false") from None
-
-    def _hull(self, elements: Iterable[str]):
-        return reference_hull(self.hull_source(), elements, self.site.cache_folder("mp-api"))
 
     def reference_entries(self) -> list[ReferenceEntry]:
         """Entries from ``references`` (a relative path is taken from the site's ``base_dir``) and ``extra_entries``."""
@@ -595,7 +570,7 @@ class MlipOracle(Oracle):
             return
         self.applies_mp2020()
         if self.hull_source() == "shipped":
-            hull = self._hull(())
+            hull = self.reference_hull(())
             missing = [p for p in self.settings.interface_partners if hull.find_phase(p) is None]
             if missing:
                 raise OracleError(f"interface partner(s) {', '.join(missing)} not in the reference hull {hull.source}")
@@ -622,7 +597,7 @@ class MlipOracle(Oracle):
         check_elements(elements, s.model, calc)
         if s.formation_energy:  # fail before the relaxation when no hull can be given
             apply_mp2020 = self.applies_mp2020()
-            self._hull(elements)
+            self.reference_hull(elements)
         atoms = AseAtomsAdaptor.get_atoms(structure)
         d_min = min_distance_a(atoms)
         if d_min < s.min_distance_a:
@@ -674,7 +649,7 @@ class MlipOracle(Oracle):
         for partner in s.interface_partners:
             wider |= {str(el) for el in Composition(partner).elements}
         others = self.extra_phases(wider, apply_mp2020, candidate=(formula, e_ev_per_atom))
-        stab = self._hull(elements).stability(comp, e_form, others)
+        stab = self.reference_hull(elements).stability(comp, e_form, others)
         n_others = sum(1 for p in others if {str(el) for el in Composition(p.formula).elements} <= elements)
         properties["formation_energy_ev_per_atom"] = e_form
         properties["e_above_hull_ev_per_atom"] = stab.e_above_hull_ev_per_atom
@@ -684,7 +659,7 @@ class MlipOracle(Oracle):
         extra["hull_extra_phases"] = n_others
         extra["mp2020_corrections"] = apply_mp2020
         if s.li_window:
-            lo, hi = self._hull(elements | {"Li"}).electrochemical_window(comp, e_form, "Li", others)
+            lo, hi = self.reference_hull(elements | {"Li"}).electrochemical_window(comp, e_form, "Li", others)
             properties["li_window_min_v"] = lo
             properties["li_window_max_v"] = min(hi, LI_WINDOW_OPEN_V)
             extra["li_window_open_above"] = math.isinf(hi)
@@ -692,7 +667,7 @@ class MlipOracle(Oracle):
             extra["interface_reactions"] = {}
         for partner in s.interface_partners:
             system = elements | {str(el) for el in Composition(partner).elements}
-            r = self._hull(system).interface_reaction_energy(comp, e_form, partner, others)
+            r = self.reference_hull(system).interface_reaction_energy(comp, e_form, partner, others)
             properties[interface_property(partner)] = r.ev_per_atom_min
             extra["interface_reactions"][partner] = {
                 "ev_per_atom": r.ev_per_atom_min,
