@@ -166,6 +166,21 @@ def test_properties_carry_units_in_their_names(kind, site):
     assert not bad, f"{kind}: property names without a unit suffix {bad} (units: {UNITS}; unitless: {UNITLESS_SUFFIXES})"
 
 
+#: settings that switch on properties a kind declares only when asked
+OPT_IN = {
+    "mlip": {"li_window": True, "interface_partners": ["LiCoO2", "Li", "Li7La3Zr2O12", "Li3PS4"]},
+    "gpaw-hse06": {"formation_energy": True},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPT_IN))
+def test_opt_in_properties_carry_units_in_their_names(kind, site):
+    oracle = build(kind, OPT_IN[kind], site=site)
+    assert set(oracle.properties) > set(build(kind, site=site).properties)
+    bad = sorted(p for p in oracle.properties if not has_unit(p))
+    assert not bad, f"{kind}: property names without a unit suffix {bad}"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_version_is_stable_for_equal_science(kind, site):
     a, b = build(kind, site=site), build(kind, site=site)
