@@ -254,6 +254,17 @@ def test_an_unstable_candidate_reacts_with_the_cathode(caf_obs):
     assert p["li_window_max_v"] == LI_WINDOW_OPEN_V and caf_obs.extra["li_window_open_above"] is True
 
 
+def test_evaluate_summary_reads_with_units(caf_obs):
+    from matloop.loop.cli import evaluation_summary, unit_of
+
+    text = evaluation_summary(caf_obs, "CaF")
+    assert "energy above the hull" in text and "eV/atom" in text
+    assert "decomposes into" in text and "0.75 CaF2 + 0.25 Ca" in text
+    assert "Li window, upper (vs Li/Li+)" in text and "open" in text
+    assert "reaction with LiCoO2" in text and "Co" in text.split("reaction with LiCoO2", 1)[1].split("\n", 1)[0]
+    assert unit_of("interface_reaction_ev_per_atom_LiCoO2") == "eV/atom" and unit_of("sq_efficiency_percent") == "%"
+
+
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
