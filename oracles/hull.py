@@ -19,6 +19,17 @@ OPTIMADE is not offered: the OPTIMADE standard defines no energy field, and the 
 that serve energies do so under provider-specific names with their own DFT settings and
 corrections, so no provider-independent hull can be built from it.
 
+How the oracles use it
+----------------------
+The MLIP tier (``mlip.MlipOracle``) and the GPAW tiers (``gpaw.GpawPbeOracle``) take a ``hull``
+setting (``HullSettings``: ``source: auto | shipped | mp-api``). ``ReferenceHullMixin`` resolves
+it once, on first use (``auto`` is ``mp-api`` when ``MP_API_KEY`` is set at that moment; nothing
+reads the environment at import), puts the resolved source and the shipped table's version
+(or ``mp-api/MP2020``) into the oracle's ``version``, and hands out the hull covering a
+chemical system (``reference_hull``; mp-api queries that system, cached on disk under the
+site's ``cache_dir``). Every observation records the version of the hull it used in
+``extra["hull_reference"]`` and its decomposition in ``extra["decomposition"]``.
+
 Energy scale
 ------------
 Every energy here is on the Materials Project **MP2020** scale (``MaterialsProject2020Compatibility``
