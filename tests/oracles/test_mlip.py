@@ -491,6 +491,8 @@ def test_sevennet_shares_the_code_path(site):
     obs = oracle.run(request(rocksalt("Na", "Cl", 5.85)))
     assert obs.ok, obs.reason
     assert abs(obs.properties["formation_energy_ev_per_atom"] - MP_NACL) < 0.3
+    assert obs.extra["mp2020_corrections"] is True  # SevenNet-0 learnt uncorrected energies
+    assert -0.05 <= obs.properties["e_above_hull_ev_per_atom"] <= 0.1
     assert "sevennet" in obs.extra["model"]
     assert oracle.version.startswith("sevennet-")
 
