@@ -2,11 +2,11 @@
 
 For binary and ternary prototypes (rocksalt, zincblende, fluorite, antifluorite,
 cubic perovskite) of Li Na K Rb Mg Ca Sr Ba Al Y Ti Zr Zn Cu Ag with O F Cl Br N whose reduced
-formula is in the Materials Project snapshot, relax each with CHGNet (``StructOptimizer``,
-fmax 0.05 eV/A, <= 300 steps, cell relaxed), keep the lowest energy per formula, compute the
-formation energy on the MP2020 scale (``corrected_formation_energy`` with MP's elemental
-reference energies; CHGNet energies already include the MP2020 corrections, SevenNet-0's do
-not) and the energy above the shipped hull. Prints:
+formula is in the Materials Project snapshot, evaluate each with the MLIP tier exactly as a
+campaign does (``MlipOracle``: FIRE + ``FrechetCellFilter``, fmax 0.05 eV/A, <= 300 steps;
+formation energy on the MP2020 scale with MP's elemental reference energies, the MP2020
+corrections only for SevenNet-0; shipped hull, no campaign phases), keep the lowest formation
+energy per formula and place it on the shipped hull. Prints:
 
 * formation-energy MAE against the lowest-energy snapshot phase of the same formula (MP2020
   scale), over all formulas and over hull vertices only (where the prototype is more often
@@ -118,12 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pymatgen.core import Composition
 
-    from matloop.oracles.hull import (
-        ReferenceHull,
-        corrected_formation_energy,
-        mlip_needs_mp2020,
-        mp_elemental_energies_ev_per_atom,
-    )
+    from matloop.core.records import Candidate, Request
+    from matloop.oracles.hull import ReferenceHull
+    from matloop.oracles.mlip import MlipOracle
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -138,48 +135,32 @@ def main(argv: list[str] | None = None) -> int:
         pool = [p for p in pool if Composition(p[0]).reduced_formula in set(formulas)]
     print(f"{len(pool)} prototype structures for {len(formulas)} formulas in the snapshot; hull {hull.version}")
 
-    if args.model == "chgnet":
-        from chgnet.model import CHGNet, StructOptimizer
-
-        optimizer = StructOptimizer(model=CHGNet.load(verbose=False), use_device="cpu")
-
-        def relax(structure):
-            result = optimizer.relax(structure, fmax=args.fmax, steps=args.steps, relax_cell=True, verbose=False)
-            return result["final_structure"], float(result["trajectory"].energies[-1])
-    else:
-        from ase.filters import FrechetCellFilter
-        from ase.optimize import FIRE
-        from pymatgen.io.ase import AseAtomsAdaptor
-        from sevenn.calculator import SevenNetCalculator
-
-        calc = SevenNetCalculator("7net-0", device="cpu")
-
-        def relax(structure):
-            atoms = AseAtomsAdaptor.get_atoms(structure)
-            atoms.calc = calc
-            FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=args.fmax, steps=args.steps)
-            return AseAtomsAdaptor.get_structure(atoms), float(atoms.get_potential_energy())
-
-    apply = mlip_needs_mp2020(args.model, "0.3.0" if args.model == "chgnet" else "7net-0")
-    mu = mp_elemental_energies_ev_per_atom()
+    oracle = MlipOracle(
+        settings={
+            "model": args.model,
+            "fmax": args.fmax,
+            "max_steps": args.steps,
+            "hull": {"source": "shipped", "include_campaign_phases": False},
+        },
+        site={"device": "cpu"},
+    )
     best: dict[str, dict] = {}
     for i, (formula, name, build) in enumerate(pool):
         f = Composition(formula).reduced_formula
-        try:
-            final, energy = relax(build())
-            e_form = corrected_formation_energy(final, energy, mu, apply_mp2020=apply)
-        except Exception as exc:  # a failed relaxation is reported, not fatal
-            print(f"  {formula} {name}: failed ({exc})")
+        candidate = Candidate.from_structure(build(), source="validate_hull")
+        obs = oracle.run(Request(f"validate-{i}", candidate, oracle.name, 0))
+        if not obs.ok:  # a failed relaxation is reported, not fatal
+            print(f"  {formula} {name}: failed ({obs.reason})")
             continue
-        if math.isfinite(e_form) and (f not in best or e_form < best[f]["e_form"]):
-            best[f] = {"e_form": e_form, "prototype": name}
+        e_form = obs.properties["formation_energy_ev_per_atom"]
+        if f not in best or e_form < best[f]["e_form"]:
+            best[f] = {"e_form": e_form, "e_hull": obs.properties["e_above_hull_ev_per_atom"], "prototype": name}
         if (i + 1) % 25 == 0:
             print(f"  relaxed {i + 1}/{len(pool)} ({time.perf_counter() - t0:.0f} s)")
 
     rows = []
     for f, rec in sorted(best.items()):
         ref = snapshot[f] + shift(f)
-        stab = hull.stability(f, rec["e_form"])
         ref_stab = hull.stability(f, ref)
         rows.append(
             {
@@ -187,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prototype": rec["prototype"],
                 "e_form_pred": rec["e_form"],
                 "e_form_ref": ref,
-                "e_hull_pred": stab.e_above_hull_ev_per_atom,
+                "e_hull_pred": rec["e_hull"],
                 "e_hull_ref": ref_stab.e_above_hull_ev_per_atom,
                 "vertex": f in vertices,
             }
@@ -213,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "seconds": time.perf_counter() - t0,
         "hull_version": hull.version,
+        "oracle_version": oracle.version,
         "rows": rows,
     }
     print(f"\n{'formula':<12} {'proto':<12} {'Ef pred':>8} {'Ef ref':>8} {'Eh pred':>8} {'Eh ref':>8} vertex")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -322,7 +323,7 @@ def cmd_tell(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    """``matloop evaluate``: run one oracle on one structure file and print the observation as JSON.
+    """``matloop evaluate``: run one oracle on one structure file; the observation as JSON on stdout, a summary on stderr.
 
     Returns:
         Exit status: 0 if the evaluation succeeded, 1 if it failed.
@@ -367,10 +368,55 @@ def cmd_evaluate(args) -> int:
     if not args.full:
         out.get("extra", {}).pop("relaxed_structure", None)
     print(json.dumps(out, indent=2, default=str))
+    print(evaluation_summary(obs, cand.formula), file=sys.stderr)
     return 0 if obs.ok else 1
 
 
+#: readable labels of the properties ``evaluation_summary`` knows, in the order it prints them
+_LABELS = {
+    "energy_ev_per_atom": "energy",
+    "formation_energy_ev_per_atom": "formation energy (MP2020 scale)",
+    "e_above_hull_ev_per_atom": "energy above the hull",
+    "li_window_min_v": "Li window, lower (vs Li/Li+)",
+    "li_window_max_v": "Li window, upper (vs Li/Li+)",
+    "gap_ev": "band gap",
+    "sq_efficiency_percent": "Shockley-Queisser limit",
+}
+
+
+def evaluation_summary(obs, formula: str) -> str:
+    """A readable account of one observation: properties with units, decomposition, reactions."""
+    head = f"{formula}: {obs.status.value} ({obs.oracle}, {obs.oracle_version}, {obs.wall_time_s:.1f} s)"
+    if not obs.ok:
+        return f"{head}\n  reason: {obs.reason}"
+    extra = obs.extra or {}
+    names = [p for p in _LABELS if p in obs.properties] + [p for p in obs.properties if p not in _LABELS]
+    rows = []
+    for p in names:
+        label = _LABELS.get(p) or (f"reaction with {p.rsplit('_', 1)[1]}" if p.startswith("interface_reaction_")
+                                   else p)
+        value, unit = obs.properties[p], unit_of(p)
+        text = f"{value:.4g}" if unit == "dimensionless" else f"{value:.1f} %" if unit == "%" else f"{value:.3f} {unit}"
+        if p == "li_window_max_v" and extra.get("li_window_open_above"):
+            text += " (open: never gives up Li)"
+        if p.startswith("interface_reaction_"):
+            r = (extra.get("interface_reactions") or {}).get(p.rsplit("_", 1)[1], {})
+            text += f"  {r['reaction']}" if value < 0 and r.get("reaction") else "  (no reaction)"
+        rows.append((label, text))
+    decomposition = extra.get("decomposition")
+    if decomposition:
+        rows.append(("decomposes into", " + ".join(f"{d['fraction']:.3g} {d['formula']}" for d in decomposition)
+                     + " (atom fractions)"))
+    if extra.get("hull_reference"):
+        rows.append(("reference hull", str(extra["hull_reference"])))
+    if extra.get("formation_energy_error"):
+        rows.append(("no formation energy", str(extra["formation_energy_error"])))
+    width = max(len(label) for label, _ in rows) if rows else 0
+    return "\n".join([head] + [f"  {label:<{width}}  {text}" for label, text in rows])
+
+
 _UNITS = (
+    ("_percent", "%"),
     ("_ev_per_atom", "eV/atom"),
     ("_s_per_cm_300k", "S/cm (300 K)"),
     ("_s_per_cm", "S/cm"),
@@ -385,7 +431,8 @@ _UNITS = (
 
 
 def unit_of(prop: str) -> str:
-    """The unit spelled at the end of a property name (``gap_ev`` -> ``eV``)."""
+    """The unit spelled at the end of a property name (``gap_ev`` -> ``eV``), before any ``_<Formula>`` qualifier."""
+    prop = re.sub(r"_[A-Z][A-Za-z0-9]*$", "", prop)  # interface_reaction_ev_per_atom_LiCoO2
     for suffix, unit in _UNITS:
         if prop.endswith(suffix):
             return unit

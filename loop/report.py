@@ -295,6 +295,26 @@ def _best_values(data: _Data) -> dict[str, dict[tuple[str, str], float | str]]:
     return out
 
 
+#: the stability property whose decomposition the top-candidates table shows
+HULL_PROPERTY = "e_above_hull_ev_per_atom"
+
+
+def _decomposition_for(data: _Data, cid: str) -> str:
+    """The decomposition products stored by the highest-fidelity successful observation that has them, as text."""
+    best = None
+    for obs in data.arms.values():
+        for o in obs:
+            if o.candidate_id == cid and o.ok and isinstance(o.extra.get("decomposition"), list):
+                if best is None or o.fidelity > best.fidelity:
+                    best = o
+    if best is None:
+        return ""
+    try:
+        return " + ".join(f"{float(d['fraction']):.3g} {d['formula']}" for d in best.extra["decomposition"])
+    except (KeyError, TypeError, ValueError):  # a malformed record shows nothing rather than failing the report
+        return ""
+
+
 def _structure_for(data: _Data, cid: str):
     """The relaxed structure of the highest-fidelity successful observation, else the candidate's."""
     from pymatgen.core import Structure
@@ -644,10 +664,16 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
 
     keyed = [(rank_key(cid), cid) for cid in values]
     ranked = [cid for k, cid in sorted((k, cid) for k, cid in keyed if k is not None)][:top_n]
-    # the objective's column first, then every oracle's properties, lowest fidelity first
+    # the objective's column first, then the energies above the hull, then every oracle's other
+    # properties, lowest fidelity first
     columns = [(obj.oracle, obj.property)]
-    columns += [(o, p) for o in data.oracles for p in data.properties.get(o, []) if (o, p) != columns[0]]
-    header = ["rank", "formula", "source", "found by"] + [f"{o}: {p}" for o, p in columns] + ["candidate", "structure"]
+    columns += [(o, p) for o in data.oracles for p in data.properties.get(o, [])
+                if p == HULL_PROPERTY and (o, p) not in columns]
+    columns += [(o, p) for o in data.oracles for p in data.properties.get(o, []) if (o, p) not in columns]
+    decompositions = {cid: _decomposition_for(data, cid) for cid in ranked}
+    with_decomposition = any(decompositions.values())
+    header = (["rank", "formula", "source", "found by"] + [f"{o}: {p}" for o, p in columns]
+              + (["decomposition (atom fractions)"] if with_decomposition else []) + ["candidate", "structure"])
     rows, n_cif = [], 0
     sdir = out_dir / "structures"
     for rank, cid in enumerate(ranked, start=1):
@@ -663,6 +689,9 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
                 row.append(("failed", None, None, "num failed"))
             else:
                 row.append(("", None, None, "num"))
+        if with_decomposition:
+            text = decompositions[cid]
+            row.append((text, text, None, ""))
         row.append((cid, cid, None, "id"))
         structure, how = _structure_for(data, cid)
         link = ("–", "", None, "")

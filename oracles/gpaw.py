@@ -1,8 +1,9 @@
 """GPAW plane-wave DFT tiers: PBE (gaps, energies) and HSE06 gaps on top of PBE.
 
 ``GpawPbeOracle`` runs one self-consistent PBE calculation (optionally after a relaxation)
-and reports band edges from the k-mesh (plus a band path when asked) and the formation
-energy against elemental references computed with the same settings and cached on disk.
+and reports band edges from the k-mesh (plus a band path when asked), the Shockley-Queisser
+limit of its gap, and the formation energy and energy above the hull on the Materials Project
+scale (below).
 
 ``GpawHse06Oracle`` adds HSE06 on the PBE ground state, in one of two ways:
 
@@ -12,6 +13,29 @@ energy against elemental references computed with the same settings and cached o
   calculation (``bulk_reference``, else the candidate itself) and cached, are added to the
   candidate's PBE edges. For defect or other large cells this costs about one bulk
   calculation per bulk, not one hybrid calculation per cell.
+
+Stability on the reference hull
+-------------------------------
+The hull is the one of the MLIP tier (``hull.ReferenceHull``: the shipped Materials Project
+table or live entries, the ``hull`` setting), on the MP2020 scale. GPAW's total energies are on
+GPAW's own absolute scale, so MP's elemental energies cannot be subtracted from them; the
+raw PBE formation energy is taken against GPAW elemental references computed with the same
+settings (cached on disk), and the MP2020 corrections are added to it per atom
+(``hull.mp2020_correction_ev``: the oxide/peroxide/superoxide, sulfide and anion corrections
+MP adds to its raw PBE energies). This treats GPAW's raw PBE formation energy as equal to the
+raw PBE (VASP) formation energy MP corrected, which holds to the PAW-setup and convergence
+differences of the two codes, typically a few 0.01 eV/atom at converged settings and more at
+coarse ones (the elemental references use the same cut-off, so much of it cancels; a metal
+reference on a coarse k-mesh does not). Two things are not approximated but refused, with a
+reason in ``extra["formation_energy_error"]`` and neither property reported:
+
+* compositions MP computes with GGA+U (oxides and fluorides of Co, Cr, Fe, Mn, Mo, Ni, V, W):
+  MP2020 puts them on the scale through fitted GGA+U corrections that plain PBE has no
+  counterpart of (errors of several 0.1 eV/atom);
+* elements without a GPAW elemental reference (give one in ``elemental_references``).
+
+The alternative, the MLIP tier's recipe (MP's elemental energies as chemical potentials), needs
+energies on VASP's absolute scale, which no GPAW calculation gives.
 
 GPAW is imported inside ``evaluate`` only, so this module imports without it; a missing
 GPAW becomes a failed observation that says how to install it. Calculations run serially
@@ -34,6 +58,9 @@ from pydantic import Field, field_validator, model_validator
 
 from matloop.core.oracle import Oracle, OracleSettings
 from matloop.core.records import Candidate, OracleError, OracleResult, stable_hash
+
+from .efficiency import shockley_queisser_efficiency
+from .hull import HullSettings, ReferenceHullMixin, mp2020_correction_ev, mp_calculation_parameters
 
 NOT_INSTALLED = (
     "GPAW is not installed: run `make setup` (installs the `dft` extra: libxc/openblas/fftw + siteconfig) "
@@ -98,8 +125,13 @@ class GpawPbeSettings(OracleSettings):
     )
     formation_energy: bool = Field(
         True,
-        description="report formation_energy_ev_per_atom against GPAW elemental references (raw PBE, no "
-        "anion corrections); references are computed once per element and settings and cached",
+        description="report formation_energy_ev_per_atom (GPAW elemental references plus the MP2020 corrections: "
+        "the Materials Project scale) and e_above_hull_ev_per_atom on the reference hull (see hull); references "
+        "are computed once per element and settings and cached",
+    )
+    hull: HullSettings = Field(
+        default_factory=HullSettings,
+        description="the reference hull of e_above_hull_ev_per_atom: source (auto | shipped | mp-api)",
     )
     elemental_references: dict[str, str] = Field(
         default_factory=dict,
@@ -134,7 +166,9 @@ class GpawHse06Settings(GpawPbeSettings):
         "(for defect/large cells; its k-mesh comes from kpt_density; a relative path is taken from the "
         "campaign file's folder); None = the candidate itself",
     )
-    formation_energy: bool = Field(False, description="also report the PBE formation energy (see the PBE tier)")
+    formation_energy: bool = Field(
+        False, description="also report the PBE formation energy and energy above the hull (see the PBE tier)"
+    )
 
     @model_validator(mode="after")
     def _mode_options(self) -> GpawHse06Settings:
@@ -446,14 +480,19 @@ class _DiskCache:
 
 
 # -- the oracles -------------------------------------------------------------------------------
-class GpawPbeOracle(Oracle):
-    """PBE band gap, band edges, total and formation energy from GPAW (plane waves).
+#: properties that need ``formation_energy``
+_HULL_PROPERTIES = ("formation_energy_ev_per_atom", "e_above_hull_ev_per_atom")
 
-    Properties (eV, eV/atom): ``gap_ev`` and ``direct_gap_ev`` (k-mesh, plus the band path
+
+class GpawPbeOracle(ReferenceHullMixin, Oracle):
+    """PBE band gap, band edges, total and formation energy, stability and efficiency limit from GPAW.
+
+    Properties (eV, eV/atom, %): ``gap_ev`` and ``direct_gap_ev`` (k-mesh, plus the band path
     when ``band_path``), ``vbm_ev``/``cbm_ev`` (absolute, against the cell's average
     electrostatic potential), ``total_energy_ev_per_atom`` (GPAW's energy, relative to its
-    atomic references), ``formation_energy_ev_per_atom`` (against GPAW elemental references;
-    omitted with a reason in ``extra`` when an element has no reference).
+    atomic references), ``sq_efficiency_percent`` (Shockley-Queisser limit of ``gap_ev`` under
+    AM1.5G), ``formation_energy_ev_per_atom`` and ``e_above_hull_ev_per_atom`` (MP2020 scale,
+    see the module docstring; omitted with a reason in ``extra`` where they cannot be given).
     """
 
     kind = "gpaw-pbe"
@@ -463,7 +502,9 @@ class GpawPbeOracle(Oracle):
         "vbm_ev",
         "cbm_ev",
         "total_energy_ev_per_atom",
+        "sq_efficiency_percent",
         "formation_energy_ev_per_atom",
+        "e_above_hull_ev_per_atom",
     )
     code_version = "1"
     Settings = GpawPbeSettings
@@ -472,7 +513,7 @@ class GpawPbeOracle(Oracle):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if not self.settings.formation_energy:  # declare what this instance reports
-            self.properties = tuple(p for p in type(self).properties if p != "formation_energy_ev_per_atom")
+            self.properties = tuple(p for p in type(self).properties if p not in _HULL_PROPERTIES)
 
     @property
     def cache_folder(self) -> Path:
@@ -489,6 +530,8 @@ class GpawPbeOracle(Oracle):
         if not structure.is_ordered:
             raise OracleError("GPAW needs an ordered structure; this one has partial occupancies")
         _check_setups(el.symbol for el in structure.composition.elements)
+        if self.settings.formation_energy:  # fail before the SCF when no hull can be given
+            self.reference_hull(el.symbol for el in structure.composition.elements)
         with self._log_dir() as log_dir, _single_threaded_blas():
             run = _Run(self.settings, _safe(candidate.id), log_dir)
             props, extra = self._compute(run, structure, candidate.formula)
@@ -579,6 +622,7 @@ class GpawPbeOracle(Oracle):
             "vbm_ev": edges.vbm_ev,
             "cbm_ev": edges.cbm_ev,
             "total_energy_ev_per_atom": pbe["energy_ev"] / n_atoms,
+            "sq_efficiency_percent": sq_efficiency_percent(edges.gap_ev),
         }
         extra = self._pbe_extra(pbe)
         self._add_formation_energy(run, pbe, props, extra)
@@ -586,6 +630,9 @@ class GpawPbeOracle(Oracle):
 
     # -- formation energy ---------------------------------------------------------------------
     def _add_formation_energy(self, run: _Run, pbe: dict[str, Any], props: dict, extra: dict) -> None:
+        """Formation energy and energy above the hull on the MP2020 scale (see the module docstring)."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
         if not self.settings.formation_energy:
             return
         atoms = pbe["atoms"]
@@ -596,10 +643,30 @@ class GpawPbeOracle(Oracle):
             extra["formation_energy_error"] = str(exc)
             return
         e_refs = sum(refs[el]["energy_ev_per_atom"] for el in symbols)
-        props["formation_energy_ev_per_atom"] = (pbe["energy_ev"] - e_refs) / len(symbols)
+        raw = (pbe["energy_ev"] - e_refs) / len(symbols)
+        extra["pbe_formation_energy_ev_per_atom"] = raw
         extra["elemental_references"] = {
             el: {k: r[k] for k in ("energy_ev_per_atom", "source", "kpts", "cached", "file")} for el, r in refs.items()
         }
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        comp = structure.composition
+        hubbards = mp_calculation_parameters(comp)["hubbards"]
+        if hubbards:
+            extra["formation_energy_error"] = (
+                f"the Materials Project computes {comp.reduced_formula} with GGA+U (U on {', '.join(hubbards)}), "
+                "whose MP2020 corrections plain PBE has no counterpart of: no formation energy or energy above the "
+                "hull on the MP2020 scale"
+            )
+            return
+        correction = mp2020_correction_ev(structure) / len(symbols)
+        e_form = raw + correction
+        stab = self.reference_hull(sorted(set(symbols))).stability(comp, e_form)
+        props["formation_energy_ev_per_atom"] = e_form
+        props["e_above_hull_ev_per_atom"] = stab.e_above_hull_ev_per_atom
+        extra["mp2020_correction_ev_per_atom"] = correction
+        extra["decomposition"] = [{"formula": f, "fraction": x} for f, x in stab.decomposition]
+        extra["hull_reference"] = stab.hull_version
+        extra["hull_phases"] = list(stab.reference_phases)
 
     def _reference_key(self, element: str, source: str) -> str:
         s = self.settings
@@ -690,13 +757,16 @@ class GpawPbeOracle(Oracle):
 class GpawHse06Oracle(GpawPbeOracle):
     """HSE06 band gap on the PBE ground state (non-self-consistent, or PBE + HSE06 band-edge shifts).
 
-    Properties (eV): ``gap_ev``, ``direct_gap_ev``, ``vbm_ev``, ``cbm_ev`` (HSE06 level) and
-    ``pbe_gap_ev``; ``formation_energy_ev_per_atom`` (PBE) when ``formation_energy`` is on.
-    ``extra`` holds the VBM/CBM shifts (``vbm_shift_ev``, ``cbm_shift_ev``) and the PBE edges.
+    Properties (eV, %): ``gap_ev``, ``direct_gap_ev``, ``vbm_ev``, ``cbm_ev`` (HSE06 level),
+    ``pbe_gap_ev`` and ``sq_efficiency_percent`` (Shockley-Queisser limit of the HSE06 gap);
+    ``formation_energy_ev_per_atom`` and ``e_above_hull_ev_per_atom`` (PBE, as in the PBE tier)
+    when ``formation_energy`` is on. ``extra`` holds the VBM/CBM shifts (``vbm_shift_ev``,
+    ``cbm_shift_ev``) and the PBE edges.
     """
 
     kind = "gpaw-hse06"
-    properties = ("gap_ev", "direct_gap_ev", "vbm_ev", "cbm_ev", "pbe_gap_ev", "formation_energy_ev_per_atom")
+    properties = ("gap_ev", "direct_gap_ev", "vbm_ev", "cbm_ev", "pbe_gap_ev", "sq_efficiency_percent",
+                  "formation_energy_ev_per_atom", "e_above_hull_ev_per_atom")
     Settings = GpawHse06Settings
 
     def _compute(self, run: _Run, structure, what: str) -> tuple[dict[str, float], dict[str, Any]]:
@@ -730,6 +800,7 @@ class GpawHse06Oracle(GpawPbeOracle):
             extra.update(vbm_shift_ev=dv, cbm_shift_ev=dc,
                          bulk_reference={k: shifts[k] for k in ("source", "kpts", "cached", "pbe_gap_ev",
                                                                 "edge_kpt_indices")})
+        props["sq_efficiency_percent"] = sq_efficiency_percent(props["gap_ev"])
         self._add_formation_energy(run, pbe, props, extra)
         return props, extra
 
@@ -779,6 +850,11 @@ class GpawHse06Oracle(GpawPbeOracle):
         cache = _DiskCache(self.cache_folder, run.world)
         record, cached = cache.get_or_compute("hse06_shifts", key, compute)
         return {**record, "cached": cached}
+
+
+def sq_efficiency_percent(gap_ev: float) -> float:
+    """Shockley-Queisser limit (%) of a single junction with this gap under AM1.5G (0 for a metal)."""
+    return 100.0 * shockley_queisser_efficiency(gap_ev)
 
 
 def _union(a: BandEdges, b: BandEdges) -> BandEdges:

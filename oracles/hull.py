@@ -19,6 +19,17 @@ OPTIMADE is not offered: the OPTIMADE standard defines no energy field, and the 
 that serve energies do so under provider-specific names with their own DFT settings and
 corrections, so no provider-independent hull can be built from it.
 
+How the oracles use it
+----------------------
+The MLIP tier (``mlip.MlipOracle``) and the GPAW tiers (``gpaw.GpawPbeOracle``) take a ``hull``
+setting (``HullSettings``: ``source: auto | shipped | mp-api``). ``ReferenceHullMixin`` resolves
+it once, on first use (``auto`` is ``mp-api`` when ``MP_API_KEY`` is set at that moment; nothing
+reads the environment at import), puts the resolved source and the shipped table's version
+(or ``mp-api/MP2020``) into the oracle's ``version``, and hands out the hull covering a
+chemical system (``reference_hull``; mp-api queries that system, cached on disk under the
+site's ``cache_dir``). Every observation records the version of the hull it used in
+``extra["hull_reference"]`` and its decomposition in ``extra["decomposition"]``.
+
 Energy scale
 ------------
 Every energy here is on the Materials Project **MP2020** scale (``MaterialsProject2020Compatibility``
@@ -67,13 +78,16 @@ import io
 import itertools
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from matloop.core.records import OracleError
 
@@ -298,13 +312,30 @@ class ReferenceHull:
             return [ph for s in subsystems for ph in self._by_system.get(s, ())]
         return [ph for s, phs in self._by_system.items() if s <= els for ph in phs]
 
-    def phase_diagram(self, elements: Iterable[str]):
-        """pymatgen ``PhaseDiagram`` of the reference phases in a chemical system (cached)."""
+    def phase_diagram(self, elements: Iterable[str], extra_phases: Sequence[ReferencePhase] = ()):
+        """pymatgen ``PhaseDiagram`` of the reference phases in a chemical system (cached).
+
+        Args:
+            elements: the chemical system.
+            extra_phases: further phases on the same scale (e.g. those a campaign computed);
+                the ones inside the system join the hull of this call only (not cached).
+        """
         from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
         from pymatgen.core import Composition
 
         els = frozenset(elements)
         self.check_elements(els)
+        inside = [ph for ph in extra_phases if {str(el) for el in Composition(ph.formula).elements} <= els]
+        if inside:
+            base = self.phase_diagram(els)
+            entries = list(base.stable_entries)  # phases above the hull cannot shape it
+            for ph in inside:
+                comp = Composition(ph.formula)
+                entries.append(
+                    PDEntry(comp, ph.formation_energy_ev_per_atom * comp.num_atoms, name=comp.reduced_formula,
+                            attribute=ph.id)
+                )
+            return PhaseDiagram(entries)
         if els not in self._diagrams:
             if len(self._diagrams) >= _MAX_CACHED_DIAGRAMS:  # bound the memory of long campaigns
                 self._diagrams.clear()
@@ -330,12 +361,15 @@ class ReferenceHull:
         return min(matches, key=lambda p: p.formation_energy_ev_per_atom) if matches else None
 
     # -- stability ---------------------------------------------------------------------------
-    def stability(self, composition, formation_energy_ev_per_atom: float) -> Stability:
+    def stability(
+        self, composition, formation_energy_ev_per_atom: float, extra_phases: Sequence[ReferencePhase] = ()
+    ) -> Stability:
         """Energy above the reference hull (signed) and decomposition of a composition.
 
         Args:
             composition: formula string or pymatgen ``Composition``.
             formation_energy_ev_per_atom: on the MP2020 scale (see ``corrected_formation_energy``).
+            extra_phases: further competing phases on the same scale (see ``phase_diagram``).
         """
         from pymatgen.analysis.phase_diagram import PDEntry
         from pymatgen.core import Composition
@@ -343,7 +377,7 @@ class ReferenceHull:
         comp = Composition(composition)
         if not math.isfinite(formation_energy_ev_per_atom):
             raise OracleError(f"formation energy of {comp.reduced_formula} is not finite")
-        pd = self.phase_diagram(str(el) for el in comp.elements)
+        pd = self.phase_diagram((str(el) for el in comp.elements), extra_phases)
         entry = PDEntry(comp, formation_energy_ev_per_atom * comp.num_atoms, name="candidate")
         decomp, e_hull = pd.get_decomp_and_e_above_hull(entry, allow_negative=True)
         decomposition = tuple(
@@ -363,14 +397,20 @@ class ReferenceHull:
         )
 
     # -- coating-screen properties -------------------------------------------------------------
-    def _diagram_with(self, composition, formation_energy_ev_per_atom: float, extra_elements: Iterable[str]):
+    def _diagram_with(
+        self,
+        composition,
+        formation_energy_ev_per_atom: float,
+        extra_elements: Iterable[str],
+        extra_phases: Sequence[ReferencePhase] = (),
+    ):
         """Phase diagram of the reference hull vertices plus the candidate (lowered onto the hull if above it)."""
         from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
         from pymatgen.core import Composition
 
         comp = Composition(composition)
         els = {str(el) for el in comp.elements} | set(extra_elements)
-        base = self.phase_diagram(els)
+        base = self.phase_diagram(els, extra_phases)
         e_total = formation_energy_ev_per_atom * comp.num_atoms
         _, e_hull = base.get_decomp_and_e_above_hull(PDEntry(comp, e_total), allow_negative=True)
         if e_hull > -1e-4:
@@ -383,7 +423,11 @@ class ReferenceHull:
         return PhaseDiagram([*base.stable_entries, candidate]), candidate
 
     def electrochemical_window(
-        self, composition, formation_energy_ev_per_atom: float, mobile: str = "Li"
+        self,
+        composition,
+        formation_energy_ev_per_atom: float,
+        mobile: str = "Li",
+        extra_phases: Sequence[ReferencePhase] = (),
     ) -> tuple[float, float]:
         """Voltage range (V vs mobile/mobile+) over which the phase is stable against the mobile ion.
 
@@ -392,11 +436,12 @@ class ReferenceHull:
         ``PhaseDiagram.get_element_profile`` on the reference hull plus the candidate; the
         voltage is -(mu - mu_metal)/e. A phase without the mobile element that never gives
         any up has ``v_max = inf``. A phase above the hull is evaluated as if it were on it.
+        ``extra_phases`` join the hull as in ``phase_diagram``.
         """
         from pymatgen.core import Composition, Element
 
         comp = Composition(composition)
-        pd, _ = self._diagram_with(comp, formation_energy_ev_per_atom, [mobile])
+        pd, _ = self._diagram_with(comp, formation_energy_ev_per_atom, [mobile], extra_phases)
         ref = pd.el_refs[Element(mobile)].energy_per_atom
         profile = pd.get_element_profile(Element(mobile), comp)
         mus = [p["chempot"] - ref for p in profile]
@@ -410,7 +455,11 @@ class ReferenceHull:
         raise OracleError(f"{comp.reduced_formula} is never in equilibrium with {mobile} on this hull")
 
     def interface_reaction_energy(
-        self, composition, formation_energy_ev_per_atom: float, partner_formula: str
+        self,
+        composition,
+        formation_energy_ev_per_atom: float,
+        partner_formula: str,
+        extra_phases: Sequence[ReferencePhase] = (),
     ) -> InterfaceReaction:
         """Most negative mutual reaction energy (eV/atom of mixture) of the candidate with a partner phase.
 
@@ -418,7 +467,8 @@ class ReferenceHull:
         hull energy of their composition (``use_hull_energy=True``), so a metastable partner
         such as cubic Li7La3Zr2O12 or a metastable candidate does not count its own
         decomposition as a reaction (``stability`` reports that). A partner the reference does
-        not hold raises ``OracleError``. Unpacks as ``(ev_per_atom_min, ratio, products)``.
+        not hold raises ``OracleError``. ``extra_phases`` join the hull as in ``phase_diagram``.
+        Unpacks as ``(ev_per_atom_min, ratio, products)``.
         """
         from pymatgen.analysis.interface_reactions import InterfacialReactivity
         from pymatgen.core import Composition
@@ -431,14 +481,16 @@ class ReferenceHull:
                 f"partner {partner.reduced_formula} is not in the reference hull {self.source}: "
                 "no reaction energy against it can be given"
             )
-        pd, _ = self._diagram_with(comp, formation_energy_ev_per_atom, [str(el) for el in partner.elements])
+        pd, _ = self._diagram_with(
+            comp, formation_energy_ev_per_atom, [str(el) for el in partner.elements], extra_phases
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             kinks = InterfacialReactivity(comp, partner, pd, norm=True, use_hull_energy=True).get_kinks()
         _, x, energy, reaction, _ = min(kinks, key=lambda k: k[2])
         products = tuple(sorted(c.reduced_formula for c in reaction.products))
         return InterfaceReaction(
-            ev_per_atom_min=min(0.0, float(energy)), ratio=float(x), products=products, reaction=str(reaction)
+            ev_per_atom_min=min(0.0, float(energy)) + 0.0, ratio=float(x), products=products, reaction=str(reaction)
         )
 
 
@@ -448,6 +500,106 @@ def _shipped_hull() -> ReferenceHull:
     header = gzip.decompress(raw).split(b"\n", 1)[0].decode()
     source = header[1:].strip() if header.startswith("#") else "shipped"
     return ReferenceHull._from_csv_bytes(raw, source)
+
+
+# -- choosing the reference: the ``hull:`` settings of the oracles ----------------------------
+#: environment variable holding a Materials Project API key (read when a hull is chosen, never at import)
+MP_API_KEY_ENV = "MP_API_KEY"
+#: the oracle-version tag of the live Materials Project source (its content changes over time;
+#: each observation records the content hash of the chemical system it used)
+MP_API_VERSION = f"mp-api/{SCHEME}"
+
+
+class HullSettings(BaseModel):
+    """Which reference hull an oracle measures stability against (a science setting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["auto", "shipped", "mp-api"] = Field(
+        "auto",
+        description="shipped: the Materials Project table inside matloop (offline; see oracles/data/README.md); "
+        f"mp-api: live Materials Project entries per chemical system (needs {MP_API_KEY_ENV} and matloop[mp]; "
+        f"cached under the site's cache_dir); auto: mp-api when {MP_API_KEY_ENV} is set when the oracle is "
+        "first used, else shipped",
+    )
+
+
+def resolve_hull_source(source: str) -> str:
+    """``shipped`` or ``mp-api``: ``auto`` becomes ``mp-api`` when ``MP_API_KEY`` is set now."""
+    if source == "auto":
+        return "mp-api" if os.environ.get(MP_API_KEY_ENV) else "shipped"
+    if source not in ("shipped", "mp-api"):
+        raise OracleError(f"unknown hull source {source!r}; known: auto, shipped, mp-api")
+    return source
+
+
+def hull_source_version(resolved: str) -> str:
+    """What enters an oracle's version for a resolved source: the shipped table's version, or ``mp-api/MP2020``."""
+    return ReferenceHull.shipped().version if resolved == "shipped" else MP_API_VERSION
+
+
+def reference_hull(resolved: str, elements: Iterable[str], cache_dir: str | Path | None = None) -> ReferenceHull:
+    """The reference hull of a resolved source that covers ``elements`` (the shipped one covers them all).
+
+    Args:
+        resolved: ``shipped`` or ``mp-api`` (see ``resolve_hull_source``).
+        elements: the chemical system needed (mp-api queries exactly this system).
+        cache_dir: folder of the mp-api JSON caches.
+
+    Raises:
+        OracleError: an element the reference does not cover (named), or mp-api without a key.
+    """
+    els = sorted(set(elements))
+    if resolved == "shipped":
+        hull = ReferenceHull.shipped()
+    else:
+        key = os.environ.get(MP_API_KEY_ENV)
+        if not key:
+            raise OracleError(f"hull source mp-api needs the {MP_API_KEY_ENV} environment variable")
+        hull = _mp_api_hull("-".join(els), key, str(cache_dir) if cache_dir else None)
+    hull.check_elements(els)
+    return hull
+
+
+class ReferenceHullMixin:
+    """For oracles whose settings have ``hull`` (``HullSettings``) and ``formation_energy``.
+
+    Resolves the hull source once, on first use (so ``auto`` reads ``MP_API_KEY`` then, and
+    the resolution travels with the pickled oracle to worker processes), and puts the
+    resolved source and the reference's version into the oracle's ``version``.
+    """
+
+    _hull_source: str | None = None
+
+    def hull_source(self) -> str:
+        """``shipped`` or ``mp-api``, resolved on first use and kept."""
+        if self._hull_source is None:
+            self._hull_source = resolve_hull_source(self.settings.hull.source)
+        return self._hull_source
+
+    @property
+    def version(self) -> str:
+        """Kind, code version and a hash of the science settings and, with formation energies, the hull's version.
+
+        ``hull.source: auto`` enters as the source it resolved to, so it shares results with that source.
+        """
+        from matloop.core.records import stable_hash
+
+        science: Any = self.settings.model_dump(mode="json")
+        if self.settings.formation_energy:
+            source = self.hull_source()
+            science["hull"]["source"] = source
+            science = [science, hull_source_version(source)]
+        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+
+    def reference_hull(self, elements: Iterable[str]) -> ReferenceHull:
+        """The reference hull covering ``elements`` (mp-api caches go to ``<site cache_dir>/mp-api``)."""
+        return reference_hull(self.hull_source(), elements, self.site.cache_folder("mp-api"))
+
+
+@lru_cache(maxsize=32)
+def _mp_api_hull(chemsys: str, api_key: str, cache_dir: str | None) -> ReferenceHull:
+    return ReferenceHull.from_mp_api(chemsys, api_key, cache_dir=cache_dir)
 
 
 # -- energy scales ---------------------------------------------------------------------------
@@ -656,15 +808,21 @@ def _legacy_shift(reduced_formula: str) -> float:
 
 __all__ = [
     "GGA_U_ELEMENTS",
+    "HullSettings",
     "InterfaceReaction",
+    "MP_API_KEY_ENV",
     "ReferenceHull",
+    "ReferenceHullMixin",
     "ReferencePhase",
     "Stability",
     "corrected_formation_energy",
+    "hull_source_version",
     "legacy_to_mp2020_shift_ev_per_atom",
     "mlip_needs_mp2020",
     "mp2020_correction_ev",
     "mp_calculation_parameters",
     "mp_elemental_energies_ev_per_atom",
+    "reference_hull",
+    "resolve_hull_source",
 ]
 

@@ -1,37 +1,43 @@
-"""Machine-learned interatomic potential (MLIP) tier: relaxation, formation energy, hull energy.
+"""Machine-learned interatomic potential (MLIP) tier: relaxation, formation energy, stability.
 
 ``MlipOracle`` relaxes a structure with an ML potential (FIRE on atoms and, optionally, the
 cell through ASE's ``FrechetCellFilter``, the same recipe as ``chgnet.model.StructOptimizer``),
-then reports the energy per atom, the formation energy against elemental references
-computed by the same model, and the energy above the convex hull. Which potential is a
-science setting, ``model`` (atomate2's ``ForceFieldRelaxMaker(force_field_name=...)``: one
-oracle, a parameter per force field): ``chgnet`` (CHGNet, default), ``sevennet`` (SevenNet),
-or any ASE calculator a plug-in registers under the ``matloop.calculators`` entry-point
-group, as a callable ``(model_name, device) -> ase.calculators.calculator.Calculator``.
+then reports the energy per atom and, on the Materials Project scale, the formation energy
+and the energy above the hull of known phases. Which potential is a science setting,
+``model`` (atomate2's ``ForceFieldRelaxMaker(force_field_name=...)``: one oracle, a parameter
+per force field): ``chgnet`` (CHGNet, default), ``sevennet`` (SevenNet), or any ASE
+calculator a plug-in registers under the ``matloop.calculators`` entry-point group, as a
+callable ``(model_name, device) -> ase.calculators.calculator.Calculator``.
 ``model_version`` picks the pretrained weights of that model.
 
 The kinds ``chgnet`` and ``sevennet`` of campaigns written before ``kind: mlip`` are this
 oracle under those names, with that model as the default (``ChgnetAlias``, ``SevennetAlias``).
 
-Elemental references (the chemical potentials of the formation energy) follow one rule,
-applied by ``elemental_references`` (trial structures from ``elemental_trial_structures``):
+Stability against a reference hull
+----------------------------------
+The relaxed total energy becomes a formation energy on the MP2020 scale
+(``hull.corrected_formation_energy``): MP's own elemental energies as chemical potentials,
+and the MP2020 corrections only for models trained on uncorrected energies
+(``hull.mlip_needs_mp2020``: SevenNet-0 yes, CHGNet no). That formation energy is placed on
+the reference hull of the ``hull`` setting (the table shipped with matloop, or live Materials
+Project entries), joined by the phases this campaign computed with the same oracle
+(``observe_phases``) and any ``references``/``extra_entries``, all converted the same way. So
+``e_above_hull_ev_per_atom`` is the distance to the hull of known phases; the decomposition
+products, with atom fractions, go to ``extra["decomposition"]`` and the reference's version to
+``extra["hull_reference"]``; the reference's version is part of the oracle's ``version``.
 
-* diatomic gases in ASE's ``reference_states`` (H, N, O, F) and the halogens Cl, Br, I:
-  an isolated dimer in a 12 A box (atoms relaxed, cell fixed) and a simple-cubic crystal of
-  dimers (atoms and cell relaxed); the lower energy per atom wins;
-* elements whose ``reference_states`` entry is fcc, bcc, hcp or diamond: that lattice from
-  ``ase.build.bulk`` with its tabulated lattice constant, relaxed;
-* every other element (B, P, S, Ga, As, Mn, Hg, noble gases, f-elements, ...): fcc, bcc,
-  hcp, simple cubic and diamond lattices with a nearest-neighbour distance of twice the
-  covalent radius, each relaxed; the lowest energy per atom wins. These are upper bounds
-  on the true ground state (typically within 0.1-0.3 eV/atom), so formation energies of
-  their compounds come out too negative by a fraction of that; supply better elemental
-  entries through ``references`` where it matters (the lowest elemental entry is used).
+The model's own elemental energies are not used: measured against MP's elemental energies,
+formation energies land on the scale of the reference hull (matbench-discovery's recipe),
+whereas the model's own elements would put every single evaluation on its own hull. Every
+element of the shipped hull has an MP elemental energy (89 elements; the hull's 86 are among
+them), so there is no element left for which the model's references would still be needed;
+a candidate with an element the reference does not cover fails, naming the element.
 
-References are relaxed with a fixed protocol (fmax 0.02 eV/A, at most 500 FIRE steps,
-cell relaxed) independent of the candidate settings, and cached on disk per model and
-element (``<site cache_dir>/mlip-references/elemental-<model>-<model_version>-v<protocol>.json``),
-so each is computed once per machine; concurrent workers serialise on a lock file.
+Opt-in coating-screen properties, computed on the same hull with the candidate added:
+``li_window`` (``li_window_min_v``, ``li_window_max_v``: the voltage range vs Li/Li+ over which
+the phase takes up and gives up no Li) and ``interface_partners``
+(``interface_reaction_ev_per_atom_<partner>``: the most negative reaction energy per atom of
+a candidate-partner mixture; products in ``extra["interface_reactions"]``).
 
 The model is loaded once per process (``load_calculator`` caches by model, version and
 device) and never stored on the oracle, so the oracle pickles to worker processes.
@@ -43,10 +49,9 @@ import contextlib
 import io
 import json
 import math
-import os
-import tempfile
+import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,17 +64,24 @@ from matloop.core.oracle import Oracle, OracleSettings
 from matloop.core.records import Candidate, InputError, OracleError, OracleResult
 from matloop.core.registry import CALCULATORS, calculator_factory, distribution, names
 
-#: bump when the elemental-reference rule or protocol changes (invalidates caches)
-REFERENCE_PROTOCOL = 1
-_REF_FMAX_EV_PER_A = 0.02
-_REF_MAX_STEPS = 500
-_DIATOMIC_HALOGENS = {"Cl": 1.99, "Br": 2.28, "I": 2.67}
-_SIMPLE_LATTICES = ("fcc", "bcc", "hcp", "diamond")
+from .hull import (
+    HullSettings,
+    ReferenceHullMixin,
+    ReferencePhase,
+    corrected_formation_energy,
+    mlip_needs_mp2020,
+    mp_elemental_energies_ev_per_atom,
+)
 
 #: the models built in, with the pretrained weights used when ``model_version`` is unset
 BUILTIN_MODELS = {"chgnet": "0.3.0", "sevennet": "7net-0"}
 #: CHGNet's pretrained weights (``CHGNet.load(model_name=...)``)
 CHGNET_VERSIONS = ("0.3.0", "0.2.0", "r2scan")
+#: what ``li_window_max_v`` reports for a phase that never gives up Li (a Li-free phase):
+#: an observation holds finite numbers only, and no cathode comes near this voltage
+LI_WINDOW_OPEN_V = 10.0
+#: campaign phases within this (eV/atom) of the candidate, with its formula, are the candidate itself
+_SAME_PHASE_EV_PER_ATOM = 1e-6
 
 
 def known_models() -> list[str]:
@@ -79,7 +91,7 @@ def known_models() -> list[str]:
 
 # -- settings ------------------------------------------------------------------------------
 class ReferenceEntry(BaseModel):
-    """One phase for the convex hull: a formula and its energy per atom from the same model."""
+    """One extra phase for the convex hull: a formula and its energy per atom from the same model."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -143,6 +155,21 @@ class MlipModelSettings(OracleSettings):
         return self.model_copy(update={"model": model, "model_version": self.model_version or BUILTIN_MODELS.get(model)})
 
 
+class MlipHullSettings(HullSettings):
+    """The reference hull of the MLIP tier: its source, and how the model's energies join it."""
+
+    include_campaign_phases: bool = Field(
+        True,
+        description="the phases this campaign computed with this oracle join the hull (converted to the "
+        "reference's scale like the candidate), so a candidate also competes with the campaign's earlier finds",
+    )
+    mp2020_corrections: bool | None = Field(
+        None,
+        description="apply the MP2020 corrections to the model's energies; None: as the model needs (CHGNet "
+        "0.3.0/0.2.0: no, its training energies include them; SevenNet-0: yes); a plug-in model must say",
+    )
+
+
 class MlipSettings(MlipModelSettings):
     """Science settings of the MLIP relaxation oracle."""
 
@@ -158,19 +185,79 @@ class MlipSettings(MlipModelSettings):
     )
     formation_energy: bool = Field(
         True,
-        description="report formation_energy_ev_per_atom and e_above_hull_ev_per_atom (elemental references "
-        "are relaxed once per element and cached); false: only the relaxation and energy_ev_per_atom "
-        "(e.g. to pre-relax generated structures)",
+        description="report formation_energy_ev_per_atom and e_above_hull_ev_per_atom on the reference hull "
+        "(see hull); false: only the relaxation and energy_ev_per_atom (e.g. to pre-relax generated structures)",
+    )
+    hull: MlipHullSettings = Field(
+        default_factory=MlipHullSettings,
+        description="the reference hull: source (auto | shipped | mp-api), include_campaign_phases, "
+        "mp2020_corrections",
+    )
+    li_window: bool = Field(
+        False,
+        description="also report li_window_min_v and li_window_max_v (V vs Li/Li+): the range over which the "
+        "phase neither takes up nor gives up Li, on the reference hull with the candidate added (a phase above "
+        f"the hull is evaluated as if on it; a Li-free phase that never gives up Li reports {LI_WINDOW_OPEN_V:g} V)",
+    )
+    interface_partners: list[str] = Field(
+        default_factory=list,
+        description="formulas of phases in the reference (e.g. LiCoO2, Li, Li7La3Zr2O12, Li3PS4): report "
+        "interface_reaction_ev_per_atom_<partner>, the most negative reaction energy per atom of a "
+        "candidate-partner mixture (<= 0; 0: no reaction), products in extra",
     )
     references: str | None = Field(
         None,
-        description="JSON or CSV of reference entries (formula, energy_per_atom) computed with the same model "
-        "(a relative path is taken from the campaign file's folder); used for the hull and, for elements, as "
-        "chemical potentials when lower than the built-in ones",
+        description="JSON or CSV of further hull phases (formula, energy_per_atom) computed with the same model "
+        "(a relative path is taken from the campaign file's folder); converted to the reference's scale like "
+        "the candidate",
     )
     extra_entries: list[ReferenceEntry] = Field(
-        default_factory=list, description="further hull entries given inline (formula, energy_per_atom)"
+        default_factory=list, description="further hull phases given inline (formula, energy_per_atom)"
     )
+
+    @field_validator("interface_partners")
+    @classmethod
+    def _partner_formulas(cls, v: list[str]) -> list[str]:
+        from pymatgen.core import Composition, Element
+
+        seen: dict[str, str] = {}
+        for formula in v:
+            if not re.fullmatch(r"[A-Z][A-Za-z0-9]*", formula):
+                raise ValueError(f"interface partner {formula!r} must be a plain formula such as LiCoO2 (it names a property)")
+            try:
+                comp = Composition(formula)
+            except Exception as exc:  # pymatgen raises several kinds for a bad formula
+                raise ValueError(f"interface partner {formula!r} is not a chemical formula: {exc}") from None
+            bad = [str(el) for el in comp.elements if not isinstance(el, Element)]  # pymatgen reads Xx as a dummy
+            if bad:
+                raise ValueError(f"interface partner {formula!r} is not a chemical formula: unknown element(s) {bad}")
+            reduced = comp.reduced_formula
+            if reduced in seen:
+                raise ValueError(f"interface partners {seen[reduced]!r} and {formula!r} are the same phase")
+            seen[reduced] = formula
+        return v
+
+    @model_validator(mode="after")
+    def _coating_needs_formation_energy(self) -> MlipSettings:
+        if not self.formation_energy and (self.li_window or self.interface_partners):
+            raise ValueError("li_window and interface_partners need formation_energy: true (they use the hull)")
+        return self
+
+
+def interface_property(partner: str) -> str:
+    """The property name of the interface reaction energy with a partner phase."""
+    return f"interface_reaction_ev_per_atom_{partner}"
+
+
+def mlip_properties(settings: MlipSettings) -> tuple[str, ...]:
+    """What an MLIP oracle with these settings reports."""
+    if not settings.formation_energy:
+        return ("energy_ev_per_atom",)
+    props = ["energy_ev_per_atom", "formation_energy_ev_per_atom", "e_above_hull_ev_per_atom"]
+    if settings.li_window:
+        props += ["li_window_min_v", "li_window_max_v"]
+    props += [interface_property(p) for p in settings.interface_partners]
+    return tuple(props)
 
 
 # -- model loading -------------------------------------------------------------------------
@@ -343,77 +430,7 @@ def relax_atoms(
     )
 
 
-# -- elemental references ------------------------------------------------------------------
-def elemental_trial_structures(symbol: str) -> list[tuple[str, Any, bool]]:
-    """The trial structures of the elemental-reference rule (see the module docstring).
-
-    Returns:
-        ``(label, atoms, relax_cell)`` triples; the lowest relaxed energy per atom wins.
-    """
-    from ase import Atoms
-    from ase.build import bulk
-    from ase.data import atomic_numbers, covalent_radii, reference_states
-
-    z = atomic_numbers[symbol]
-    state = reference_states[z] or {}
-    sym = state.get("symmetry")
-    if sym == "diatom" or symbol in _DIATOMIC_HALOGENS:
-        d = float(state.get("d", _DIATOMIC_HALOGENS.get(symbol, 2 * covalent_radii[z])))
-        box = 12.0
-        gas = Atoms(symbol * 2, positions=[[0, 0, 0], [0, 0, d]], cell=[box, box, box], pbc=True)
-        gas.center()
-        a = d + 2.5  # dimers about a van der Waals contact apart
-        crystal = Atoms(symbol * 2, positions=[[0, 0, 0], [d / 3**0.5] * 3], cell=[a, a, a], pbc=True)
-        return [("dimer-in-box", gas, False), ("dimer-crystal", crystal, True)]
-    if sym in _SIMPLE_LATTICES:
-        try:
-            return [(f"{sym} (ASE reference state)", bulk(symbol), True)]
-        except ValueError:  # e.g. Se, Te: ASE tabulates 'hcp' but needs an atomic basis
-            pass
-    d0 = 2.0 * float(covalent_radii[z])
-    trials = [
-        ("fcc", bulk(symbol, "fcc", a=d0 * 2**0.5), True),
-        ("bcc", bulk(symbol, "bcc", a=2 * d0 / 3**0.5), True),
-        ("hcp", bulk(symbol, "hcp", a=d0, c=d0 * (8 / 3) ** 0.5), True),
-        ("sc", bulk(symbol, "sc", a=d0), True),
-        ("diamond", bulk(symbol, "diamond", a=4 * d0 / 3**0.5), True),
-    ]
-    return trials
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock; atomic writes still keep the file valid
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}  # a corrupt cache is recomputed, not trusted
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True)  # serialise first: no half-written file
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
+# -- structures and reference entries -------------------------------------------------------
 def atoms_to_structure(atoms):
     """A plain pymatgen ``Structure`` of ``atoms`` (no calculator results as site properties)."""
     from pymatgen.core import Structure
@@ -423,63 +440,6 @@ def atoms_to_structure(atoms):
     )
 
 
-def elemental_references(
-    elements: Iterable[str],
-    *,
-    model: str = "chgnet",
-    model_version: str | None = None,
-    device: str = "auto",
-    cache_dir: str | Path | None = None,
-) -> dict[str, dict]:
-    """Relaxed elemental references by element, computed once and cached on disk.
-
-    Args:
-        model, model_version: the ML potential (see ``MlipModelSettings``).
-        cache_dir: the cache folder itself (default ``~/.cache/matloop/mlip-references``).
-
-    Returns:
-        element -> ``{"energy_ev_per_atom", "rule", "structure", "n_steps", "converged"}``
-        where ``rule`` names the winning trial structure and ``structure`` is a pymatgen dict.
-    """
-    elements = sorted(set(elements))
-    version = model_version or BUILTIN_MODELS.get(model) or "default"
-    folder = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "matloop" / "mlip-references"
-    tag = f"{model}-{version}".replace("/", "_").replace(os.sep, "_")
-    path = folder / f"elemental-{tag}-v{REFERENCE_PROTOCOL}.json"
-    cached = _read_json(path)
-    if all(el in cached for el in elements):
-        return {el: cached[el] for el in elements}
-    with _file_lock(path.with_suffix(".lock")):
-        cached = _read_json(path)  # another process may have filled it meanwhile
-        missing = [el for el in elements if el not in cached]
-        if missing:
-            calc = load_calculator(model, model_version, resolve_device(device))
-            for el in missing:
-                best = None
-                for label, atoms, relax_cell in elemental_trial_structures(el):
-                    try:
-                        out = relax_atoms(
-                            atoms, calc, fmax=_REF_FMAX_EV_PER_A, max_steps=_REF_MAX_STEPS, relax_cell=relax_cell
-                        )
-                    except OracleError:
-                        continue  # an exploding trial lattice is simply not the ground state
-                    if best is None or out.energy_ev_per_atom < best[1].energy_ev_per_atom:
-                        best = (label, out)
-                if best is None:
-                    raise OracleError(f"no elemental reference for {el}: every trial structure failed")
-                label, out = best
-                cached[el] = {
-                    "energy_ev_per_atom": out.energy_ev_per_atom,
-                    "rule": label,
-                    "structure": atoms_to_structure(out.atoms).as_dict(),
-                    "n_steps": out.n_steps,
-                    "converged": out.converged,
-                }
-            _write_json_atomic(path, cached)
-    return {el: cached[el] for el in elements}
-
-
-# -- convex hull ---------------------------------------------------------------------------
 def load_reference_entries(path: str | Path) -> list[ReferenceEntry]:
     """Reference entries from JSON (a list of objects, or ``{formula: energy}``) or CSV.
 
@@ -515,69 +475,27 @@ def load_reference_entries(path: str | Path) -> list[ReferenceEntry]:
     return entries
 
 
-def _pd_entry(formula: str, energy_ev_per_atom: float):
-    from pymatgen.analysis.phase_diagram import PDEntry
+# -- the oracles ---------------------------------------------------------------------------
+@lru_cache(maxsize=4096)
+def _phase_formation_energy(formula: str, energy_ev_per_atom: float, apply_mp2020: bool) -> float:
+    """Formation energy (eV/atom, MP2020 scale) of a phase known only by formula and model energy per atom."""
     from pymatgen.core import Composition
 
     comp = Composition(formula)
-    return PDEntry(comp, float(energy_ev_per_atom) * comp.num_atoms, name=formula)
+    return corrected_formation_energy(comp, energy_ev_per_atom * comp.num_atoms, apply_mp2020=apply_mp2020)
 
 
-def hull_energies(
-    entries: Sequence[tuple[str, float]],
-    references: Sequence[tuple[str, float]] = (),
-) -> list[float]:
-    """Energy above the convex hull (eV/atom) of each entry against all entries and references.
-
-    Each entry is placed on the hull of its own chemical system, built from every entry
-    and reference whose elements are a subset of it (one ``PhaseDiagram`` per system).
-
-    Args:
-        entries: ``(formula, energy_ev_per_atom)`` pairs; all energies from one model.
-        references: further phases that shape the hull but whose hull energy is not returned
-            (e.g. elemental references).
-
-    Raises:
-        ValueError: when an element of some entry has no elemental entry in either list.
-    """
-    from pymatgen.analysis.phase_diagram import PhaseDiagram
-
-    everything = [_pd_entry(f, e) for f, e in list(entries) + list(references)]
-    present = {el for ent in everything if len(ent.composition.elements) == 1 for el in ent.composition.elements}
-    diagrams: dict[frozenset, PhaseDiagram] = {}
-    out = []
-    for ent in everything[: len(entries)]:
-        system = frozenset(ent.composition.elements)
-        if system not in diagrams:
-            lacking = system - present
-            if lacking:
-                raise ValueError(f"no elemental entry for {sorted(str(e) for e in lacking)} (needed by {ent.name})")
-            pool = [x for x in everything if set(x.composition.elements) <= system]
-            diagrams[system] = PhaseDiagram(pool)
-        out.append(float(diagrams[system].get_e_above_hull(ent, allow_negative=False)))
-    return out
-
-
-def formation_energy_ev_per_atom(formula: str, energy_ev_per_atom: float, mu_ev_per_atom: dict[str, float]) -> float:
-    """``E - sum_i x_i mu_i`` with ``x_i`` the atomic fractions of ``formula``."""
-    from pymatgen.core import Composition
-
-    frac = Composition(formula).fractional_composition
-    return float(energy_ev_per_atom - sum(float(x) * mu_ev_per_atom[str(el)] for el, x in frac.items()))
-
-
-# -- the oracles ---------------------------------------------------------------------------
-class MlipOracle(Oracle):
-    """MLIP relaxation, then energy, formation energy and energy above the hull per atom.
+class MlipOracle(ReferenceHullMixin, Oracle):
+    """MLIP relaxation, then energy, formation energy and energy above the reference hull per atom.
 
     The ML potential is the ``model`` setting (``MlipModelSettings``); the site gives the
-    device, the torch threads, the reference cache's root and the folder that a relative
-    ``references`` path is taken from.
+    device, the torch threads, the mp-api cache's root and the folder that a relative
+    ``references`` path is taken from. ``properties`` follows the settings (``mlip_properties``).
     """
 
     kind = "mlip"
     properties = ("energy_ev_per_atom", "formation_energy_ev_per_atom", "e_above_hull_ev_per_atom")
-    code_version = "1"
+    code_version = "2"
     Settings: ClassVar[type[OracleSettings]] = MlipSettings
     needs_structure = True
     #: the model when the settings leave ``model`` unset
@@ -586,19 +504,23 @@ class MlipOracle(Oracle):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = self.settings.with_defaults(self.default_model)
-        if not self.settings.formation_energy:  # declare what this instance reports
-            self.properties = ("energy_ev_per_atom",)
+        self.properties = mlip_properties(self.settings)  # declare what this instance reports
+        self.campaign_phases: list[tuple[str, float]] = []
 
-    # helpers -----------------------------------------------------------------------------
-    def _calculator(self):
+    # the reference hull --------------------------------------------------------------------
+    def applies_mp2020(self) -> bool:
+        """Whether the model's energies get the MP2020 corrections (the setting, else ``mlip_needs_mp2020``)."""
         s = self.settings
-        return load_calculator(s.model, s.model_version, resolve_device(self.site.device))
+        if s.hull.mp2020_corrections is not None:
+            return s.hull.mp2020_corrections
+        try:
+            return mlip_needs_mp2020(s.model, s.model_version or "")
+        except OracleError as exc:
+            raise OracleError(f"{exc}; set hull.mp2020_corrections, or formation_energy: false") from None
 
     def reference_entries(self) -> list[ReferenceEntry]:
         """Entries from ``references`` (a relative path is taken from the site's ``base_dir``) and ``extra_entries``."""
         out = list(self.settings.extra_entries)
-        # phases this campaign has already computed with the same model (see observe_phases)
-        out += [ReferenceEntry(formula=f, energy_ev_per_atom=e) for f, e in getattr(self, "campaign_phases", [])]
         if self.settings.references:
             out += load_reference_entries(self.site.resolve(self.settings.references))
         return out
@@ -606,47 +528,62 @@ class MlipOracle(Oracle):
     def observe_phases(self, phases: list[tuple[str, float]]) -> None:
         """Phases known to the campaign (formula, energy per atom from this oracle's model).
 
-        They join the convex hull of later evaluations, so ``e_above_hull_ev_per_atom`` is
-        measured against every phase the campaign has computed so far, not only the
-        elemental references. Called by the loop before each submission.
+        With ``hull.include_campaign_phases`` they join the reference hull of later
+        evaluations, on the reference's scale, so a candidate also competes with what the
+        campaign has already found. Called by the loop before each submission.
         """
         self.campaign_phases = [(str(f), float(e)) for f, e in phases]
 
-    def chemical_potentials(self, elements: Iterable[str]) -> tuple[dict[str, float], dict[str, dict]]:
-        """Per-element chemical potentials (eV/atom): the lower of the built-in reference and
-        any elemental entry in ``references``; also returns the built-in reference records."""
+    def extra_phases(self, elements: Iterable[str], apply_mp2020: bool,
+                     candidate: tuple[str, float] | None = None) -> list[ReferencePhase]:
+        """``references``, ``extra_entries`` and (when included) campaign phases inside ``elements``, on the MP2020 scale.
+
+        Args:
+            elements: the chemical system of interest; phases outside it are left out.
+            apply_mp2020: whether the model's energies need the MP2020 corrections.
+            candidate: (reduced formula, energy per atom) of the candidate itself, which a
+                campaign phase of equal formula and energy is (left out: a phase cannot compete
+                with itself).
+        """
         from pymatgen.core import Composition
 
-        s = self.settings
-        elements = sorted(set(elements))
-        check_elements(elements, s.model, self._calculator())
-        refs = elemental_references(
-            elements,
-            model=s.model,
-            model_version=s.model_version,
-            device=self.site.device,
-            cache_dir=self.site.cache_folder("mlip-references"),
-        )
-        mu = {el: float(r["energy_ev_per_atom"]) for el, r in refs.items()}
-        for entry in self.reference_entries():
-            comp = Composition(entry.formula)
-            if len(comp.elements) == 1 and str(comp.elements[0]) in mu:
-                el = str(comp.elements[0])
-                mu[el] = min(mu[el], entry.energy_ev_per_atom)
-        return mu, refs
+        els = set(elements)
+        mu = mp_elemental_energies_ev_per_atom()
+        given = [(e.formula, e.energy_ev_per_atom, "given") for e in self.reference_entries()]
+        ours = [(f, e, "campaign") for f, e in self.campaign_phases] if self.settings.hull.include_campaign_phases else []
+        out = []
+        for formula, energy, origin in given + ours:
+            comp = Composition(formula)
+            system = {str(el) for el in comp.elements}
+            if not system <= els or not system <= set(mu):
+                continue
+            if (origin == "campaign" and candidate is not None and comp.reduced_formula == candidate[0]
+                    and abs(energy - candidate[1]) < _SAME_PHASE_EV_PER_ATOM):
+                continue
+            e_form = _phase_formation_energy(comp.reduced_formula, energy, apply_mp2020)
+            out.append(ReferencePhase(comp.reduced_formula, e_form, origin))
+        return out
 
     def setup(self, candidates: list[Candidate]) -> None:
-        """Compute (or load) the elemental references of the whole pool once, before workers start."""
-        elements = {str(el) for c in candidates for el in c.pmg_composition().elements}
-        if elements and self.settings.formation_energy:
-            with compute_threads(self.site.torch_threads):
-                self.chemical_potentials(elements)
+        """Resolve the hull source, load the shipped table once and check the interface partners against it."""
+        if not self.settings.formation_energy:
+            return
+        self.applies_mp2020()
+        if self.hull_source() == "shipped":
+            hull = self.reference_hull(())
+            missing = [p for p in self.settings.interface_partners if hull.find_phase(p) is None]
+            if missing:
+                raise OracleError(f"interface partner(s) {', '.join(missing)} not in the reference hull {hull.source}")
 
     # the contract ------------------------------------------------------------------------
     def evaluate(self, candidate: Candidate) -> OracleResult:
         """Relax ``candidate``'s structure and report its energies (see the class docstring)."""
         with compute_threads(self.site.torch_threads):
             return self._evaluate(candidate)
+
+    def _calculator(self):
+        s = self.settings
+        return load_calculator(s.model, s.model_version, resolve_device(self.site.device))
 
     def _evaluate(self, candidate: Candidate) -> OracleResult:
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -658,12 +595,14 @@ class MlipOracle(Oracle):
         elements = sorted({str(el) for el in structure.composition.elements})
         calc = self._calculator()
         check_elements(elements, s.model, calc)
+        if s.formation_energy:  # fail before the relaxation when no hull can be given
+            apply_mp2020 = self.applies_mp2020()
+            self.reference_hull(elements)
         atoms = AseAtomsAdaptor.get_atoms(structure)
         d_min = min_distance_a(atoms)
         if d_min < s.min_distance_a:
             raise OracleError(f"atoms overlap: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
 
-        mu, refs = self.chemical_potentials(elements) if s.formation_energy else ({}, {})
         e_initial = None
         if s.relax:
             atoms.calc = calc
@@ -682,9 +621,10 @@ class MlipOracle(Oracle):
             raise OracleError(f"relaxation collapsed: shortest distance {d_min:.3f} A < {s.min_distance_a} A")
 
         e = out.energy_ev_per_atom
+        relaxed = atoms_to_structure(out.atoms)
         properties = {"energy_ev_per_atom": e}
         extra = {
-            "relaxed_structure": atoms_to_structure(out.atoms).as_dict(),
+            "relaxed_structure": relaxed.as_dict(),
             "n_steps": out.n_steps,
             "fmax_ev_per_a": out.fmax_ev_per_a,
             "converged": out.converged,
@@ -693,18 +633,48 @@ class MlipOracle(Oracle):
             "model": model_provenance(s.model, s.model_version),
         }
         if s.formation_energy:
-            formula = structure.composition.reduced_formula
-            system = set(elements)
-            hull_refs = list(mu.items())
-            for entry in self.reference_entries():
-                if {str(x) for x in _composition_elements(entry.formula)} <= system:
-                    hull_refs.append((entry.formula, entry.energy_ev_per_atom))
-            (e_hull,) = hull_energies([(formula, e)], hull_refs)
-            properties["formation_energy_ev_per_atom"] = formation_energy_ev_per_atom(formula, e, mu)
-            properties["e_above_hull_ev_per_atom"] = e_hull
-            extra["chemical_potentials_ev_per_atom"] = mu
-            extra["elemental_reference_rules"] = {el: r["rule"] for el, r in refs.items()}
+            self._add_stability(relaxed, e, apply_mp2020, properties, extra)
         return OracleResult(properties=properties, extra=extra)
+
+    def _add_stability(self, relaxed, e_ev_per_atom: float, apply_mp2020: bool, properties: dict, extra: dict) -> None:
+        """Formation energy, energy above the hull and the opt-in coating properties of the relaxed structure."""
+        from pymatgen.core import Composition
+
+        s = self.settings
+        comp = relaxed.composition
+        formula = comp.reduced_formula
+        elements = {str(el) for el in comp.elements}
+        e_form = corrected_formation_energy(relaxed, e_ev_per_atom * len(relaxed), apply_mp2020=apply_mp2020)
+        wider = elements | ({"Li"} if s.li_window else set())
+        for partner in s.interface_partners:
+            wider |= {str(el) for el in Composition(partner).elements}
+        others = self.extra_phases(wider, apply_mp2020, candidate=(formula, e_ev_per_atom))
+        stab = self.reference_hull(elements).stability(comp, e_form, others)
+        n_others = sum(1 for p in others if {str(el) for el in Composition(p.formula).elements} <= elements)
+        properties["formation_energy_ev_per_atom"] = e_form
+        properties["e_above_hull_ev_per_atom"] = stab.e_above_hull_ev_per_atom
+        extra["decomposition"] = [{"formula": f, "fraction": x} for f, x in stab.decomposition]
+        extra["hull_reference"] = stab.hull_version
+        extra["hull_phases"] = list(stab.reference_phases)
+        extra["hull_extra_phases"] = n_others
+        extra["mp2020_corrections"] = apply_mp2020
+        if s.li_window:
+            lo, hi = self.reference_hull(elements | {"Li"}).electrochemical_window(comp, e_form, "Li", others)
+            properties["li_window_min_v"] = lo
+            properties["li_window_max_v"] = min(hi, LI_WINDOW_OPEN_V)
+            extra["li_window_open_above"] = math.isinf(hi)
+        if s.interface_partners:
+            extra["interface_reactions"] = {}
+        for partner in s.interface_partners:
+            system = elements | {str(el) for el in Composition(partner).elements}
+            r = self.reference_hull(system).interface_reaction_energy(comp, e_form, partner, others)
+            properties[interface_property(partner)] = r.ev_per_atom_min
+            extra["interface_reactions"][partner] = {
+                "ev_per_atom": r.ev_per_atom_min,
+                "candidate_atom_fraction": r.ratio,
+                "products": list(r.products),
+                "reaction": r.reaction,
+            }
 
 
 class ChgnetAlias(MlipOracle):
@@ -721,12 +691,6 @@ class SevennetAlias(MlipOracle):
 
     kind = "sevennet"
     default_model = "sevennet"
-
-
-def _composition_elements(formula: str):
-    from pymatgen.core import Composition
-
-    return Composition(formula).elements
 
 
 def supported_atomic_numbers(model: str, calc) -> set[int] | None:

@@ -28,9 +28,11 @@ from matloop.core.records import Candidate, Observation, Request, Status
 from matloop.core.registry import ORACLES, names, oracle_class
 
 #: the units a property name may end with (lower case, ``_per_`` for a quotient)
-UNITS = ("ev", "ev_per_atom", "ev_per_a", "mev", "v", "k", "s", "a", "a2", "gpa", "g_per_cm3", "cm2_per_s", "s_per_cm")
-#: after the unit, the temperature the value refers to: ``diffusivity_cm2_per_s_300k``
-_UNIT_NAME = re.compile(rf"^[a-z][a-z0-9_]*_({'|'.join(UNITS)})(_\d+k)?$")
+UNITS = ("ev", "ev_per_atom", "ev_per_a", "mev", "v", "k", "s", "a", "a2", "gpa", "g_per_cm3", "cm2_per_s", "s_per_cm",
+         "percent")
+#: after the unit, the temperature the value refers to (``diffusivity_cm2_per_s_300k``) or the
+#: phase it is measured against, as a formula (``interface_reaction_ev_per_atom_LiCoO2``)
+_UNIT_NAME = re.compile(rf"^[a-z][a-z0-9_]*_({'|'.join(UNITS)})(_\d+k|_[A-Z][A-Za-z0-9]*)?$")
 #: explicitly unitless quantities
 UNITLESS_SUFFIXES = ("fraction", "ratio", "count")
 _UNITLESS_NAME = re.compile(rf"^[a-z][a-z0-9_]*_({'|'.join(UNITLESS_SUFFIXES)})$")
@@ -164,6 +166,21 @@ def test_properties_carry_units_in_their_names(kind, site):
     assert not bad, f"{kind}: property names without a unit suffix {bad} (units: {UNITS}; unitless: {UNITLESS_SUFFIXES})"
 
 
+#: settings that switch on properties a kind declares only when asked
+OPT_IN = {
+    "mlip": {"li_window": True, "interface_partners": ["LiCoO2", "Li", "Li7La3Zr2O12", "Li3PS4"]},
+    "gpaw-hse06": {"formation_energy": True},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OPT_IN))
+def test_opt_in_properties_carry_units_in_their_names(kind, site):
+    oracle = build(kind, OPT_IN[kind], site=site)
+    assert set(oracle.properties) > set(build(kind, site=site).properties)
+    bad = sorted(p for p in oracle.properties if not has_unit(p))
+    assert not bad, f"{kind}: property names without a unit suffix {bad}"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_version_is_stable_for_equal_science(kind, site):
     a, b = build(kind, site=site), build(kind, site=site)
@@ -231,6 +248,8 @@ def test_every_registered_kind_has_a_case():
     ("name", "ok"),
     [("gap_ev", True), ("formation_energy_ev_per_atom", True), ("conductivity_s_per_cm_300k", True),
      ("overpotential_v", True), ("density_g_per_cm3", True), ("phase_fraction", True),
+     ("interface_reaction_ev_per_atom_LiCoO2", True), ("sq_efficiency_percent", True),
+     ("interface_reaction_ev_per_atom_licoo2", False),
      ("gap", False), ("energy", False), ("conductivity_300k", False), ("Gap_eV", False)],
 )
 def test_unit_rule(name, ok):

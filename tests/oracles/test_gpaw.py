@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from matloop.oracles.efficiency import shockley_queisser_efficiency
 from matloop.oracles.gpaw import BandEdges, GpawHse06Oracle, GpawPbeOracle, band_edges
 from matloop.core.records import Candidate, Request, Status
 
@@ -105,8 +106,57 @@ def test_settings_validation_and_version_ignores_site_settings(tmp_path):
     assert a.version == b.version != c.version
     assert b.cache_folder == tmp_path / "b" / "gpaw"
     assert pickle.loads(pickle.dumps(a)).version == a.version
-    assert "formation_energy_ev_per_atom" in a.properties
-    assert "formation_energy_ev_per_atom" not in GpawHse06Oracle().properties  # off by default for HSE06
+    assert {"formation_energy_ev_per_atom", "e_above_hull_ev_per_atom", "sq_efficiency_percent"} <= set(a.properties)
+    hse = GpawHse06Oracle().properties
+    assert "sq_efficiency_percent" in hse
+    assert "formation_energy_ev_per_atom" not in hse and "e_above_hull_ev_per_atom" not in hse  # off by default
+    shipped = GpawPbeOracle(settings={"hull": {"source": "shipped"}})
+    assert shipped.version != GpawPbeOracle(settings={"hull": {"source": "mp-api"}}).version
+    off = {"formation_energy": False}
+    assert GpawPbeOracle(settings=off).version == GpawPbeOracle(settings={**off, "hull": {"source": "auto"}}).version
+
+
+# -- the MP2020 scale (stand-in references, no GPAW) ---------------------------------------------
+def _formation(formula_structure, energy_ev: float, refs_ev_per_atom: dict[str, float]):
+    """``_add_formation_energy`` on a stand-in ground state and stand-in GPAW elemental references."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    oracle = GpawPbeOracle(settings={"hull": {"source": "shipped"}})
+    oracle.elemental_reference = lambda el, run: {
+        "energy_ev_per_atom": refs_ev_per_atom[el], "source": "stand-in", "kpts": [1, 1, 1], "cached": True, "file": "",
+    }
+    props, extra = {}, {}
+    oracle._add_formation_energy(None, {"atoms": AseAtomsAdaptor.get_atoms(formula_structure), "energy_ev": energy_ev},
+                                 props, extra)
+    return props, extra
+
+
+def test_pbe_formation_energy_gets_the_mp2020_corrections_and_a_hull_distance():
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.oracles.hull import ReferenceHull
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nacl = nacl.get_primitive_structure()
+    # raw PBE formation energy -1.5 eV/atom; MP2020 adds -0.614 eV per Cl
+    props, extra = _formation(nacl, 2 * -1.5 + -1.0 + -2.0, {"Na": -1.0, "Cl": -2.0})
+    assert extra["pbe_formation_energy_ev_per_atom"] == pytest.approx(-1.5)
+    assert extra["mp2020_correction_ev_per_atom"] == pytest.approx(-0.614 / 2, abs=1e-3)
+    assert props["formation_energy_ev_per_atom"] == pytest.approx(-1.5 - 0.307, abs=1e-3)
+    mp_nacl = ReferenceHull.shipped().find_phase("NaCl").formation_energy_ev_per_atom
+    assert props["e_above_hull_ev_per_atom"] == pytest.approx(props["formation_energy_ev_per_atom"] - mp_nacl, abs=1e-6)
+    assert extra["decomposition"] == [{"formula": "NaCl", "fraction": 1.0}]
+    assert extra["hull_reference"] == ReferenceHull.shipped().version
+
+
+def test_gga_u_compositions_get_no_mp2020_formation_energy():
+    from pymatgen.core import Lattice, Structure
+
+    feo = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.3), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    props, extra = _formation(feo.get_primitive_structure(), -14.0, {"Fe": -5.0, "O": -4.5})
+    assert props == {}
+    assert "GGA+U" in extra["formation_energy_error"] and "Fe" in extra["formation_energy_error"]
+    assert extra["pbe_formation_energy_ev_per_atom"] == pytest.approx((-14.0 + 9.5) / 2)
 
 
 def test_missing_gpaw_is_a_failed_observation(monkeypatch):
@@ -141,6 +191,10 @@ def test_pbe_silicon_gap_edges_and_band_path(pbe):
 @needs_gpaw
 def test_pbe_formation_energy_of_an_element_is_zero_and_reference_is_cached(pbe, cache_dir):
     assert pbe.properties["formation_energy_ev_per_atom"] == pytest.approx(0.0, abs=2e-3)
+    assert pbe.properties["e_above_hull_ev_per_atom"] == pytest.approx(0.0, abs=2e-3)
+    assert pbe.properties["sq_efficiency_percent"] == pytest.approx(
+        100 * shockley_queisser_efficiency(pbe.properties["gap_ev"]), rel=1e-9
+    )
     ref = pbe.extra["elemental_references"]["Si"]
     assert ref["source"] == "bulk:diamond" and ref["kpts"] == [4, 4, 4] and not ref["cached"]
     assert Path(ref["file"]).is_file() and Path(ref["file"]).parent.parent == cache_dir / "gpaw"
@@ -200,6 +254,9 @@ def test_silicon_carbide_formation_energy(tmp_path):
     assert obs.ok, obs.reason
     # PBE about -0.23 eV/atom (Materials Project -0.2, experiment -0.38 against graphite)
     assert -0.33 < obs.properties["formation_energy_ev_per_atom"] < -0.15
+    # MP -0.205 eV/atom; GPAW's carbon reference is diamond, MP's graphite (~0.1 eV/atom lower in PBE)
+    assert abs(obs.properties["e_above_hull_ev_per_atom"]) < 0.1
+    assert obs.extra["decomposition"] == [{"formula": "SiC", "fraction": 1.0}]
     refs = obs.extra["elemental_references"]
     assert {el: r["source"] for el, r in refs.items()} == {"C": "bulk:diamond", "Si": "bulk:diamond"}
     assert refs["C"]["kpts"] == [6, 6, 6] and refs["Si"]["kpts"] == [4, 4, 4]  # same density, own cells
