@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from matloop.agents.decision.agent import promoted_candidate
+from matloop.agents.decision.promotion import tier_candidate
 from matloop.core.records import Candidate, Observation, Request, Status
 
 from .ledger import Ledger
@@ -124,11 +124,8 @@ def resumed_request(ledger: Ledger, spec: CampaignSpec, request_id: str, iterati
                     oracle: str) -> Request:
     """An unanswered stored request, rebuilt; a funnel request sees the same (relaxed) structure as when planned."""
     cand = ledger.by_id[candidate_id]
-    ospec = next((o for o in spec.oracles if o.name == oracle), None)
-    if ospec is not None and ospec.promote is not None:
-        after = [o for o in ledger.observations(oracle=ospec.promote.after) if o.candidate_id == cand.id and o.ok]
-        cand = promoted_candidate(cand, after[0] if after else None)
-    return Request(request_id, cand, oracle, iteration)
+    after_of = {o.name: o.promote.after for o in spec.oracles if o.promote is not None}
+    return Request(request_id, tier_candidate(cand, oracle, after_of, ledger.observations()), oracle, iteration)
 
 
 def waiting_reason(pending: list, store_path: Path) -> str | None:

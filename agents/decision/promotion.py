@@ -20,7 +20,7 @@ from matloop.agents.decision.pipeline import Pool
 from matloop.core.protocols import OracleInfo, PlanningState
 from matloop.core.records import Candidate, Observation
 
-__all__ = ["promote", "promoted_candidate"]
+__all__ = ["promote", "promoted_candidate", "tier_candidate"]
 
 
 def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candidate:
@@ -37,6 +37,31 @@ def promoted_candidate(candidate: Candidate, after: Observation | None) -> Candi
     return replace(candidate, structure=relaxed, provenance=prov)
 
 
+def tier_candidate(candidate: Candidate, tier: str, after_of: dict[str, str], observations: list[Observation]) -> Candidate:
+    """The candidate as funnel rung ``tier`` sees it: the structure its cheaper tier used, relaxed there if it relaxed.
+
+    Follows the ``promote.after`` chain down to the entry tier, so a rung after a tier that
+    does not relax (a PBE single point) still gets the structure that tier computed (the
+    MLIP-relaxed one), not the candidate as generated.
+
+    Args:
+        after_of: rung name -> the tier it is promoted after (``promote.after``).
+        observations: the campaign's observations; the first success per (candidate, tier) counts.
+    """
+    seen = {tier}
+    chain = []
+    while tier in after_of:
+        tier = after_of[tier]
+        if tier in seen:  # the spec forbids cycles; never loop on a hand-made config
+            break
+        seen.add(tier)
+        chain.append(tier)
+    for after in reversed(chain):  # from the entry tier up
+        ob = next((o for o in observations if o.ok and o.oracle == after and o.candidate_id == candidate.id), None)
+        candidate = promoted_candidate(candidate, ob)
+    return candidate
+
+
 def promote(config: AgentConfig, state: PlanningState, pool: Pool, draft: PlanDraft) -> None:
     """Add this iteration's promotions to ``draft``, one rule at a time in the oracles' order."""
     for o in config.oracles:
@@ -51,7 +76,8 @@ def promote(config: AgentConfig, state: PlanningState, pool: Pool, draft: PlanDr
                 break
             if ob.candidate_id not in state.index:
                 continue
-            cand = promoted_candidate(state.candidates[state.index[ob.candidate_id]], ob)
+            after_of = {r.name: r.promote["after"] for r in config.oracles if r.promote}
+            cand = tier_candidate(state.candidates[state.index[ob.candidate_id]], o.name, after_of, state.observations)
             draft.add(cand, o.name, o.cost)
             chosen.append(cand.formula)
         draft.rationale["tiers"][o.name] = {"ranked_by": ranked_by, "rule": o.promote, "passed": len(passed),
