@@ -353,10 +353,11 @@ def cmd_evaluate(args) -> int:
     except Exception as exc:
         raise InputError(f"cannot read structure: {exc}", file=str(path)) from None
     try:
-        oracle = cls(name=args.oracle, settings=_parse_sets(args.set), timeout_s=args.timeout)
+        oracle = cls(name=args.oracle, settings=_parse_sets(args.set), timeout_s=args.timeout,
+                     site={"base_dir": Path.cwd(), **_parse_sets(args.site)})
     except ValidationError as exc:
         msgs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InputError(f"bad --set settings for {args.oracle}: {msgs}", where="--set") from None
+        raise InputError(f"bad --set/--site settings for {args.oracle}: {msgs}", where="--set/--site") from None
     cand = Candidate.from_structure(structure, source="cli", provenance={"file": str(path)})
     if hasattr(oracle, "setup"):
         oracle.setup([cand])
@@ -560,7 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate one structure file with one oracle kind")
     ev.add_argument("structure", help="CIF, POSCAR or pymatgen JSON")
     ev.add_argument("--oracle", required=True, help="oracle kind: chgnet, gpaw-pbe, gpaw-hse06, mlip-md, ...")
-    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="oracle setting")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="oracle setting (the science)")
+    ev.add_argument("--site", action="append", metavar="KEY=VALUE",
+                    help="site setting: device (auto|cpu|cuda), torch_threads, cache_dir, log_dir")
     ev.add_argument("--timeout", type=float, default=None)
     ev.add_argument("--full", action="store_true", help="include the relaxed structure")
     ev.set_defaults(func=cmd_evaluate)

@@ -113,3 +113,17 @@ def test_store_of_other_campaign(tmp_path, grid_csv):
     assert matloop("run", p, "--quiet").returncode == 0
     p2 = write_campaign(tmp_path, grid_csv, name="other", budget={"evaluations": 4})
     assert_clean_error(matloop("run", p2, "--quiet"), "belongs to campaign 'grid'")
+
+
+def test_evaluate_takes_site_settings_apart_from_science(tmp_path):
+    """`--site device=cpu` is how the site is set; `--set device=cpu` is refused naming the new place."""
+    cif = tmp_path / "nacl.cif"
+    cif.write_text("data_NaCl\n_cell_length_a 5.64\n_cell_length_b 5.64\n_cell_length_c 5.64\n"
+                   "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+                   "_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+                   "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa1 Na 0 0 0\nCl1 Cl 0.5 0.5 0.5\n")
+    r = matloop("evaluate", "--oracle", "mlip", "--set", "device=cpu", cif)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "site.device" in r.stderr
+    r = matloop("evaluate", "--oracle", "mlip", "--site", "colour=blue", cif)
+    assert r.returncode == 2 and "colour" in r.stderr and "Traceback" not in r.stderr
