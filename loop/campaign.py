@@ -145,6 +145,7 @@ class Campaign:
         self._say(("resuming" if resumed else "starting") + f" campaign {spec.name!r}, store {self.store_path}")
         self._load_pool(store)
         store.set_meta("objective", spec.primary_objective.model_dump(mode="json"))
+        store.set_meta("constraints", [c.model_dump(mode="json") for c in spec.constraints])
         if spec.objectives:
             store.set_meta("objectives", [dict(o.model_dump(mode="json"), oracle=spec.oracle_of(o).name)
                                           for o in spec.objectives])

@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from matloop.core.goals import Constraint
 from matloop.core.records import InputError, MatloopError
 
 
@@ -63,6 +64,31 @@ def _open_store(path: str):
     return Store(p)
 
 
+def constraint_table(store, constraints: list, cands: dict):
+    """A rich table: per constraint and arm, how many evaluated candidates meet it, fail it, or lack the value."""
+    from rich.table import Table
+
+    t = Table(title="constraints (feasibility of evaluated candidates)")
+    for col in ("constraint", "arm", "evaluated", "met", "removed", "no value"):
+        t.add_column(col)
+    for c in constraints:
+        bounds = " and ".join(x for x in (f">= {c.min:g}" if c.min is not None else "",
+                                          f"<= {c.max:g}" if c.max is not None else "") if x)
+        label = f"{c.property} {bounds}" + (f" ({c.oracle})" if c.oracle else "")
+        for arm in ("agent", "random"):
+            per: dict[str, list] = {}
+            for o in store.observations(arm=arm):
+                if o.ok:
+                    per.setdefault(o.candidate_id, []).append(o)
+            if not per:
+                continue
+            has = {cid for cid, obs in per.items()
+                   if any((c.oracle is None or o.oracle == c.oracle) and o.value(c.property) is not None for o in obs)}
+            met = sum(1 for cid in has if c.met_by(per[cid]))
+            t.add_row(label, arm, str(len(per)), str(met), str(len(has) - met), str(len(per) - len(has)))
+    return t
+
+
 def cmd_status(args) -> int:
     """``matloop status``: print spend per oracle, observed ranges, failures, the Pareto front and the last plans; returns 0."""
     from rich.console import Console
@@ -103,6 +129,9 @@ def cmd_status(args) -> int:
             lo, hi = min(vals), max(vals)
             tb.add_row(oracle, prop, str(len(vals)), f"{lo[0]:.4g} ({lo[1]})", f"{hi[0]:.4g} ({hi[1]})")
         console.print(tb)
+    constraints = [Constraint(**c) for c in store.get_meta("constraints") or []]
+    if constraints:
+        console.print(constraint_table(store, constraints, cands))
     fails = [o for o in obs if not o.ok]
     if fails:
         console.print(f"[bold]failures[/bold] ({len(fails)}):")

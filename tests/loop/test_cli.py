@@ -127,3 +127,19 @@ def test_evaluate_takes_site_settings_apart_from_science(tmp_path):
     assert "site.device" in r.stderr
     r = matloop("evaluate", "--oracle", "mlip", "--site", "colour=blue", cif)
     assert r.returncode == 2 and "colour" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_counts_what_each_constraint_removes(tmp_path, grid_csv):
+    """A constraint that bites shows up in `matloop status` with met / removed counts per arm."""
+    import sqlite3
+
+    p = write_campaign(tmp_path, grid_csv, budget={"evaluations": 8},
+                       constraints=[{"property": "target", "max": 0.5}])
+    assert matloop("run", p, "--quiet").returncode == 0
+    store = tmp_path / "store.sqlite"
+    values = [json.loads(v)["target"] for (v,) in sqlite3.connect(store).execute("SELECT properties FROM observations")]
+    met = sum(v <= 0.5 for v in values)
+    st = matloop("status", store)
+    assert st.returncode == 0 and "constraints" in st.stdout
+    row = next(line for line in st.stdout.splitlines() if "target <= 0.5" in line)
+    assert [int(x) for x in row.replace("│", " ").split()[-4:]] == [len(values), met, len(values) - met, 0]
