@@ -482,8 +482,29 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
             except Exception:
                 pass
         problems += _check_fidelity(spec, where)
+    problems += _check_constraint_properties(spec, where)
     if problems:
         raise InputError(f"{len(problems)} problem(s) in the campaign:\n" + "\n".join(problems), file=str(path))
+
+
+def _check_constraint_properties(spec: CampaignSpec, where) -> list[str]:
+    """Each constraint's property is reported by its oracle (or by some oracle, when none is named)."""
+    reported = {}
+    for o in spec.oracles:
+        try:
+            reported[o.name] = _oracle_properties(o)
+        except Exception:  # an unknown kind is reported elsewhere
+            reported[o.name] = set()
+    out = []
+    for i, c in enumerate(spec.constraints):
+        names = [c.oracle] if c.oracle else list(reported)
+        if c.oracle and c.oracle not in reported:
+            continue  # an unknown oracle name is reported by the spec model
+        props = set().union(*(reported[n] for n in names)) if names else set()
+        if props and c.property not in props:
+            who = f"oracle {c.oracle!r} does not report" if c.oracle else "no oracle reports"
+            out.append(f"  {where(('constraints', i, 'property'))}: {who} {c.property!r}; reported: {sorted(props)}")
+    return out
 
 
 def _key_where(root, loc) -> str:

@@ -164,3 +164,14 @@ def test_spec_with_site_round_trips_through_json(tmp_path, grid_csv):
     spec = load_campaign(write_campaign(tmp_path, grid_csv, oracles=_mlip_oracle(site={"torch_threads": 2})))
     again = CampaignSpec.model_validate_json(spec.model_dump_json())
     assert again.oracles[1].site == spec.oracles[1].site
+
+
+def test_constraint_on_a_property_no_oracle_reports_is_an_error(tmp_path, grid_csv):
+    """A misspelt constraint property would silently make every candidate infeasible: refuse it."""
+    p = write_campaign(tmp_path, grid_csv, constraints=[{"property": "targte", "max": 0.5},
+                                                        {"property": "target", "oracle": "table", "max": 0.5}])
+    with pytest.raises(InputError) as e:
+        load_campaign(p)
+    msg = str(e.value)
+    assert "constraints[0].property" in msg and "'targte'" in msg and "'target'" in msg
+    assert "constraints[1]" not in msg
