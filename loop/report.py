@@ -299,14 +299,20 @@ def _best_values(data: _Data) -> dict[str, dict[tuple[str, str], float | str]]:
 HULL_PROPERTY = "e_above_hull_ev_per_atom"
 
 
-def _decomposition_for(data: _Data, cid: str) -> str:
-    """The decomposition products stored by the highest-fidelity successful observation that has them, as text."""
+def _highest_fidelity_with(data: _Data, cid: str, key: str, kind: type) -> Observation | None:
+    """The highest-fidelity successful observation of ``cid`` whose ``extra[key]`` is a ``kind`` (first of ties)."""
     best = None
     for obs in data.arms.values():
         for o in obs:
-            if o.candidate_id == cid and o.ok and isinstance(o.extra.get("decomposition"), list):
+            if o.candidate_id == cid and o.ok and isinstance(o.extra.get(key), kind):
                 if best is None or o.fidelity > best.fidelity:
                     best = o
+    return best
+
+
+def _decomposition_for(data: _Data, cid: str) -> str:
+    """The decomposition products stored by the highest-fidelity successful observation that has them, as text."""
+    best = _highest_fidelity_with(data, cid, "decomposition", list)
     if best is None:
         return ""
     try:
@@ -319,12 +325,7 @@ def _structure_for(data: _Data, cid: str):
     """The relaxed structure of the highest-fidelity successful observation, else the candidate's."""
     from pymatgen.core import Structure
 
-    best = None
-    for obs in data.arms.values():
-        for o in obs:
-            if o.candidate_id == cid and o.ok and isinstance(o.extra.get("relaxed_structure"), dict):
-                if best is None or o.fidelity > best.fidelity:
-                    best = o
+    best = _highest_fidelity_with(data, cid, "relaxed_structure", dict)
     if best is not None:
         try:
             return Structure.from_dict(best.extra["relaxed_structure"]), f"relaxed by {best.oracle}"

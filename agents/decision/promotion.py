@@ -64,6 +64,7 @@ def tier_candidate(candidate: Candidate, tier: str, after_of: dict[str, str], ob
 
 def promote(config: AgentConfig, state: PlanningState, pool: Pool, draft: PlanDraft) -> None:
     """Add this iteration's promotions to ``draft``, one rule at a time in the oracles' order."""
+    after_of = {r.name: r.promote["after"] for r in config.oracles if r.promote}
     for o in config.oracles:
         if not o.promote:
             continue
@@ -76,8 +77,10 @@ def promote(config: AgentConfig, state: PlanningState, pool: Pool, draft: PlanDr
                 break
             if ob.candidate_id not in state.index:
                 continue
-            after_of = {r.name: r.promote["after"] for r in config.oracles if r.promote}
-            cand = tier_candidate(state.candidates[state.index[ob.candidate_id]], o.name, after_of, state.observations)
+            # what the cheaper tier saw (down the chain), then that tier's own result for it
+            seen = tier_candidate(state.candidates[state.index[ob.candidate_id]], o.promote["after"], after_of,
+                                  state.observations)
+            cand = promoted_candidate(seen, ob)
             draft.add(cand, o.name, o.cost)
             chosen.append(cand.formula)
         draft.rationale["tiers"][o.name] = {"ranked_by": ranked_by, "rule": o.promote, "passed": len(passed),
