@@ -125,18 +125,6 @@ class PlanningState:
         """Candidate id -> row of ``X``."""
         return {c.id: i for i, c in enumerate(self.candidates)}
 
-    @cached_property
-    def bounds(self) -> np.ndarray:
-        """``2 x d`` column-wise min and max of ``X``, computed once per state (streamed in chunks)."""
-        chunk = 65536
-        lo = np.full(self.X.shape[1], np.inf)
-        hi = np.full(self.X.shape[1], -np.inf)
-        for a in range(0, self.X.shape[0], chunk):
-            c = np.asarray(self.X[a : a + chunk], dtype=float)
-            lo = np.minimum(lo, c.min(axis=0))
-            hi = np.maximum(hi, c.max(axis=0))
-        return np.stack([lo, hi])
-
     @property
     def cost_left(self) -> float:
         """Remaining cost budget (``inf`` without a cost budget)."""

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from matloop.agents.decision.multifidelity import ChoiceSettings, choose_requests
+from matloop.agents.decision.pipeline import pool_bounds
 from matloop.agents.modelling.multifidelity import MultiFidelityGP, MultiFidelitySettings
 from matloop.agents.modelling.surrogates import SurrogateSettings, make_surrogate
 from matloop.core.goals import Goal
@@ -213,7 +214,7 @@ class MultiFidelityRoundAgent:
             return Plan([], {}, {"stop_reason": "remaining budget below the cheapest fidelity's cost"})
         idx, fid, y = self._training_data(state)
         t0 = time.perf_counter()
-        model = MultiFidelityGP(self.settings, bounds=state.bounds, seed=int(state.rng.integers(2**31 - 1)))
+        model = MultiFidelityGP(self.settings, bounds=pool_bounds(state.X), seed=int(state.rng.integers(2**31 - 1)))
         rounds = self.stats["rounds"]
         reuse = self.previous if (self.previous is not None and rounds % self.refit_every != 0) else None
         X = np.asarray(state.X)

@@ -98,8 +98,8 @@ class Pool:
 
     @classmethod
     def of(cls, state: PlanningState) -> Pool:
-        """The pool of a planning state; its bounds are ``state.bounds``."""
-        return cls(state.X, bounds=lambda: state.bounds)
+        """The pool of a planning state (one per plan: every step of the plan shares its bounds and views)."""
+        return cls(state.X)
 
     @classmethod
     def wrap(cls, X) -> Pool:

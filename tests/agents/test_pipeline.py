@@ -18,13 +18,13 @@ def _pool(n=120, d=4, seed=0):
     return X, np.sin(3 * X[:, 0]) + X[:, 1]
 
 
-def test_pool_of_a_state_uses_the_state_bounds_once():
+def test_pool_of_a_state_scans_the_bounds_once():
     X, _ = _pool()
     state = PlanningState(0, [], X, [], set(), set(), 4, np.random.default_rng(0))
     pool = Pool.of(state)
     assert pool.shape == X.shape and len(pool) == len(X)
     np.testing.assert_array_equal(pool[[3, 5]], X[[3, 5]])
-    assert pool.bounds is state.bounds  # the state's cached property, not a second scan
+    assert pool.bounds is pool.bounds  # computed on first use and kept, not a second scan
     np.testing.assert_array_equal(pool.bounds, pool_bounds(X))
 
 
