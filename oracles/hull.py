@@ -14,17 +14,20 @@ at 0) and answers, for a composition and a formation energy on the same scale:
 
 Sources of reference phases: ``ReferenceHull.shipped()`` (a table inside the package, built
 by ``scripts/build_reference_hull.py``; see ``data/README.md``), ``ReferenceHull.from_mp_api``
-(live Materials Project entries, when the caller has an API key) and ``ReferenceHull.from_csv``.
-OPTIMADE is not offered: the OPTIMADE standard defines no energy field, and the providers
-that serve energies do so under provider-specific names with their own DFT settings and
-corrections, so no provider-independent hull can be built from it.
+(live Materials Project entries, when the caller has an API key), ``ReferenceHull.from_optimade``
+(an OPTIMADE provider that serves formation energies) and ``ReferenceHull.from_csv``.
+The OPTIMADE standard defines no energy field: providers that serve energies do so under
+provider-specific names (e.g. Alexandria's ``_alexandria_formation_energy_per_atom``) with their
+own DFT settings and corrections, so the user names the field, and is responsible for its being
+on a scale comparable with the oracle's (Alexandria's PBE set applies MP2020-compatible corrections).
 
 How the oracles use it
 ----------------------
 The MLIP tier (``mlip.MlipOracle``) and the GPAW tiers (``gpaw.GpawPbeOracle``) take a ``hull``
-setting (``HullSettings``: ``source: auto | shipped | mp-api``). ``ReferenceHullMixin`` resolves
-it once, on first use (``auto`` is ``mp-api`` when ``MP_API_KEY`` is set at that moment; nothing
-reads the environment at import), puts the resolved source and the shipped table's version
+setting (``HullSettings``: ``source: auto | shipped | mp-api | optimade``). ``ReferenceHullMixin``
+resolves it once, on first use (``auto`` is ``mp-api`` when ``MP_API_KEY`` is set at that moment,
+else ``optimade`` when ``optimade_url`` is configured, else ``shipped``; nothing reads the
+environment at import), puts the resolved source and the shipped table's version
 (or ``mp-api/MP2020``) into the oracle's ``version``, and hands out the hull covering a
 chemical system (``reference_hull``; mp-api queries that system, cached on disk under the
 site's ``cache_dir``). Every observation records the version of the hull it used in
@@ -81,13 +84,14 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from matloop.core.records import OracleError
 
@@ -291,6 +295,64 @@ class ReferenceHull:
                 cache.write_text(json.dumps(data, indent=1))
         phases = [ReferencePhase(**p) for p in data["phases"]]
         return cls(phases, f"mp-api:{key}", elements=elements)
+
+    @classmethod
+    def from_optimade(
+        cls, base_url: str, chemsys: str | Iterable[str], energy_field: str,
+        cache_dir: str | Path | None = None, timeout_s: float = 60.0,
+    ) -> ReferenceHull:
+        """Phases of a chemical system from an OPTIMADE provider that serves formation energies.
+
+        Queries ``/v1/structures`` for every entry whose elements lie within the system (one
+        query per sub-system, ``elements HAS ALL ... AND nelements=n``, which every provider
+        supports, unlike the optional ``HAS ONLY``), asks for ``chemical_formula_reduced`` and
+        ``energy_field`` only, follows ``links.next`` and caches the phases on disk as JSON per
+        provider and system. Entries without a numeric ``energy_field`` are skipped.
+
+        Args:
+            base_url: the provider's base URL (without ``/v1``).
+            chemsys: "Li-Co-O" or an iterable of element symbols.
+            energy_field: the provider's formation-energy field, eV/atom relative to the elements.
+            cache_dir: folder of ``optimade-<host>-<chemsys>.json`` caches (none: no cache).
+        """
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        elements = sorted(chemsys.split("-") if isinstance(chemsys, str) else set(chemsys))
+        key = "-".join(elements)
+        host = urllib.parse.urlparse(base_url).netloc.replace(":", "_") or "provider"
+        cache = Path(cache_dir) / f"optimade-{host}-{key}-{energy_field.strip('_')}.json" if cache_dir else None
+        if cache is not None and cache.exists():
+            phases = [ReferencePhase(**p) for p in json.loads(cache.read_text())["phases"]]
+            return cls(phases, f"optimade:{host}:{key}")  # covers only the elements it served
+        phases = []
+        for n in range(1, len(elements) + 1):
+            for subset in itertools.combinations(elements, n):
+                flt = "elements HAS ALL " + ",".join(f'"{e}"' for e in subset) + f" AND nelements={n}"
+                query = urllib.parse.urlencode({"filter": flt, "page_limit": 100,
+                                                "response_fields": f"chemical_formula_reduced,{energy_field}"})
+                url: str | None = f"{base_url.rstrip('/')}/v1/structures?{query}"
+                while url:
+                    try:
+                        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+                            page = json.load(r)
+                    except (urllib.error.URLError, OSError, ValueError) as exc:
+                        raise OracleError(f"OPTIMADE provider {base_url}: {exc}") from exc
+                    for entry in page.get("data", []):
+                        attrs = entry.get("attributes", {})
+                        e = attrs.get(energy_field)
+                        if isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e):
+                            phases.append(ReferencePhase(attrs["chemical_formula_reduced"], float(e), str(entry["id"])))
+                    nxt = (page.get("links") or {}).get("next")
+                    url = nxt.get("href") if isinstance(nxt, dict) else nxt
+        if not phases:
+            raise OracleError(f"OPTIMADE provider {base_url} returned no entries with {energy_field} for {key}")
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"chemsys": key, "base_url": base_url, "energy_field": energy_field,
+                                         "phases": [dataclasses.asdict(p) for p in phases]}, indent=1))
+        return cls(phases, f"optimade:{host}:{key}")  # covers only the elements it served
 
     # -- phase diagrams ----------------------------------------------------------------------
     def check_elements(self, elements: Iterable[str]) -> None:
@@ -515,36 +577,61 @@ class HullSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["auto", "shipped", "mp-api"] = Field(
+    source: Literal["auto", "shipped", "mp-api", "optimade"] = Field(
         "auto",
         description="shipped: the Materials Project table inside matloop (offline; see oracles/data/README.md); "
         f"mp-api: live Materials Project entries per chemical system (needs {MP_API_KEY_ENV} and matloop[mp]; "
-        f"cached under the site's cache_dir); auto: mp-api when {MP_API_KEY_ENV} is set when the oracle is "
-        "first used, else shipped",
+        "cached under the site's cache_dir); optimade: the provider at optimade_url, formation energies from "
+        f"optimade_energy_field (cached likewise); auto: mp-api when {MP_API_KEY_ENV} is set when the oracle is "
+        "first used, else optimade when optimade_url is set, else shipped",
+    )
+    optimade_url: str | None = Field(
+        None, description="base URL of an OPTIMADE provider serving formation energies, e.g. "
+        "https://alexandria.icams.rub.de/pbe",
+    )
+    optimade_energy_field: str | None = Field(
+        None, description="the provider's formation-energy field (eV/atom vs the elements), e.g. "
+        "_alexandria_formation_energy_per_atom; its scale must match the oracle's (MP2020)",
     )
 
+    @model_validator(mode="after")
+    def _optimade_complete(self) -> HullSettings:
+        if (self.source == "optimade" or self.optimade_url) and not (self.optimade_url and self.optimade_energy_field):
+            raise ValueError("an OPTIMADE hull needs both optimade_url and optimade_energy_field")
+        return self
 
-def resolve_hull_source(source: str) -> str:
-    """``shipped`` or ``mp-api``: ``auto`` becomes ``mp-api`` when ``MP_API_KEY`` is set now."""
+
+def resolve_hull_source(source: str, optimade_url: str | None = None) -> str:
+    """``shipped``, ``mp-api`` or ``optimade``: ``auto`` becomes ``mp-api`` when ``MP_API_KEY`` is set now,
+    else ``optimade`` when a provider URL is configured, else ``shipped``."""
     if source == "auto":
-        return "mp-api" if os.environ.get(MP_API_KEY_ENV) else "shipped"
-    if source not in ("shipped", "mp-api"):
-        raise OracleError(f"unknown hull source {source!r}; known: auto, shipped, mp-api")
+        if os.environ.get(MP_API_KEY_ENV):
+            return "mp-api"
+        return "optimade" if optimade_url else "shipped"
+    if source not in ("shipped", "mp-api", "optimade"):
+        raise OracleError(f"unknown hull source {source!r}; known: auto, shipped, mp-api, optimade")
     return source
 
 
-def hull_source_version(resolved: str) -> str:
-    """What enters an oracle's version for a resolved source: the shipped table's version, or ``mp-api/MP2020``."""
-    return ReferenceHull.shipped().version if resolved == "shipped" else MP_API_VERSION
+def hull_source_version(resolved: str, settings: HullSettings | None = None) -> str:
+    """What enters an oracle's version for a resolved source: the shipped table's version,
+    ``mp-api/MP2020``, or the OPTIMADE provider and energy field."""
+    if resolved == "shipped":
+        return ReferenceHull.shipped().version
+    if resolved == "optimade" and settings is not None:
+        return f"optimade/{settings.optimade_url}/{settings.optimade_energy_field}"
+    return MP_API_VERSION
 
 
-def reference_hull(resolved: str, elements: Iterable[str], cache_dir: str | Path | None = None) -> ReferenceHull:
+def reference_hull(resolved: str, elements: Iterable[str], cache_dir: str | Path | None = None,
+                   settings: HullSettings | None = None) -> ReferenceHull:
     """The reference hull of a resolved source that covers ``elements`` (the shipped one covers them all).
 
     Args:
-        resolved: ``shipped`` or ``mp-api`` (see ``resolve_hull_source``).
-        elements: the chemical system needed (mp-api queries exactly this system).
-        cache_dir: folder of the mp-api JSON caches.
+        resolved: ``shipped``, ``mp-api`` or ``optimade`` (see ``resolve_hull_source``).
+        elements: the chemical system needed (mp-api and OPTIMADE query exactly this system).
+        cache_dir: folder of the mp-api and OPTIMADE JSON caches.
+        settings: the ``HullSettings`` (the OPTIMADE provider and field).
 
     Raises:
         OracleError: an element the reference does not cover (named), or mp-api without a key.
@@ -552,6 +639,11 @@ def reference_hull(resolved: str, elements: Iterable[str], cache_dir: str | Path
     els = sorted(set(elements))
     if resolved == "shipped":
         hull = ReferenceHull.shipped()
+    elif resolved == "optimade":
+        if settings is None or not settings.optimade_url or not settings.optimade_energy_field:
+            raise OracleError("hull source optimade needs optimade_url and optimade_energy_field")
+        hull = _optimade_hull(settings.optimade_url, "-".join(els), settings.optimade_energy_field,
+                              str(cache_dir) if cache_dir else None)
     else:
         key = os.environ.get(MP_API_KEY_ENV)
         if not key:
@@ -574,7 +666,7 @@ class ReferenceHullMixin:
     def hull_source(self) -> str:
         """``shipped`` or ``mp-api``, resolved on first use and kept."""
         if self._hull_source is None:
-            self._hull_source = resolve_hull_source(self.settings.hull.source)
+            self._hull_source = resolve_hull_source(self.settings.hull.source, self.settings.hull.optimade_url)
         return self._hull_source
 
     @property
@@ -589,12 +681,17 @@ class ReferenceHullMixin:
         if self.settings.formation_energy:
             source = self.hull_source()
             science["hull"]["source"] = source
-            science = [science, hull_source_version(source)]
+            science = [science, hull_source_version(source, self.settings.hull)]
         return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
 
     def reference_hull(self, elements: Iterable[str]) -> ReferenceHull:
-        """The reference hull covering ``elements`` (mp-api caches go to ``<site cache_dir>/mp-api``)."""
-        return reference_hull(self.hull_source(), elements, self.site.cache_folder("mp-api"))
+        """The reference hull covering ``elements`` (mp-api and OPTIMADE caches go to ``<site cache_dir>/mp-api``)."""
+        return reference_hull(self.hull_source(), elements, self.site.cache_folder("mp-api"), self.settings.hull)
+
+
+@lru_cache(maxsize=32)
+def _optimade_hull(base_url: str, chemsys: str, energy_field: str, cache_dir: str | None) -> ReferenceHull:
+    return ReferenceHull.from_optimade(base_url, chemsys, energy_field, cache_dir=cache_dir)
 
 
 @lru_cache(maxsize=32)

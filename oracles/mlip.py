@@ -190,7 +190,8 @@ class MlipSettings(MlipModelSettings):
     )
     hull: MlipHullSettings = Field(
         default_factory=MlipHullSettings,
-        description="the reference hull: source (auto | shipped | mp-api), include_campaign_phases, "
+        description="the reference hull: source (auto | shipped | mp-api | optimade), optimade_url, optimade_energy_field, "
+        "include_campaign_phases, "
         "mp2020_corrections",
     )
     li_window: bool = Field(

@@ -275,7 +275,8 @@ def write_optimade_jsonl(structures, path: str | Path) -> Path:
     """Write structures as an OPTIMADE JSON-lines file (the format the reference server ingests).
 
     Args:
-        structures: pymatgen Structures, or ``(id, Structure)`` pairs.
+        structures: pymatgen Structures, ``(id, Structure)`` pairs, or ``(id, Structure, extra)``
+            triples whose ``extra`` dict adds (provider) attributes.
     """
     from optimade.adapters import Structure
 
@@ -283,20 +284,23 @@ def write_optimade_jsonl(structures, path: str | Path) -> Path:
     with open(path, "w") as fh:
         fh.write(json.dumps({"x-optimade": {"meta": {"api_version": "1.2.0"}}}) + "\n")
         for i, item in enumerate(structures):
-            sid, st = item if isinstance(item, tuple) else (f"matloop-{i}", item)
+            sid, st, extra = (tuple(item) + ({},))[:3] if isinstance(item, tuple) else (f"matloop-{i}", item, {})
             attrs = Structure.ingest_from(st, "pymatgen").entry.model_dump(mode="json")["attributes"]
             attrs["last_modified"] = "2024-01-01T00:00:00Z"
+            attrs.update(extra)
             fh.write(json.dumps({"id": str(sid), "type": "structures", "attributes": attrs}) + "\n")
     return path
 
 
 @contextlib.contextmanager
-def reference_server(structures=None, port: int | None = None, page_limit: int = 20, startup_timeout_s: float = 90.0):
+def reference_server(structures=None, port: int | None = None, page_limit: int = 20, startup_timeout_s: float = 90.0,
+                     provider_fields: list[str] | None = None):
     """Run optimade-python-tools' reference server (mongomock backend) on 127.0.0.1.
 
-    It serves ``structures`` (pymatgen Structures or ``(id, Structure)`` pairs) when given,
-    else the package's bundled test data (17 synthetic structures). Yields the base URL;
-    the server is a child process, stopped on exit.
+    It serves ``structures`` (see ``write_optimade_jsonl``) when given, else the package's
+    bundled test data (17 synthetic structures). ``provider_fields`` are extra structure
+    attributes served as ``_exmpl_<name>``. Yields the base URL; the server is a child
+    process, stopped on exit.
 
     Raises:
         ImportError: optimade[server] is not installed.
@@ -311,6 +315,8 @@ def reference_server(structures=None, port: int | None = None, page_limit: int =
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="matloop-optimade-") as tmp:
         config: dict = {"base_url": base, "page_limit": page_limit, "insert_test_data": structures is None}
+        if provider_fields:
+            config["provider_fields"] = {"structures": list(provider_fields)}
         if structures is None:
             config["aliases"] = _REFERENCE_ALIASES
         else:

@@ -241,6 +241,71 @@ def test_from_mp_api_with_a_stand_in_client(tmp_path, monkeypatch):
         h.stability("Na2O", -2.0)
 
 
+@pytest.fixture(scope="module")
+def optimade_li_o():
+    """An OPTIMADE reference server on 127.0.0.1 serving Li-O phases with a provider energy field."""
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.agents.generation.enumeration import reference_server
+
+    li = Structure(Lattice.cubic(3.44), ["Li", "Li"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    o2 = Structure(Lattice.cubic(6.0), ["O", "O"], [[0, 0, 0], [0.2, 0, 0]])
+    li2o = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.6), ["O", "Li"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    li2o2 = Structure(Lattice.hexagonal(3.1, 7.6), ["Li", "Li", "O", "O"],
+                      [[0, 0, 0], [1 / 3, 2 / 3, 0.25], [1 / 3, 2 / 3, 0.65], [1 / 3, 2 / 3, 0.85]])
+    lio2 = Structure(Lattice.cubic(4.0), ["Li", "O", "O"], [[0, 0, 0], [0.5, 0.5, 0.4], [0.5, 0.5, 0.75]])
+    items = [("li", li, {"formation_energy": 0.0}), ("o2", o2, {"formation_energy": 0.0}),
+             ("li2o", li2o, {"formation_energy": -2.07}), ("li2o2", li2o2, {"formation_energy": -1.65}),
+             ("lio2", lio2, {"formation_energy": -0.90}),
+             ("no-energy", li2o, {})]  # an entry without the field is skipped
+    try:
+        with reference_server(items, provider_fields=["formation_energy"], page_limit=2) as url:
+            yield url
+    except (ImportError, RuntimeError) as exc:
+        pytest.skip(f"optimade[server] is not available: {exc}")
+
+
+def test_from_optimade_builds_the_hull_pages_through_and_caches(optimade_li_o, tmp_path, monkeypatch):
+    h = ReferenceHull.from_optimade(optimade_li_o, "Li-O", "_exmpl_formation_energy", cache_dir=tmp_path)
+    assert sorted(p.formula for p in h.phases) == ["Li", "Li2O", "LiO", "LiO2", "O"]  # 2 per page: followed links
+    assert h.version.startswith("optimade:") and "Li-O/MP2020/" in h.version
+    assert h.stability("Li2O", -2.07).e_above_hull_ev_per_atom == pytest.approx(0.0, abs=1e-9)
+    s = h.stability("LiO2", -0.90)  # above the LiO-O2 tie line: -1.65 * (1/3) / (1/2) = -1.10 at x_O = 2/3
+    assert s.e_above_hull_ev_per_atom == pytest.approx(0.20, abs=1e-6)
+    # the cache answers without asking the provider again
+    import urllib.request
+
+    def offline(*a, **k):
+        raise OSError("network used although the system is cached")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    again = ReferenceHull.from_optimade(optimade_li_o, "Li-O", "_exmpl_formation_energy", cache_dir=tmp_path)
+    assert again.content_hash == h.content_hash is not None
+    monkeypatch.undo()
+    with pytest.raises(OracleError, match="returned no entries"):
+        ReferenceHull.from_optimade(optimade_li_o, "Li-O", "_exmpl_no_such_field")
+
+
+def test_optimade_hull_source_in_an_oracle(optimade_li_o, tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from matloop.oracles.hull import HullSettings, resolve_hull_source
+    from matloop.oracles.mlip import MlipOracle
+
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    with pytest.raises(ValidationError, match="optimade_energy_field"):
+        HullSettings(source="optimade", optimade_url=optimade_li_o)
+    hull = {"optimade_url": optimade_li_o, "optimade_energy_field": "_exmpl_formation_energy"}
+    assert resolve_hull_source("auto", optimade_li_o) == "optimade"  # auto: configured provider, no MP key
+    oracle = MlipOracle(settings={"hull": hull}, site={"cache_dir": str(tmp_path)})
+    assert oracle.hull_source() == "optimade"
+    assert oracle.version != MlipOracle(settings={}).version  # the reference enters the version
+    h = oracle.reference_hull(["Li", "O"])
+    assert h.source.startswith("optimade:") and h.find_phase("Li2O") is not None
+    with pytest.raises(OracleError, match="no phases for element.*Na"):
+        oracle.reference_hull(["Li", "O", "Na"])
+
+
 def test_build_script_on_a_subset(tmp_path):
     src = ROOT.parent / "shared" / "data" / "mp" / "mp-formation.csv"
     if not src.exists():
