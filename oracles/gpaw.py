@@ -74,7 +74,28 @@ MAGNETIC_ELEMENTS = frozenset(
 #: Initial moments (Bohr magnetons) of the ferromagnetic elemental references.
 REFERENCE_MAGMOMS = {"Fe": 2.5, "Co": 1.8, "Ni": 0.7}
 #: Elemental references that are molecules (ASE's g2 geometries) and their initial moments.
-MOLECULE_REFERENCES = {"H": ("H2", 0.0), "N": ("N2", 0.0), "O": ("O2", 1.0), "F": ("F2", 0.0), "Cl": ("Cl2", 0.0)}
+MOLECULE_REFERENCES = {"H": ("H2", 0.0), "N": ("N2", 0.0), "O": ("O2", 1.0), "F": ("F2", 0.0), "Cl": ("Cl2", 0.0),
+                       "Br": ("Br2", 0.0), "I": ("I2", 0.0)}
+#: diatomics missing from ASE's g2 collection: experimental gas-phase bond lengths (A), NIST CCCBDB.
+#: Solid Br2 and I2 are MP's reference states; PBE binds their molecular crystals by only a few
+#: tens of meV/atom, so the molecule stands in for the crystal as O2 and Cl2 do.
+DIATOMIC_BOND_ANGSTROM = {"Br2": 2.281, "I2": 2.666}
+#: elemental crystals whose ASE reference state is missing or not the real structure (ASE lists
+#: Se and Te as "hcp", which ase.build.bulk would turn into a two-atom hcp metal): space group,
+#: hexagonal/orthorhombic lattice (a, b, c in A) and one Wyckoff position, from the experimental
+#: structures (Se, Te: Cherin & Unger 1967/Adenis 1989; As, Sb, Bi: Schiferl & Barrett 1969;
+#: black P: Brown & Rundqvist 1965; Ga, In, Sn as noted). Reduced to the primitive cell.
+CRYSTAL_REFERENCES: dict[str, tuple[str, tuple[float, float, float], tuple[float, float, float]]] = {
+    "Se": ("P3_121", (4.3662, 4.3662, 4.9536), (0.2254, 0.0, 1 / 3)),
+    "Te": ("P3_121", (4.4572, 4.4572, 5.9290), (0.2633, 0.0, 1 / 3)),
+    "As": ("R-3m", (3.7598, 3.7598, 10.5475), (0.0, 0.0, 0.22727)),
+    "Sb": ("R-3m", (4.3084, 4.3084, 11.2740), (0.0, 0.0, 0.23349)),
+    "Bi": ("R-3m", (4.5460, 4.5460, 11.8623), (0.0, 0.0, 0.23389)),
+    "P": ("Cmce", (3.3136, 10.478, 4.3763), (0.0, 0.10168, 0.08056)),
+    "Ga": ("Cmce", (4.5192, 7.6586, 4.5258), (0.0, 0.1549, 0.0810)),  # alpha-Ga, Sharma & Donohue 1962
+    "In": ("I4/mmm", (3.2523, 3.2523, 4.9461), (0.0, 0.0, 0.0)),  # ASE's "bct" state is not built by bulk()
+    "Sn": ("Fd-3m", (6.4892, 6.4892, 6.4892), (0.0, 0.0, 0.0)),  # alpha-Sn, the 0 K ground state
+}
 #: ASE reference states that ``ase.build.bulk`` turns into the real elemental crystal.
 BULK_REFERENCE_LATTICES = ("fcc", "bcc", "hcp", "diamond")
 #: Bump when the reference recipe changes; part of every cache key.
@@ -782,7 +803,12 @@ class GpawPbeOracle(ReferenceHullMixin, Oracle):
             return atoms, spinpol, label, False
         if element in MOLECULE_REFERENCES:
             name, moment = MOLECULE_REFERENCES[element]
-            atoms = molecule(name)
+            if name in DIATOMIC_BOND_ANGSTROM:
+                from ase import Atoms
+
+                atoms = Atoms(2 * [element], positions=[(0, 0, 0), (0, 0, DIATOMIC_BOND_ANGSTROM[name])])
+            else:
+                atoms = molecule(name)
             a = self.settings.molecule_box_angstrom
             atoms.set_cell([a, a * 1.05, a * 1.1])  # unequal edges keep degenerate orbitals apart
             atoms.center()
@@ -791,6 +817,15 @@ class GpawPbeOracle(ReferenceHullMixin, Oracle):
             if spinpol:
                 atoms.set_initial_magnetic_moments([moment] * len(atoms))
             return atoms, spinpol, f"molecule:{name}", True
+        if element in CRYSTAL_REFERENCES:
+            from pymatgen.core import Lattice, Structure
+
+            group, (a, b, c), site = CRYSTAL_REFERENCES[element]
+            hexagonal = group in ("P3_121", "R-3m")
+            lattice = Lattice.hexagonal(a, c) if hexagonal else Lattice.orthorhombic(a, b, c)  # incl. tetragonal/cubic
+            structure = Structure.from_spacegroup(group, lattice, [element], [site]).get_primitive_structure()
+            atoms, _ = _atoms_of(structure, False)
+            return atoms, False, f"crystal:{group}", False
         state = reference_states[atomic_numbers[element]]
         if state is None or state.get("symmetry") not in BULK_REFERENCE_LATTICES:
             sym = None if state is None else state.get("symmetry")
