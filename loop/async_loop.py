@@ -31,7 +31,9 @@ class AsyncRun:
     """
 
     def __init__(self, ledger: Ledger, budget: Budget, executor, oracles: dict, agent: Agent, pool: PoolFeatures,
-                 rng: np.random.Generator, scoreboard: Scoreboard, say: Callable[[str], None]):
+                 rng: np.random.Generator, scoreboard: Scoreboard, say: Callable[[str], None],
+                 stop_check: Callable[[], str | None] | None = None):
+        self.stop_check = stop_check  # e.g. too many failures in a row: a reason to stop now
         self.ledger, self.budget, self.executor, self.oracles = ledger, budget, executor, oracles
         self.agent, self.pool, self.rng, self.scoreboard, self.say = agent, pool, rng, scoreboard, say
         self.workers = max(1, getattr(executor, "workers", 1))
@@ -51,6 +53,9 @@ class AsyncRun:
         try:
             while True:
                 self._collect()
+                halted = self.stop_check() if self.stop_check is not None else None
+                if halted:
+                    return halted
                 exhausted = self.budget.exhausted(self.n_in_flight())
                 if exhausted and self.n_in_flight() == 0:
                     return exhausted

@@ -35,7 +35,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from matloop.core.oracle import Oracle, OracleSettings
-from matloop.core.records import Candidate, Observation, OracleError, OracleResult, Request, Status
+from matloop.core.records import (
+    CampaignPaused,
+    Candidate,
+    InputError,
+    Observation,
+    OracleError,
+    OracleResult,
+    Request,
+    Status,
+)
 
 #: keys of a flat result dict that are not property values
 _META_KEYS = frozenset({"status", "reason", "uncertainties", "cost", "idempotency_key"})
@@ -253,6 +262,29 @@ class _NoToken(Exception):
     """A token source is configured but holds no token."""
 
 
+def token_source_problem(settings: dict | HttpSettings, base_dir: str | Path | None) -> str | None:
+    """Why an HTTP oracle's configured token source holds no token now, or None if it does (or none is configured).
+
+    A relative ``token_file`` is taken from ``base_dir`` (the campaign file's folder). This is
+    the check ``matloop run`` makes before anything is sent, and that ``validate`` can make.
+    """
+    s = settings if isinstance(settings, HttpSettings) else HttpSettings.model_validate(settings)
+    if s.token_env and os.environ.get(s.token_env, "").strip():
+        return None
+    if s.token_file:
+        path = Path(s.token_file).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir or Path.cwd()) / path
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            return f"token file {path} is unreadable: {exc.strerror or exc}"
+        return None if token else f"token file {path} is empty"
+    if s.token_env:
+        return f"environment variable {s.token_env} holding the token is not set"
+    return None
+
+
 class HttpOracle(_AsyncLabOracle):
     """A lab behind an HTTP API (see ``matloop.oracles.labsim`` for a reference service).
 
@@ -261,7 +293,8 @@ class HttpOracle(_AsyncLabOracle):
     ``GET {url}/requests/{key}`` answers ``{status: pending|done|failed, result,
     uncertainties, reason, submitted_at, finished_at}``.
 
-    Outcomes: HTTP 401/403 is a failed observation "unauthorised"; other 4xx a failed
+    Outcomes: HTTP 401/403 pauses the campaign (``CampaignPaused``: nothing is failed, the
+    requests stay open and are asked again once the token is fixed); other 4xx a failed
     observation "lab rejected the request"; ``failed`` a failed observation with the lab's
     reason; a ``done`` record without every expected property a failed observation
     "malformed result". Connection errors, timeouts and 5xx (after retries) and a configured
@@ -271,6 +304,12 @@ class HttpOracle(_AsyncLabOracle):
     kind = "http"
     code_version = "1"
     Settings = HttpSettings
+
+    def setup(self, candidates: list[Candidate]) -> None:
+        """Check the token source before anything is sent; raises ``InputError`` if it holds no token."""
+        problem = token_source_problem(self.settings, self.site.base_dir)
+        if problem:
+            raise InputError(f"oracle {self.name!r}: {problem}; set it and run again")
 
     def _token(self) -> str | None:
         s = self.settings
@@ -337,8 +376,15 @@ class HttpOracle(_AsyncLabOracle):
     def _apply(self, h: LabHandle, code: int, raw: bytes, *, posted: bool) -> None:
         """Update a handle from the lab's answer to a POST or GET."""
         if code in (401, 403):
-            self._finish(h, reason=f"unauthorised (HTTP {code} from {self.settings.url})", cost=0.0)
-            return
+            s = self.settings
+            source = (f"environment variable {s.token_env}" if s.token_env else "") + (
+                " / " if s.token_env and s.token_file else "") + (f"token file {s.token_file}" if s.token_file else "")
+            h.last_error = f"unauthorised (HTTP {code})"
+            raise CampaignPaused(
+                f"lab {s.url} refused the credentials of oracle {self.name!r} (HTTP {code}); campaign paused, "
+                f"no request was failed. Fix the token ({source or 'none configured: set token_env or token_file'}),"
+                " then run again: the unanswered requests are asked again"
+            )
         if code == 404 and not posted:
             h.submitted = False
             h.last_error = "the lab has no record of this request; resubmitting"
@@ -352,7 +398,7 @@ class HttpOracle(_AsyncLabOracle):
         h.last_error = None
         try:
             record = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             record = None
         if not isinstance(record, dict):
             if not posted:  # an accepted POST needs no body; a status answer does
@@ -415,6 +461,8 @@ class HttpOracle(_AsyncLabOracle):
                         self._post(h, token, deadline)
             except _Unreachable as exc:
                 down = h.last_error = str(exc)
+            except CampaignPaused:
+                raise
             except Exception as exc:  # e.g. a structure that cannot be written as CIF: this request fails
                 self._finish(h, reason=f"could not send the request: {type(exc).__name__}: {exc}", cost=0.0)
             h.next_poll_at = time.monotonic() + self.settings.poll_interval_s
@@ -604,6 +652,11 @@ class FolderOracle(_AsyncLabOracle):
             error = f"is unreadable: {exc}"
         except ValueError as exc:
             error = f"does not parse: {exc}"
+        except RecursionError:  # nested too deeply for json: final, not a file still being written
+            h.finished_at = mtime
+            self._finish(h, reason=f"malformed result file {path}: nested too deeply to parse",
+                         extra={"result_file": str(path)})
+            return
         if error is not None:
             age = time.time() - mtime
             if age < self.settings.settle_s:
@@ -804,6 +857,8 @@ class CommandOracle(Oracle):
             raise OracleError(f"command wrote no {output}; see {stdout_log} and {stderr_log}") from None
         except (OSError, ValueError) as exc:
             raise OracleError(f"malformed output {output}: {exc}; see {stdout_log}") from None
+        except RecursionError:
+            raise OracleError(f"malformed output {output}: nested too deeply to parse; see {stdout_log}") from None
         try:
             props, unc, other = result_values(payload, self.properties)
             cost = payload.get("cost") if isinstance(payload, dict) else None
