@@ -108,7 +108,7 @@ def share_phases(ledger: Ledger, oracles: dict) -> None:
         if not hasattr(o, "observe_phases"):
             continue
         phases = sorted((ledger.by_id[ob.candidate_id].formula, ob.properties["energy_ev_per_atom"])
-                  for ob in ledger.observations(oracle=name)
+                        for ob in ledger.observations(oracle=name)
                         if ob.ok and "energy_ev_per_atom" in ob.properties and ob.candidate_id in ledger.by_id)
         o.observe_phases(phases)  # sorted: the hull must not depend on the order results happened to arrive in
 

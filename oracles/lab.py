@@ -20,7 +20,9 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -812,41 +814,25 @@ class CommandOracle(Oracle):
         return argv
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
-        """Write the job folder, run the command (``timeout_s`` seconds max) and read its output; raises OracleError on failure."""
+        """Run the request's job (or adopt it if an earlier run started it) and read its output; raises OracleError on failure.
+
+        A job folder holding a marker (``job.json``: host and start time; ``job.pid``: the pid,
+        written by the job itself before the command starts) belongs to a job that was started:
+        it is never started again. A job still running is waited for (within ``timeout_s`` of
+        its start), a finished one is collected (``exit_status``), and one that died without an
+        exit status is a failed observation.
+        """
         request = _RUNNING.get()
         job_dir = (self.workdir / (request.id if request is not None else candidate.id)).resolve()
         job_dir.mkdir(parents=True, exist_ok=True)
-        structure = candidate.pmg_structure()
-        if structure is None:
-            raise OracleError("command oracle needs a structure; candidate has only a composition")
         s = self.settings
-        structure_path = job_dir / ("structure.cif" if s.structure_format == "cif" else "POSCAR")
-        structure.to(filename=str(structure_path), fmt=s.structure_format)
         output = job_dir / s.output
-        output.unlink(missing_ok=True)  # a stale output from an earlier attempt must not count
-        info = {"request_id": request.id if request else None, "candidate": candidate.to_json(), "oracle": self.name}
-        (job_dir / "request.json").write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
-        argv = self._argv(job_dir, structure_path, output)
+        marker = _read_json(job_dir / JOB_MARKER)
+        if marker is not None and ((job_dir / JOB_PID).exists() or (job_dir / JOB_EXIT).exists()):
+            rc, elapsed = self._adopt(job_dir, marker)
+        else:  # never started (or killed before the command began): start it now
+            rc, elapsed = self._start(candidate, request, job_dir, output)
         stdout_log, stderr_log = job_dir / "stdout.log", job_dir / "stderr.log"
-        t0 = time.perf_counter()
-        with open(stdout_log, "wb") as out, open(stderr_log, "wb") as err:
-            try:
-                proc = subprocess.Popen(
-                    argv, cwd=job_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-                )
-            except OSError as exc:
-                raise OracleError(f"cannot start {argv[0]!r}: {exc.strerror or exc}; job folder {job_dir}") from None
-            try:
-                rc = proc.wait(timeout=s.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                raise OracleError(
-                    f"command timed out after {s.timeout_s:g} s and was killed; logs in {job_dir}"
-                ) from None
-            except BaseException:  # e.g. the oracle-level timeout: never leave the job running
-                _kill_group(proc)
-                raise
-        elapsed = time.perf_counter() - t0
         if rc != 0:
             tail = _tail(stderr_log)
             reason = f"command exited with code {rc}; see {stderr_log}"
@@ -869,3 +855,110 @@ class CommandOracle(Oracle):
         if other:
             extra["other_properties"] = other
         return OracleResult(properties=props, uncertainties=unc, extra=extra, cost=cost)
+
+    def _start(self, candidate: Candidate, request: Request | None, job_dir: Path, output: Path) -> tuple[int, float]:
+        """Write the job folder and its marker, run the command to its end; returns (exit code, seconds)."""
+        s = self.settings
+        structure = candidate.pmg_structure()
+        if structure is None:
+            raise OracleError("command oracle needs a structure; candidate has only a composition")
+        structure_path = job_dir / ("structure.cif" if s.structure_format == "cif" else "POSCAR")
+        structure.to(filename=str(structure_path), fmt=s.structure_format)
+        for stale in (output, job_dir / JOB_PID, job_dir / JOB_EXIT):
+            stale.unlink(missing_ok=True)  # from an attempt killed before its command began
+        info = {"request_id": request.id if request else None, "candidate": candidate.to_json(), "oracle": self.name}
+        (job_dir / "request.json").write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
+        argv = self._argv(job_dir, structure_path, output)
+        exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+        if exe is None or not os.access(exe, os.X_OK) or os.path.isdir(exe):
+            why = "not found on PATH" if exe is None else "not an executable file"
+            raise OracleError(f"cannot start {argv[0]!r}: {why}; job folder {job_dir}")
+        # the marker before the process: a job is either unmarked (never ran) or recognised on resume
+        _atomic_write(job_dir / JOB_MARKER, json.dumps({"host": socket.gethostname(), "started_at": time.time(),
+                                                        "argv": argv, "timeout_s": s.timeout_s}) + "\n")
+        t0 = time.perf_counter()
+        with open(job_dir / "stdout.log", "wb") as out, open(job_dir / "stderr.log", "wb") as err:
+            try:
+                # /bin/sh only records the pid and exit status around argv, passed as "$@" (never parsed)
+                proc = subprocess.Popen(["/bin/sh", "-c", _JOB_WRAPPER, "matloop-job", *argv], cwd=job_dir,
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+            except OSError as exc:
+                raise OracleError(f"cannot start {argv[0]!r}: {exc.strerror or exc}; job folder {job_dir}") from None
+            try:
+                rc = proc.wait(timeout=s.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                raise OracleError(
+                    f"command timed out after {s.timeout_s:g} s and was killed; logs in {job_dir}"
+                ) from None
+            except BaseException:  # e.g. the oracle-level timeout: never leave the job running
+                _kill_group(proc)
+                raise
+        return rc, time.perf_counter() - t0
+
+    def _adopt(self, job_dir: Path, marker: dict) -> tuple[int, float]:
+        """Wait for (or collect) a job an earlier run started; never starts it again."""
+        started = float(marker.get("started_at") or time.time())
+        host = marker.get("host")
+        timeout_s = self.settings.timeout_s
+        pid = _read_int(job_dir / JOB_PID)
+        here = host == socket.gethostname()
+        while not (job_dir / JOB_EXIT).exists():
+            if here and (pid is None or not _job_alive(pid)):
+                raise OracleError(f"job started at {time.ctime(started)} (pid {pid} on {host}) ended without an "
+                                  f"exit status (killed?); not started again; see {job_dir}")
+            if timeout_s is not None and time.time() - started > timeout_s:
+                if here and pid is not None:
+                    _kill_pid_group(pid)
+                raise OracleError(f"command timed out after {timeout_s:g} s and was killed; logs in {job_dir}")
+            time.sleep(0.2)
+        rc = _read_int(job_dir / JOB_EXIT)
+        if rc is None:
+            raise OracleError(f"unreadable exit status in {job_dir / JOB_EXIT}")
+        return rc, time.time() - started
+
+
+#: files of a command job's folder that say it was started: the marker, its pid and its exit status
+JOB_MARKER, JOB_PID, JOB_EXIT = "job.json", "job.pid", "exit_status"
+_JOB_WRAPPER = 'echo $$ > job.pid; "$@"; rc=$?; echo $rc > exit_status.tmp; mv -f exit_status.tmp exit_status; exit $rc'
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _job_alive(pid: int) -> bool:
+    """True while ``pid`` runs a matloop job wrapper (a zombie, or a reused pid running something else, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            return b"matloop-job" in (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def _kill_pid_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
