@@ -296,7 +296,7 @@ class Campaign:
         if len(streak) < limit:
             return None
         self.exit_status = 4
-        return consecutive_failures_reason(streak)
+        return consecutive_failures_reason(streak, self.ledger.by_id)
 
     def _report_iteration(self, idx: int, results: list, best: ArmResult, plan: Plan) -> None:
         """One progress line: evaluations, failures, best (or Pareto front), spend, planning time."""
@@ -343,13 +343,21 @@ class Campaign:
         return summary
 
 
-def consecutive_failures_reason(failures: list) -> str:
-    """The stop reason for a run of failed observations: how many, and their most common reason (one example)."""
-    def shape(reason: str) -> str:  # the same failure on different candidates: paths and numbers differ
-        return re.sub(r"\d+(\.\d+)?", "#", re.sub(r"/\S+", "<path>", reason or "no reason"))
+def consecutive_failures_reason(failures: list, by_id: dict) -> str:
+    """The stop reason for a run of failed observations: how many, and their most common reason (one example).
 
-    counts = Counter(shape(o.reason) for o in failures)
+    Reasons count as the same when they differ only in the candidate named, paths and numbers.
+    """
+    def shape(o) -> str:
+        reason = o.reason or "no reason"
+        c = by_id.get(o.candidate_id)
+        for name in sorted({o.candidate_id, o.request_id, *((c.formula, c.composition) if c else ())}, key=len,
+                           reverse=True):
+            reason = reason.replace(name, "<candidate>")
+        return re.sub(r"\d+(\.\d+)?", "#", re.sub(r"/\S+", "<path>", reason))
+
+    counts = Counter(shape(o) for o in failures)
     common, k = counts.most_common(1)[0]
-    example = next(o.reason for o in failures if shape(o.reason) == common)
+    example = next(o.reason for o in failures if shape(o) == common)
     return (f"{len(failures)} evaluations in a row failed (budget.max_consecutive_failures); most common reason "
             f"({k} of {len(failures)}): {example}")

@@ -558,11 +558,27 @@ def _readable_rows(db: sqlite3.Connection, table: str) -> tuple[list[dict], str 
 
 
 def _salvage(path: Path) -> dict[str, tuple[list[dict], str | None]]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return {t: _readable_rows(db, t) for t in TABLES}
-    finally:
-        db.close()
+    """Read what can be read, from a copy whose header claims no more pages than the file has.
+
+    A truncated file still announces its old size in its header (bytes 28-31), and SQLite
+    then calls every table malformed; with the count set to the pages really there, the
+    tables whose pages survived read normally. The store itself is never written.
+    """
+    import tempfile
+
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big") if len(data) >= 100 else 0
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size:
+        data[28:32] = (len(data) // page_size).to_bytes(4, "big")
+    with tempfile.TemporaryDirectory(prefix="matloop-salvage-") as tmp:
+        copy = Path(tmp) / "store.sqlite"
+        copy.write_bytes(bytes(data))
+        db = sqlite3.connect(str(copy))
+        try:
+            return {t: _readable_rows(db, t) for t in TABLES}
+        finally:
+            db.close()
 
 
 def salvage_summary(path: str | Path) -> str:
