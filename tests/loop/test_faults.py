@@ -238,21 +238,21 @@ def test_same_seed_same_picks_whatever_the_arrival_order_and_after_kill_and_resu
     for run, lab_seed in enumerate((1, 2, 3)):  # each lab finishes the experiments in another order
         folder = tmp_path / f"run{run}"
         folder.mkdir()
-        with LabService(grid_csv, "composition", {"target": "target"}, token="s3cret", latency_s=(0.05, 0.8),
+        with LabService(grid_csv, "composition", {"target": "target"}, token="s3cret", latency_s=(0.05, 0.6),
                         seed=lab_seed) as lab:
             path = write_campaign(
-                folder, grid_csv, batch_size=4, budget={"evaluations": 16},
-                agent={"acquisition": {"init": 4, "shortlist": 40}},
+                folder, grid_csv, batch_size=4, budget={"evaluations": 12}, features={"composition": ["fractions"]},
+                agent={"acquisition": {"kind": "thompson", "init": 4, "shortlist": 40}},  # draws every plan
                 oracles=[{"name": "lab", "kind": "http", "cost": 1,
                           "settings": {"url": lab.url, "measurement": "m", "properties": ["target"],
                                        "token_env": "MATLOOP_TEST_LAB_TOKEN", "poll_interval_s": 0.02}}],
             )
             if run == 2:  # killed mid-iteration, then resumed
-                run_and_kill_mid_iteration(path, folder / "store.sqlite", min_observations=6)
+                run_and_kill_mid_iteration(path, folder / "store.sqlite", min_observations=5)
             proc = matloop("run", str(path), "--quiet")
             assert proc.returncode == 0, proc.stderr[-2000:]
         orders.append(_request_order(folder / "store.sqlite"))
-    assert len(orders[0]) == 16
+    assert len(orders[0]) == 12
     assert orders[1] == orders[0]
     assert orders[2] == orders[0]
 
