@@ -300,7 +300,8 @@ def test_command_jobs_are_adopted_after_kill_never_started_twice(tmp_path):
     path = tmp_path / "campaign.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     store = tmp_path / "store.sqlite"
-    run_and_kill_mid_iteration(path, store, min_observations=1, timeout_s=240)  # scripts still running now
+    at_kill = run_and_kill_mid_iteration(path, store, min_observations=1, timeout_s=240)
+    assert len((tmp_path / "starts.log").read_text().split()) > at_kill  # scripts were running at the kill
     proc = matloop("run", str(path), "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with sqlite3.connect(str(store)) as db:
@@ -309,3 +310,29 @@ def test_command_jobs_are_adopted_after_kill_never_started_twice(tmp_path):
     starts = (tmp_path / "starts.log").read_text().split()
     assert n_req == len(statuses) == 6 and all(s == ("success",) for s in statuses)
     assert len(starts) == 6, starts  # each request's script started exactly once
+
+
+# -- 11. timeouts on Dask workers ------------------------------------------------------------------
+def test_oracle_timeout_is_enforced_on_dask_worker_threads(grid_csv):
+    from matloop.loop.dask_executor import DaskExecutor
+    from matloop.oracles.lookup import LookupOracle
+
+    def lookup(latency_s: float) -> LookupOracle:
+        settings = {"table": str(grid_csv), "key_column": "composition", "columns": {"target": "target"},
+                    "latency_s": latency_s}
+        return LookupOracle(name="table", settings=settings, timeout_s=1.5)
+
+    cands = [Candidate.from_composition(c) for c in ("Fe0.5Ni0.5", "Co1")]
+    reqs = [Request(Request.make_id(c.id, "table", 0), c, "table", 0) for c in cands]
+    executor = DaskExecutor(workers=1)
+    try:
+        t0 = time.monotonic()
+        hung = executor.submit(lookup(60.0), reqs[0]).result()  # a job that would hang for a minute
+        waited = time.monotonic() - t0
+        after = executor.submit(lookup(0.1), reqs[1]).result()  # the worker still takes jobs
+    finally:
+        executor.shutdown()
+    assert hung.status == Status.FAILED and hung.reason == "timeout after 1.5 s"
+    assert hung.extra["dask_worker"].startswith("tcp://")  # it ran (and timed out) on the worker
+    assert waited < 20
+    assert after.ok and after.properties["target"] == pytest.approx(0.94)
