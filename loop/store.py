@@ -175,7 +175,7 @@ class Store:
         Returns the holder recorded by an earlier run that is gone (a stale lock, taken
         over), else None. Raises ``StoreBusy`` naming the live holder's pid and host.
         """
-        if self._lock_fd is not None:
+        if self._lock_fd is not None or str(self.path) == ":memory:":  # held already, or nothing to share
             return None
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
