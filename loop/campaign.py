@@ -101,7 +101,12 @@ class Campaign:
             apply ``async`` (utilisation), ``pareto`` (several objectives) and ``random``.
 
         Raises:
-            InputError: the store belongs to another campaign, or the pool is empty.
+            InputError: the store belongs to another campaign, or the pool is empty; ``StoreBusy``
+                (another run holds the store) and ``StoreDamaged`` are kinds of it.
+            CampaignPaused: a lab refused the credentials; nothing was failed, run again once fixed.
+
+        A run stopped by ``budget.max_consecutive_failures`` returns with ``exit_status`` 4 in
+        the summary (the CLI's exit status).
         """
         store = self._store if self._store is not None else Store(self.store_path)
         handler = None
