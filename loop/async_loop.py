@@ -52,8 +52,8 @@ class AsyncRun:
         last_say = time.time()
         try:
             while True:
-                self._collect()
-                halted = self.stop_check() if self.stop_check is not None else None
+                arrived = self._collect()
+                halted = self.stop_check() if arrived and self.stop_check is not None else None
                 if halted:
                     return halted
                 exhausted = self.budget.exhausted(self.n_in_flight())
@@ -89,8 +89,9 @@ class AsyncRun:
         p.rationale["planning_seconds"] = time.perf_counter() - t0
         return p
 
-    def _collect(self) -> None:
-        """Store what finished; each request's iteration is done with it."""
+    def _collect(self) -> int:
+        """Store what finished (each request's iteration is done with it); returns how many arrived."""
+        arrived = 0
         for name, hs in self.in_flight.items():
             if not hs:
                 continue
@@ -101,6 +102,8 @@ class AsyncRun:
                 self.ledger.finish_iteration(h.request.iteration)
                 self.stats["busy_s"] += obs.wall_time_s
                 self.stats["evaluations"] += 1
+                arrived += 1
+        return arrived
 
     def _refill(self, plan: Plan) -> None:
         requested = self.ledger.requested
