@@ -336,3 +336,51 @@ def test_oracle_timeout_is_enforced_on_dask_worker_threads(grid_csv):
     assert hung.extra["dask_worker"].startswith("tcp://")  # it ran (and timed out) on the worker
     assert waited < 20
     assert after.ok and after.properties["target"] == pytest.approx(0.94)
+
+
+JOB_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+with open(Path(__file__).with_name("starts.log"), "a") as f:
+    f.write(Path.cwd().name + "\\n")
+time.sleep(6.0)
+json.dump({"score": 0.5}, open(sys.argv[1], "w"))
+"""
+
+
+def test_command_job_of_a_killed_run_is_waited_for_or_failed_never_restarted(tmp_path):
+    from matloop.oracles.lab import CommandOracle
+
+    (tmp_path / "job.py").write_text(JOB_SCRIPT)
+    settings = {"command": [sys.executable, "{base_dir}/job.py", "{output}"], "workdir": "jobs",
+                "properties": ["score"]}
+    make = ("from pymatgen.core import Lattice, Structure\n"
+            "from matloop.core.records import Candidate, Request\n"
+            "from matloop.oracles.lab import CommandOracle\n"
+            "s = Structure.from_spacegroup('Fm-3m', Lattice.cubic(5.64), ['Na', 'Cl'], [[0, 0, 0], [0.5, 0.5, 0.5]])\n"
+            "cand = Candidate.from_structure(s)\n"
+            f"oracle = CommandOracle(name='site', settings={settings!r}, site={{'base_dir': {str(tmp_path)!r}}})\n")
+    namespace: dict = {}
+    exec(make, namespace)  # the same oracle and candidate, in the process that resumes
+    oracle, cand = namespace["oracle"], namespace["cand"]
+    starts = tmp_path / "starts.log"
+    for rid in ("r-lost", "r-adopted"):
+        runner = subprocess.Popen([sys.executable, "-c", make + f"oracle.run(Request({rid!r}, cand, 'site', 0))"])
+        t_end = time.monotonic() + 120
+        while rid not in (starts.read_text() if starts.exists() else "") and time.monotonic() < t_end:
+            time.sleep(0.05)
+        runner.kill()  # the run dies; its site script does not (own session)
+        runner.wait()
+        job = tmp_path / "jobs" / rid
+        marker = json.loads((job / "job.json").read_text())
+        assert marker["host"] == socket.gethostname() and marker["started_at"] <= time.time()
+        if rid == "r-lost":
+            os.killpg(int((job / "job.pid").read_text()), signal.SIGKILL)  # and the job is lost too
+
+    assert not (tmp_path / "jobs" / "r-adopted" / "exit_status").exists()  # its script is still running
+    adopted = oracle.run(Request("r-adopted", cand, "site", 0))
+    assert adopted.ok and adopted.properties == {"score": 0.5}, adopted.reason
+    lost = oracle.run(Request("r-lost", cand, "site", 0))
+    assert lost.status == Status.FAILED and "ended without an exit status" in lost.reason
+    assert "not started again" in lost.reason
+    assert starts.read_text().split() == ["r-lost", "r-adopted"]  # each started once
