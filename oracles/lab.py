@@ -8,7 +8,9 @@ A lab that cannot be reached leaves its requests pending (the reason is on
 ``handle.last_error``); a lab's verdict (refused, failed, malformed) is a failed observation.
 
 ``CommandOracle`` runs any executable per candidate (a site's VASP script, say) in a job
-folder of its own; it is an ordinary compute oracle that runs in an executor's worker.
+folder of its own; it is an ordinary compute oracle that runs in an executor's worker. Each
+job leaves a marker (host, start time, pid, exit status) in its folder, so a job started
+before a crash is waited for or collected on resume, never started a second time.
 """
 
 from __future__ import annotations
