@@ -105,7 +105,11 @@ class OracleTimeout(OracleError):
 
 @contextlib.contextmanager
 def _alarm(timeout_s: float | None):
-    """SIGALRM-based timeout; only in the main thread of a process (worker processes are)."""
+    """SIGALRM-based timeout; only in the main thread of a process (worker processes are).
+
+    Elsewhere (a Dask worker's task thread) ``Oracle.run`` enforces the timeout with a
+    deadline thread instead: see :func:`_run_with_deadline`.
+    """
     if not timeout_s or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -181,7 +185,18 @@ class Oracle(ABC):
 
     # -- execution ---------------------------------------------------------------------------
     def run(self, request: Request) -> Observation:
-        """Evaluate with timing, timeout and failure capture. Never raises."""
+        """Evaluate with timing, timeout and failure capture. Never raises.
+
+        ``timeout_s`` is enforced with ``SIGALRM`` in a process's main thread (local worker
+        processes, inline runs) and with a deadline on a helper thread anywhere else (Dask
+        runs tasks in worker threads): see :func:`_run_with_deadline`.
+        """
+        if self.timeout_s and threading.current_thread() is not threading.main_thread():
+            return _run_with_deadline(self, request)
+        return self._run_here(request)
+
+    def _run_here(self, request: Request) -> Observation:
+        """``run`` in the calling thread (the ``SIGALRM`` timeout applies in a main thread)."""
         t0 = time.perf_counter()
         try:
             if self.needs_structure and request.candidate.structure is None:
@@ -236,6 +251,42 @@ class Oracle(ABC):
             "settings": self.settings.model_dump(mode="json"),
             "site": self.site.model_dump(mode="json"),
         }
+
+
+def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> bool:
+    """Ask ``thread`` to raise ``exc_type`` at its next Python instruction (CPython's async exception)."""
+    import ctypes
+
+    n = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+    return n == 1
+
+
+def _run_with_deadline(oracle: Oracle, request: Request) -> Observation:
+    """``oracle._run_here(request)`` on a helper thread, answered after ``timeout_s`` at the latest.
+
+    Past the deadline the result is a failed observation "timeout after ... s" and the helper
+    thread is told to raise ``OracleTimeout`` -- the same semantics as ``SIGALRM``: Python code
+    stops at its next instruction, a call blocked inside C (a sleep, a solver) when it returns.
+    Measured reason for hand-written code: ``SIGALRM`` works only in a main thread, and
+    ``distributed`` has no per-task time limit.
+    """
+    import contextvars
+
+    t0 = time.perf_counter()
+    box: dict[str, Observation] = {}
+    ctx = contextvars.copy_context()  # e.g. the command oracle's running request
+
+    def target() -> None:
+        box["obs"] = ctx.run(oracle._run_here, request)
+
+    helper = threading.Thread(target=target, name=f"matloop-oracle-{request.id}", daemon=True)
+    helper.start()
+    helper.join(oracle.timeout_s)
+    if "obs" in box:
+        return box["obs"]
+    _raise_in_thread(helper, OracleTimeout)
+    return failed_observation(oracle, request, f"timeout after {oracle.timeout_s:g} s", time.perf_counter() - t0,
+                              extra={"timeout": "deadline on a worker thread"})
 
 
 def _jsonable(obj):

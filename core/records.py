@@ -33,6 +33,16 @@ class InputError(MatloopError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+class CampaignPaused(MatloopError):
+    """The campaign cannot go on until a person acts (a lab refused its credentials, HTTP 401/403).
+
+    Nothing is failed: the unanswered requests stay open in the store and the next ``matloop
+    run`` asks for them again. The CLI prints the message and exits with :attr:`exit_status`.
+    """
+
+    exit_status = 3
+
+
 class OracleError(MatloopError):
     """Raised inside ``Oracle.evaluate``; becomes a failed ``Observation`` with this reason."""
 

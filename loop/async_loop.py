@@ -31,7 +31,9 @@ class AsyncRun:
     """
 
     def __init__(self, ledger: Ledger, budget: Budget, executor, oracles: dict, agent: Agent, pool: PoolFeatures,
-                 rng: np.random.Generator, scoreboard: Scoreboard, say: Callable[[str], None]):
+                 rng: np.random.Generator, scoreboard: Scoreboard, say: Callable[[str], None],
+                 stop_check: Callable[[], str | None] | None = None):
+        self.stop_check = stop_check  # e.g. too many failures in a row: a reason to stop now
         self.ledger, self.budget, self.executor, self.oracles = ledger, budget, executor, oracles
         self.agent, self.pool, self.rng, self.scoreboard, self.say = agent, pool, rng, scoreboard, say
         self.workers = max(1, getattr(executor, "workers", 1))
@@ -50,7 +52,10 @@ class AsyncRun:
         last_say = time.time()
         try:
             while True:
-                self._collect()
+                arrived = self._collect()
+                halted = self.stop_check() if arrived and self.stop_check is not None else None
+                if halted:
+                    return halted
                 exhausted = self.budget.exhausted(self.n_in_flight())
                 if exhausted and self.n_in_flight() == 0:
                     return exhausted
@@ -84,8 +89,9 @@ class AsyncRun:
         p.rationale["planning_seconds"] = time.perf_counter() - t0
         return p
 
-    def _collect(self) -> None:
-        """Store what finished; each request's iteration is done with it."""
+    def _collect(self) -> int:
+        """Store what finished (each request's iteration is done with it); returns how many arrived."""
+        arrived = 0
         for name, hs in self.in_flight.items():
             if not hs:
                 continue
@@ -96,6 +102,8 @@ class AsyncRun:
                 self.ledger.finish_iteration(h.request.iteration)
                 self.stats["busy_s"] += obs.wall_time_s
                 self.stats["evaluations"] += 1
+                arrived += 1
+        return arrived
 
     def _refill(self, plan: Plan) -> None:
         requested = self.ledger.requested

@@ -13,7 +13,9 @@ to stop), ``execute`` (batch execution), ``AsyncRun`` (asynchronous mode),
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,8 @@ class Campaign:
         self.scoreboard = Scoreboard(spec)
         self.goal = self.scoreboard.goal  # best-so-far ranks by the (first) objective
         self.rng = rng if rng is not None else np.random.default_rng(spec.seed)
+        self._own_rng = rng is None  # its state is kept in the store, so a resumed run continues the stream
+        self.exit_status = 0
         self.agent = agent
         self.pool = pool
         self._store = store
@@ -97,12 +101,24 @@ class Campaign:
             apply ``async`` (utilisation), ``pareto`` (several objectives) and ``random``.
 
         Raises:
-            InputError: the store belongs to another campaign, or the pool is empty.
+            InputError: the store belongs to another campaign, or the pool is empty; ``StoreBusy``
+                (another run holds the store) and ``StoreDamaged`` are kinds of it.
+            CampaignPaused: a lab refused the credentials; nothing was failed, run again once fixed.
+
+        A run stopped by ``budget.max_consecutive_failures`` returns with ``exit_status`` 4 in
+        the summary (the CLI's exit status).
         """
         store = self._store if self._store is not None else Store(self.store_path)
-        handler = self._setup_logging() if self._store is None else None
+        handler = None
         self.executor = None
+        locked_here = False
         try:
+            stale = store.acquire_run_lock()  # one run per store; StoreBusy names the live holder
+            locked_here = True
+            handler = self._setup_logging() if self._store is None else None
+            if stale:
+                self._say(f"took over the lock of an earlier run that is gone (pid {stale.get('pid')} on host "
+                          f"{stale.get('host')})")
             self._prepare(store)
             waiting = self._resume()
             t_start = time.perf_counter()
@@ -110,7 +126,7 @@ class Campaign:
                 stopped = waiting
             elif self.spec.executor.mode == "async":
                 run = AsyncRun(self.ledger, self.budget, self.executor, self.oracles, self.agent, self.pool,
-                               self.rng, self.scoreboard, self._say)
+                               self.rng, self.scoreboard, self._say, stop_check=self._failed_out)
                 self.async_stats = run.stats
                 stopped = run.run()
             else:
@@ -125,6 +141,8 @@ class Campaign:
                 handler.close()
             if self._store is None:
                 store.close()
+            elif locked_here:
+                store.release_run_lock()
 
     def _setup_logging(self) -> logging.Handler:
         handler = logging.FileHandler(str(self.store_path) + ".log")
@@ -152,8 +170,11 @@ class Campaign:
         self.ledger = Ledger(store)
         self.budget = Budget(spec.budget, self.ledger, max((o.cost for o in spec.oracles), default=0))
         self.generators = GeneratorSources(spec, self.scoreboard, self._say)
+        self._restore_rng(store)
         if self.generators and not store.get_meta("generators_initialised"):
             self.generators.draw(self.ledger, -1, self.rng, initial=True)
+            if self._own_rng:
+                store.set_meta("rng_state", self.rng.bit_generator.state)
             store.set_meta("generators_initialised", True)
         if not self.ledger.candidates:
             raise InputError("the candidate pool is empty", file=str(spec.base_dir))
@@ -166,6 +187,23 @@ class Campaign:
         self.executor = make_executor(spec.executor)
         if hasattr(self.executor, "warm_up"):
             self.executor.warm_up()
+
+    def _restore_rng(self, store: Store) -> None:
+        """On resume, continue the random stream where the last stored plan left it.
+
+        Each plan stores the generator's state after planning in its iteration's rationale (in
+        the same transaction as its requests), so a run killed at any moment and resumed draws
+        the same numbers as one never interrupted.
+        """
+        if not self._own_rng:
+            return
+        state = store.get_meta("rng_state")
+        for it in reversed(store.iterations("agent")):
+            if "rng_state" in it["rationale"]:
+                state = it["rationale"]["rng_state"]
+                break
+        if state is not None:
+            self.rng.bit_generator.state = state
 
     def _load_pool(self, store: Store) -> None:
         if store.get_meta("pool_loaded"):
@@ -232,7 +270,7 @@ class Campaign:
             self._report_iteration(idx, results, best, plan)
             if waiting:
                 return None, waiting
-            stopped = stop_reason(self.spec.stop, self.goal, history)
+            stopped = self._failed_out() or stop_reason(self.spec.stop, self.goal, history)
             if stopped:
                 return stopped, None
 
@@ -248,7 +286,22 @@ class Campaign:
                               max_requests=left_evals, fraction_columns=self.pool.fraction_columns)
         plan = self.agent.propose(state)
         plan.rationale["planning_seconds"] = time.perf_counter() - t_plan
+        if self._own_rng:
+            plan.rationale["rng_state"] = self.rng.bit_generator.state
         return plan
+
+    def _failed_out(self) -> str | None:
+        """Why the run stops after ``budget.max_consecutive_failures`` failures in a row (plan order), or None."""
+        limit = self.spec.budget.max_consecutive_failures
+        streak = []
+        for o in reversed(self.ledger.labels(arm="agent")):
+            if o.ok:
+                break
+            streak.append(o)
+        if len(streak) < limit:
+            return None
+        self.exit_status = 4
+        return consecutive_failures_reason(streak, self.ledger.by_id)
 
     def _report_iteration(self, idx: int, results: list, best: ArmResult, plan: Plan) -> None:
         """One progress line: evaluations, failures, best (or Pareto front), spend, planning time."""
@@ -286,8 +339,30 @@ class Campaign:
         if front is not None:
             store.set_meta("pareto_front", front)
             summary["pareto"] = front
-        if self.spec.report.compare_random and not waiting:
+        if self.exit_status:
+            summary["exit_status"] = self.exit_status
+        if self.spec.report.compare_random and not waiting and not self.exit_status:
             summary["random"] = random_arm(self.spec, self.ledger, self.executor, self.oracles, self.scoreboard,
                                            self._say).__dict__
             print_comparison(self.spec, self.scoreboard, summary, self._say)
         return summary
+
+
+def consecutive_failures_reason(failures: list, by_id: dict) -> str:
+    """The stop reason for a run of failed observations: how many, and their most common reason (one example).
+
+    Reasons count as the same when they differ only in the candidate named, paths and numbers.
+    """
+    def shape(o) -> str:
+        reason = o.reason or "no reason"
+        c = by_id.get(o.candidate_id)
+        for name in sorted({o.candidate_id, o.request_id, *((c.formula, c.composition) if c else ())}, key=len,
+                           reverse=True):
+            reason = reason.replace(name, "<candidate>")
+        return re.sub(r"\d+(\.\d+)?", "#", re.sub(r"/\S+", "<path>", reason))
+
+    counts = Counter(shape(o) for o in failures)
+    common, k = counts.most_common(1)[0]
+    example = next(o.reason for o in failures if shape(o) == common)
+    return (f"{len(failures)} evaluations in a row failed (budget.max_consecutive_failures); most common reason "
+            f"({k} of {len(failures)}): {example}")

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from matloop.core.goals import Constraint
-from matloop.core.records import InputError, MatloopError
+from matloop.core.records import CampaignPaused, InputError, MatloopError
 
 
 def _parse_sets(items: list[str] | None) -> dict:
@@ -42,26 +42,40 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """``matloop run``: run or resume a campaign until it stops; ``--json`` prints the final summary. Returns 0."""
+    """``matloop run``: run or resume a campaign until it stops; ``--json`` prints the final summary.
+
+    Returns 0; 3 when a lab refused the credentials (paused); 4 when the run stopped after
+    ``budget.max_consecutive_failures`` failures in a row. A store in use or damaged exits with 2.
+    """
     from rich.console import Console
 
     from .campaign import Campaign
     from .spec import load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
-    summary = Campaign(spec, store_path=args.store, console=Console(), quiet=args.quiet).run()
+    try:
+        summary = Campaign(spec, store_path=args.store, console=Console(), quiet=args.quiet).run()
+    except CampaignPaused as exc:  # a lab refused the token: nothing failed, run again once it is fixed
+        print(f"paused: {exc}", file=sys.stderr)
+        return exc.exit_status
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return summary.get("exit_status", 0)  # 4: stopped after too many consecutive failures
 
 
 def _open_store(path: str):
+    """Open an existing store for a command; a missing, damaged or foreign file is an ``InputError`` (exit 2).
+
+    A damaged store's error says which tables can still be read and how to salvage them.
+    """
     from .store import Store
 
     p = Path(path)
     if not p.exists():
         raise InputError("store not found", file=str(p))
-    return Store(p)
+    if p.is_dir():
+        raise InputError("is a folder, not a store file", file=str(p))
+    return Store(p, create=False)
 
 
 def constraint_table(store, constraints: list, cands: dict):

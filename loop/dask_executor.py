@@ -15,9 +15,10 @@ and one that succeeded only after a loss carries ``extra["worker_lost"]`` (what 
 Oracles that are cheap (``oracle.inline`` true) run in the planning process, as with
 ``LocalExecutor``.
 
-Limitation: ``timeout_s`` of an oracle is enforced with ``SIGALRM``, which only works in
-a process's main thread; Dask runs tasks in worker threads, so on Dask the timeout is not
-enforced.
+Timeouts: Dask runs tasks in worker threads, where ``SIGALRM`` cannot fire, so
+``Oracle.run`` runs a job with ``timeout_s`` on a helper thread and answers a failed
+observation "timeout after ... s" at the deadline; the helper is told to stop at its next
+Python instruction (a call blocked in C stops when it returns, as with ``SIGALRM``).
 
 Local use (one machine)::
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from matloop.agents.decision.promotion import tier_candidate
-from matloop.core.records import Candidate, Observation, Request, Status
+from matloop.core.records import CampaignPaused, Candidate, InputError, Observation, Request, Status
 
 from .ledger import Ledger
 from .spec import CampaignSpec
@@ -46,6 +46,8 @@ def execute(ledger: Ledger, executor, oracles: dict, requests: list[Request],
             continue
         try:
             handles.setdefault(r.oracle, []).extend(oracle.submit([r], executor))
+        except CampaignPaused:  # a lab refused the credentials: nothing is failed, the run stops
+            raise
         except Exception as exc:  # a submission that cannot even start is a failed observation
             obs = Observation(r.id, r.candidate.id, oracle.name, oracle.version, oracle.fidelity, Status.FAILED,
                               cost=0.0, reason=f"submission failed: {type(exc).__name__}: {exc}")
@@ -68,6 +70,8 @@ def _wait(ledger: Ledger, oracles: dict, handles: dict[str, list], max_wait_s: f
             try:
                 ready = oracles[name].poll(hs)
                 observations = oracles[name].collect(ready) if ready else []
+            except CampaignPaused:
+                raise
             except Exception as exc:  # polling a lab may fail; try again later
                 log.warning("polling %s failed: %s", name, exc)
                 ready, observations = [], []
@@ -103,18 +107,21 @@ def share_phases(ledger: Ledger, oracles: dict) -> None:
     for name, o in oracles.items():
         if not hasattr(o, "observe_phases"):
             continue
-        phases = [(ledger.by_id[ob.candidate_id].formula, ob.properties["energy_ev_per_atom"])
-                  for ob in ledger.observations(oracle=name)
-                  if ob.ok and "energy_ev_per_atom" in ob.properties and ob.candidate_id in ledger.by_id]
-        o.observe_phases(phases)
+        phases = sorted((ledger.by_id[ob.candidate_id].formula, ob.properties["energy_ev_per_atom"])
+                        for ob in ledger.observations(oracle=name)
+                        if ob.ok and "energy_ev_per_atom" in ob.properties and ob.candidate_id in ledger.by_id)
+        o.observe_phases(phases)  # sorted: the hull must not depend on the order results happened to arrive in
 
 
 def setup_oracles(oracles: dict, candidates: list[Candidate], say: Callable[[str], None]) -> None:
     """Oracle set-up hooks (e.g. elemental references); a failure is logged, not fatal:
-    the oracle's evaluations then fail one by one with their own reasons."""
+    the oracle's evaluations then fail one by one with their own reasons. An ``InputError``
+    (a missing lab token, say) is fatal: the campaign cannot work until the user fixes it."""
     for name, o in oracles.items():
         try:
             o.setup(candidates)
+        except InputError:  # the campaign cannot work as written (e.g. a lab token that is not there)
+            raise
         except Exception as exc:
             log.warning("set-up of oracle %s failed: %s", name, exc)
             say(f"warning: set-up of oracle {name!r} failed ({type(exc).__name__}: {exc}); continuing")

@@ -126,6 +126,9 @@ class Budget(_Model):
     cost: float | None = Field(None, gt=0, description="total cost over all oracles")
     iterations: int | None = Field(None, ge=1, description="number of agent iterations")
     evaluations: int | None = Field(None, ge=1, description="total oracle evaluations (all tiers)")
+    max_consecutive_failures: int = Field(
+        20, ge=1, description="stop (exit status 4) after this many failed evaluations in a row, naming the most "
+        "common reason; not a budget limit by itself")
 
     @model_validator(mode="after")
     def _some(self):

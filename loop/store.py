@@ -6,11 +6,21 @@ rationale) *before* they are submitted, and each observation is committed the mo
 arrives, keyed uniquely by its request: after a ``kill -9`` at any moment, a resumed
 campaign resubmits exactly the requests that have no observation, so no evaluation is lost
 and none is repeated. Nothing is ever deleted.
+
+One ``matloop run`` at a time: a run holds an OS lock (``fcntl.flock``) on ``<store>.lock``,
+which also names its pid and host; a second run is refused (``StoreBusy``). The kernel drops
+the lock when the holder dies, so a lock file left by a killed run is stale and simply taken
+over. Reading commands take no lock. A file that is not a matloop store, or is damaged, is
+refused on opening (``StoreDamaged``) with what can still be read; ``salvage`` copies that out.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -19,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from matloop.core.records import Candidate, Observation, Request, Status
+from matloop.core.checks import observation_problems
+from matloop.core.records import Candidate, InputError, Observation, Request, Status
 
 SCHEMA_VERSION = 1
 
@@ -81,22 +92,117 @@ CREATE INDEX IF NOT EXISTS req_iteration ON requests(iteration);
 """
 
 
-class Store:
-    """Campaign state in SQLite. Safe to open from several processes (WAL, busy timeout)."""
+TABLES = ("meta", "candidates", "features", "iterations", "requests", "observations")
+SQLITE_HEADER = b"SQLite format 3\x00"
 
-    def __init__(self, path: str | Path):
+
+class StoreDamaged(InputError):
+    """The file is not a matloop store, or it is damaged; the message says what can be salvaged (exit 2)."""
+
+
+class StoreBusy(InputError):
+    """Another ``matloop run`` holds the store; the message names its pid and host (exit 2)."""
+
+
+class Store:
+    """Campaign state in SQLite. Safe to open from several processes (WAL, busy timeout).
+
+    Args:
+        path: the SQLite file.
+        create: make the file and its tables when absent (a run); False for commands that only
+            read an existing store (``status``, ``export``): a file without matloop's tables is refused.
+
+    Raises:
+        StoreDamaged: the file is not an SQLite database, lacks matloop's tables, or fails
+            SQLite's ``quick_check``.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
+        self._lock_fd: int | None = None
+        if self.path.is_dir():
+            raise InputError("is a folder, not a store file", file=str(self.path))
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        if existed:
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_HEADER))
+            if head != SQLITE_HEADER:
+                raise StoreDamaged(f"not a matloop store, or damaged: not an SQLite database (it starts with {head[:12]!r});"
+                                   " nothing to salvage from it -- is this the right path?", file=str(self.path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        if self.get_meta("schema_version") is None:
-            self.set_meta("schema_version", SCHEMA_VERSION)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            if existed:
+                self._check(create)
+            self.db.executescript(SCHEMA)
+            if self.get_meta("schema_version") is None:
+                self.set_meta("schema_version", SCHEMA_VERSION)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise StoreDamaged(f"not a matloop store, or damaged ({exc}). {salvage_summary(self.path)}",
+                               file=str(self.path)) from None
+        except StoreDamaged:
+            self.db.close()
+            raise
+
+    def _check(self, create: bool) -> None:
+        """Refuse a damaged file, or (``create=False``) an SQLite file that is not a matloop store."""
+        names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in TABLES if t not in names]
+        if missing and (names or not create):
+            raise StoreDamaged(f"not a matloop store, or damaged: an SQLite file without the tables {missing}"
+                               + (f" (it has {sorted(names)})" if names else ""), file=str(self.path))
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (and release the run lock if this store holds it)."""
+        self.release_run_lock()
         self.db.close()
+
+    # -- the run lock -------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        """The sidecar file a running campaign locks: ``<store>.lock``."""
+        return self.path.with_name(self.path.name + ".lock")
+
+    def acquire_run_lock(self) -> dict | None:
+        """Take the store for one ``matloop run`` (an exclusive ``flock`` on :attr:`lock_path`).
+
+        Returns the holder recorded by an earlier run that is gone (a stale lock, taken
+        over), else None. Raises ``StoreBusy`` naming the live holder's pid and host.
+        """
+        if self._lock_fd is not None or str(self.path) == ":memory:":  # held already, or nothing to share
+            return None
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started_at", 0)))
+            raise StoreBusy(f"in use by another `matloop run` (pid {holder.get('pid', '?')} on host "
+                            f"{holder.get('host', '?')}, since {since}); wait for it to finish or stop it. "
+                            "`matloop status` and `matloop export` work meanwhile", file=str(self.path)) from None
+        stale = _read_holder(fd) or None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        self._lock_fd = fd
+        return stale
+
+    def release_run_lock(self) -> None:
+        """Release the run lock if this store holds it (the lock file stays; it is harmless)."""
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @contextmanager
     def transaction(self):
@@ -282,7 +388,13 @@ class Store:
 
     # -- observations -----------------------------------------------------------------------
     def add_observation(self, obs: Observation) -> bool:
-        """Commit one observation; False if its request already has one (never overwritten)."""
+        """Commit one observation; False if its request already has one (never overwritten).
+
+        This is the one gate every observation passes (oracles through any executor, folder
+        and HTTP labs, ``tell``, the Python API): :func:`check_numbers` runs first, so a
+        success with impossible numbers is stored -- and left in ``obs`` -- as a failure.
+        """
+        check_numbers(obs)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO observations(request_id, candidate_id, oracle, oracle_version, fidelity, status,"
             " properties, uncertainties, extra, cost, wall_time_s, reason, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -400,6 +512,101 @@ class Store:
         return rows
 
 
+def check_numbers(obs: Observation) -> list[str]:
+    """Apply :func:`matloop.core.checks.observation_problems` to ``obs``, in place; returns the problems.
+
+    A successful observation with problems becomes a failed one whose reason lists them (its
+    values move to ``extra["rejected"]``, so nothing is lost); an impossible cost (negative,
+    NaN) is charged as 0. Modifying ``obs`` itself keeps the caller's copy equal to the stored one.
+    """
+    problems = observation_problems(obs.properties if obs.ok else {}, obs.uncertainties if obs.ok else {}, obs.cost)
+    if not problems:
+        return problems
+    cost_bad = any(p.startswith("cost=") for p in problems)
+    if obs.ok:
+        obs.extra = {**obs.extra, "rejected": {"properties": obs.properties, "uncertainties": obs.uncertainties,
+                                               "cost": obs.cost if not cost_bad else repr(obs.cost)}}
+        obs.status = Status.FAILED
+        obs.properties, obs.uncertainties = {}, {}
+        obs.reason = "rejected numbers: " + "; ".join(problems)
+    else:
+        obs.reason = f"{obs.reason or 'failed'}; rejected numbers: " + "; ".join(problems)
+    if cost_bad:
+        obs.cost = 0.0
+    return problems
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _readable_rows(db: sqlite3.Connection, table: str) -> tuple[list[dict], str | None]:
+    """The rows of ``table`` SQLite can still read, in storage order, and the error that stopped it (or None)."""
+    rows: list[dict] = []
+    try:
+        cur = db.execute(f"SELECT * FROM {table}")  # noqa: S608 - table names come from TABLES
+        cols = [d[0] for d in cur.description]
+        for row in cur:
+            rows.append({c: (v.hex() if isinstance(v, bytes) else v) for c, v in zip(cols, row)})
+    except sqlite3.DatabaseError as exc:
+        return rows, str(exc)
+    return rows, None
+
+
+def _salvage(path: Path) -> dict[str, tuple[list[dict], str | None]]:
+    """Read what can be read, from a copy whose header claims no more pages than the file has.
+
+    A truncated file still announces its old size in its header (bytes 28-31), and SQLite
+    then calls every table malformed; with the count set to the pages really there, the
+    tables whose pages survived read normally. The store itself is never written.
+    """
+    import tempfile
+
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big") if len(data) >= 100 else 0
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size:
+        data[28:32] = (len(data) // page_size).to_bytes(4, "big")
+    with tempfile.TemporaryDirectory(prefix="matloop-salvage-") as tmp:
+        copy = Path(tmp) / "store.sqlite"
+        copy.write_bytes(bytes(data))
+        db = sqlite3.connect(str(copy))
+        try:
+            return {t: _readable_rows(db, t) for t in TABLES}
+        finally:
+            db.close()
+
+
+def salvage_summary(path: str | Path) -> str:
+    """One sentence per table: how many rows can still be read from a damaged store, and how to copy them out."""
+    try:
+        tables = _salvage(Path(path))
+    except sqlite3.DatabaseError as exc:
+        return f"No table can be read ({exc}): nothing to salvage."
+    parts = []
+    for t, (rows, err) in tables.items():
+        parts.append(f"{t}: {len(rows)} rows" + (f" readable, then {err}" if err else ""))
+    if not any(rows for rows, _ in tables.values()):
+        return "No row can be read: nothing to salvage."
+    return ("Readable: " + "; ".join(parts) + f". Copy them out with `python -m matloop.loop.store salvage {path} "
+            "salvaged.json` (the store itself is left as it is).")
+
+
+def salvage(path: str | Path, out: str | Path) -> dict[str, int]:
+    """Write every row that can still be read from a (damaged) store to ``out`` as JSON ``{table: [row, ...]}``.
+
+    Feature vectors are written as hex. Returns the number of rows per table.
+    """
+    tables = _salvage(Path(path))
+    data = {t: rows for t, (rows, _) in tables.items()}
+    Path(out).write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    return {t: len(rows) for t, rows in data.items()}
+
+
 def json_default(o):
     """How the store writes what JSON cannot: NumPy scalars and arrays as numbers and lists, else text."""
     if isinstance(o, np.generic):
@@ -407,3 +614,17 @@ def json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+if __name__ == "__main__":  # python -m matloop.loop.store salvage STORE OUT.json
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "salvage":
+        print("usage: python -m matloop.loop.store salvage STORE OUT.json", file=sys.stderr)
+        sys.exit(2)
+    try:
+        counts = salvage(sys.argv[2], sys.argv[3])
+    except (OSError, sqlite3.DatabaseError) as exc:
+        print(f"error: {sys.argv[2]}: nothing could be read: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {sum(counts.values())} rows to {sys.argv[3]}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))

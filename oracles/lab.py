@@ -8,7 +8,9 @@ A lab that cannot be reached leaves its requests pending (the reason is on
 ``handle.last_error``); a lab's verdict (refused, failed, malformed) is a failed observation.
 
 ``CommandOracle`` runs any executable per candidate (a site's VASP script, say) in a job
-folder of its own; it is an ordinary compute oracle that runs in an executor's worker.
+folder of its own; it is an ordinary compute oracle that runs in an executor's worker. Each
+job leaves a marker (host, start time, pid, exit status) in its folder, so a job started
+before a crash is waited for or collected on resume, never started a second time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -35,7 +39,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from matloop.core.oracle import Oracle, OracleSettings
-from matloop.core.records import Candidate, Observation, OracleError, OracleResult, Request, Status
+from matloop.core.records import (
+    CampaignPaused,
+    Candidate,
+    InputError,
+    Observation,
+    OracleError,
+    OracleResult,
+    Request,
+    Status,
+)
 
 #: keys of a flat result dict that are not property values
 _META_KEYS = frozenset({"status", "reason", "uncertainties", "cost", "idempotency_key"})
@@ -253,6 +266,29 @@ class _NoToken(Exception):
     """A token source is configured but holds no token."""
 
 
+def token_source_problem(settings: dict | HttpSettings, base_dir: str | Path | None) -> str | None:
+    """Why an HTTP oracle's configured token source holds no token now, or None if it does (or none is configured).
+
+    A relative ``token_file`` is taken from ``base_dir`` (the campaign file's folder). This is
+    the check ``matloop run`` makes before anything is sent, and that ``validate`` can make.
+    """
+    s = settings if isinstance(settings, HttpSettings) else HttpSettings.model_validate(settings)
+    if s.token_env and os.environ.get(s.token_env, "").strip():
+        return None
+    if s.token_file:
+        path = Path(s.token_file).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir or Path.cwd()) / path
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            return f"token file {path} is unreadable: {exc.strerror or exc}"
+        return None if token else f"token file {path} is empty"
+    if s.token_env:
+        return f"environment variable {s.token_env} holding the token is not set"
+    return None
+
+
 class HttpOracle(_AsyncLabOracle):
     """A lab behind an HTTP API (see ``matloop.oracles.labsim`` for a reference service).
 
@@ -261,7 +297,8 @@ class HttpOracle(_AsyncLabOracle):
     ``GET {url}/requests/{key}`` answers ``{status: pending|done|failed, result,
     uncertainties, reason, submitted_at, finished_at}``.
 
-    Outcomes: HTTP 401/403 is a failed observation "unauthorised"; other 4xx a failed
+    Outcomes: HTTP 401/403 pauses the campaign (``CampaignPaused``: nothing is failed, the
+    requests stay open and are asked again once the token is fixed); other 4xx a failed
     observation "lab rejected the request"; ``failed`` a failed observation with the lab's
     reason; a ``done`` record without every expected property a failed observation
     "malformed result". Connection errors, timeouts and 5xx (after retries) and a configured
@@ -271,6 +308,12 @@ class HttpOracle(_AsyncLabOracle):
     kind = "http"
     code_version = "1"
     Settings = HttpSettings
+
+    def setup(self, candidates: list[Candidate]) -> None:
+        """Check the token source before anything is sent; raises ``InputError`` if it holds no token."""
+        problem = token_source_problem(self.settings, self.site.base_dir)
+        if problem:
+            raise InputError(f"oracle {self.name!r}: {problem}; set it and run again")
 
     def _token(self) -> str | None:
         s = self.settings
@@ -337,8 +380,15 @@ class HttpOracle(_AsyncLabOracle):
     def _apply(self, h: LabHandle, code: int, raw: bytes, *, posted: bool) -> None:
         """Update a handle from the lab's answer to a POST or GET."""
         if code in (401, 403):
-            self._finish(h, reason=f"unauthorised (HTTP {code} from {self.settings.url})", cost=0.0)
-            return
+            s = self.settings
+            source = (f"environment variable {s.token_env}" if s.token_env else "") + (
+                " / " if s.token_env and s.token_file else "") + (f"token file {s.token_file}" if s.token_file else "")
+            h.last_error = f"unauthorised (HTTP {code})"
+            raise CampaignPaused(
+                f"lab {s.url} refused the credentials of oracle {self.name!r} (HTTP {code}); campaign paused, "
+                f"no request was failed. Fix the token ({source or 'none configured: set token_env or token_file'}),"
+                " then run again: the unanswered requests are asked again"
+            )
         if code == 404 and not posted:
             h.submitted = False
             h.last_error = "the lab has no record of this request; resubmitting"
@@ -352,7 +402,7 @@ class HttpOracle(_AsyncLabOracle):
         h.last_error = None
         try:
             record = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             record = None
         if not isinstance(record, dict):
             if not posted:  # an accepted POST needs no body; a status answer does
@@ -415,6 +465,8 @@ class HttpOracle(_AsyncLabOracle):
                         self._post(h, token, deadline)
             except _Unreachable as exc:
                 down = h.last_error = str(exc)
+            except CampaignPaused:
+                raise
             except Exception as exc:  # e.g. a structure that cannot be written as CIF: this request fails
                 self._finish(h, reason=f"could not send the request: {type(exc).__name__}: {exc}", cost=0.0)
             h.next_poll_at = time.monotonic() + self.settings.poll_interval_s
@@ -604,6 +656,11 @@ class FolderOracle(_AsyncLabOracle):
             error = f"is unreadable: {exc}"
         except ValueError as exc:
             error = f"does not parse: {exc}"
+        except RecursionError:  # nested too deeply for json: final, not a file still being written
+            h.finished_at = mtime
+            self._finish(h, reason=f"malformed result file {path}: nested too deeply to parse",
+                         extra={"result_file": str(path)})
+            return
         if error is not None:
             age = time.time() - mtime
             if age < self.settings.settle_s:
@@ -759,28 +816,74 @@ class CommandOracle(Oracle):
         return argv
 
     def evaluate(self, candidate: Candidate) -> OracleResult:
-        """Write the job folder, run the command (``timeout_s`` seconds max) and read its output; raises OracleError on failure."""
+        """Run the request's job (or adopt it if an earlier run started it) and read its output; raises OracleError on failure.
+
+        A job folder holding a marker (``job.json``: host and start time; ``job.pid``: the pid,
+        written by the job itself before the command starts) belongs to a job that was started:
+        it is never started again. A job still running is waited for (within ``timeout_s`` of
+        its start), a finished one is collected (``exit_status``), and one that died without an
+        exit status is a failed observation.
+        """
         request = _RUNNING.get()
         job_dir = (self.workdir / (request.id if request is not None else candidate.id)).resolve()
         job_dir.mkdir(parents=True, exist_ok=True)
+        s = self.settings
+        output = job_dir / s.output
+        marker = _read_json(job_dir / JOB_MARKER)
+        if marker is not None and ((job_dir / JOB_PID).exists() or (job_dir / JOB_EXIT).exists()):
+            rc, elapsed = self._adopt(job_dir, marker)
+        else:  # never started (or killed before the command began): start it now
+            rc, elapsed = self._start(candidate, request, job_dir, output)
+        stdout_log, stderr_log = job_dir / "stdout.log", job_dir / "stderr.log"
+        if rc != 0:
+            tail = _tail(stderr_log)
+            reason = f"command exited with code {rc}; see {stderr_log}"
+            raise OracleError(reason + (f"; stderr ends: {tail}" if tail else ""))
+        try:
+            payload = json.loads(output.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise OracleError(f"command wrote no {output}; see {stdout_log} and {stderr_log}") from None
+        except (OSError, ValueError) as exc:
+            raise OracleError(f"malformed output {output}: {exc}; see {stdout_log}") from None
+        except RecursionError:
+            raise OracleError(f"malformed output {output}: nested too deeply to parse; see {stdout_log}") from None
+        try:
+            props, unc, other = result_values(payload, self.properties)
+            cost = payload.get("cost") if isinstance(payload, dict) else None
+            cost = None if cost is None else _number(cost, "cost")
+        except ValueError as exc:
+            raise OracleError(f"malformed output {output}: {exc}; see {stdout_log}") from None
+        extra: dict[str, Any] = {"job_dir": str(job_dir), "command_wall_s": round(elapsed, 3)}
+        if other:
+            extra["other_properties"] = other
+        return OracleResult(properties=props, uncertainties=unc, extra=extra, cost=cost)
+
+    def _start(self, candidate: Candidate, request: Request | None, job_dir: Path, output: Path) -> tuple[int, float]:
+        """Write the job folder and its marker, run the command to its end; returns (exit code, seconds)."""
+        s = self.settings
         structure = candidate.pmg_structure()
         if structure is None:
             raise OracleError("command oracle needs a structure; candidate has only a composition")
-        s = self.settings
         structure_path = job_dir / ("structure.cif" if s.structure_format == "cif" else "POSCAR")
         structure.to(filename=str(structure_path), fmt=s.structure_format)
-        output = job_dir / s.output
-        output.unlink(missing_ok=True)  # a stale output from an earlier attempt must not count
+        for stale in (output, job_dir / JOB_PID, job_dir / JOB_EXIT):
+            stale.unlink(missing_ok=True)  # from an attempt killed before its command began
         info = {"request_id": request.id if request else None, "candidate": candidate.to_json(), "oracle": self.name}
         (job_dir / "request.json").write_text(json.dumps(info, indent=1, default=str) + "\n", encoding="utf-8")
         argv = self._argv(job_dir, structure_path, output)
-        stdout_log, stderr_log = job_dir / "stdout.log", job_dir / "stderr.log"
+        exe = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+        if exe is None or not os.access(exe, os.X_OK) or os.path.isdir(exe):
+            why = "not found on PATH" if exe is None else "not an executable file"
+            raise OracleError(f"cannot start {argv[0]!r}: {why}; job folder {job_dir}")
+        # the marker before the process: a job is either unmarked (never ran) or recognised on resume
+        _atomic_write(job_dir / JOB_MARKER, json.dumps({"host": socket.gethostname(), "started_at": time.time(),
+                                                        "argv": argv, "timeout_s": s.timeout_s}) + "\n")
         t0 = time.perf_counter()
-        with open(stdout_log, "wb") as out, open(stderr_log, "wb") as err:
+        with open(job_dir / "stdout.log", "wb") as out, open(job_dir / "stderr.log", "wb") as err:
             try:
-                proc = subprocess.Popen(
-                    argv, cwd=job_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-                )
+                # /bin/sh only records the pid and exit status around argv, passed as "$@" (never parsed)
+                proc = subprocess.Popen(["/bin/sh", "-c", _JOB_WRAPPER, "matloop-job", *argv], cwd=job_dir,
+                                        stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
             except OSError as exc:
                 raise OracleError(f"cannot start {argv[0]!r}: {exc.strerror or exc}; job folder {job_dir}") from None
             try:
@@ -793,24 +896,71 @@ class CommandOracle(Oracle):
             except BaseException:  # e.g. the oracle-level timeout: never leave the job running
                 _kill_group(proc)
                 raise
-        elapsed = time.perf_counter() - t0
-        if rc != 0:
-            tail = _tail(stderr_log)
-            reason = f"command exited with code {rc}; see {stderr_log}"
-            raise OracleError(reason + (f"; stderr ends: {tail}" if tail else ""))
+        return rc, time.perf_counter() - t0
+
+    def _adopt(self, job_dir: Path, marker: dict) -> tuple[int, float]:
+        """Wait for (or collect) a job an earlier run started; never starts it again."""
+        started = float(marker.get("started_at") or time.time())
+        host = marker.get("host")
+        timeout_s = self.settings.timeout_s
+        pid = _read_int(job_dir / JOB_PID)
+        here = host == socket.gethostname()
+        while not (job_dir / JOB_EXIT).exists():
+            if here and (pid is None or not _job_alive(pid)):
+                raise OracleError(f"job started at {time.ctime(started)} (pid {pid} on {host}) ended without an "
+                                  f"exit status (killed?); not started again; see {job_dir}")
+            if timeout_s is not None and time.time() - started > timeout_s:
+                if here and pid is not None:
+                    _kill_pid_group(pid)
+                raise OracleError(f"command timed out after {timeout_s:g} s and was killed; logs in {job_dir}")
+            time.sleep(0.2)
+        rc = _read_int(job_dir / JOB_EXIT)
+        if rc is None:
+            raise OracleError(f"unreadable exit status in {job_dir / JOB_EXIT}")
+        return rc, time.time() - started
+
+
+#: files of a command job's folder that say it was started: the marker, its pid and its exit status
+JOB_MARKER, JOB_PID, JOB_EXIT = "job.json", "job.pid", "exit_status"
+_JOB_WRAPPER = 'echo $$ > job.pid; "$@"; rc=$?; echo $rc > exit_status.tmp; mv -f exit_status.tmp exit_status; exit $rc'
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _job_alive(pid: int) -> bool:
+    """True while ``pid`` runs a matloop job wrapper (a zombie, or a reused pid running something else, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
         try:
-            payload = json.loads(output.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise OracleError(f"command wrote no {output}; see {stdout_log} and {stderr_log}") from None
-        except (OSError, ValueError) as exc:
-            raise OracleError(f"malformed output {output}: {exc}; see {stdout_log}") from None
-        try:
-            props, unc, other = result_values(payload, self.properties)
-            cost = payload.get("cost") if isinstance(payload, dict) else None
-            cost = None if cost is None else _number(cost, "cost")
-        except ValueError as exc:
-            raise OracleError(f"malformed output {output}: {exc}; see {stdout_log}") from None
-        extra: dict[str, Any] = {"job_dir": str(job_dir), "command_wall_s": round(elapsed, 3)}
-        if other:
-            extra["other_properties"] = other
-        return OracleResult(properties=props, uncertainties=unc, extra=extra, cost=cost)
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            return b"matloop-job" in (proc / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            return False
+    return True
+
+
+def _kill_pid_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

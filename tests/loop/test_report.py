@@ -295,7 +295,7 @@ def test_cli_report_and_bad_input(campaign_store, tmp_path, capsys):
         write_report(tmp_path / "nope.sqlite", tmp_path / "x")
     junk = tmp_path / "junk.sqlite"
     junk.write_text("not a database, just text " * 100)
-    with pytest.raises(InputError, match="cannot read the store"):
+    with pytest.raises(InputError, match="not a matloop store, or damaged"):
         write_report(junk, tmp_path / "y")
     with pytest.raises(InputError, match="--objective"):
         cmd_report(parser.parse_args([str(store_path), "--out", str(out), "--objective", "{bad"]))

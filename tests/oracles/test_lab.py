@@ -17,7 +17,7 @@ from pymatgen.core import Lattice, Structure
 
 from matloop.oracles.lab import CommandOracle, FolderOracle, HttpOracle, LabHandle
 from matloop.oracles.labsim import FAILURE_REASONS, LabService
-from matloop.core.records import Candidate, Request, Status
+from matloop.core.records import CampaignPaused, Candidate, Request, Status
 from matloop.core.registry import oracle_class
 
 TABLE = {"Fe2O3": 2.1, "NiO": 3.7, "ZnO": 3.3, "TiO2": 3.0, "MgO": 7.8, "CuO": 1.4}
@@ -124,14 +124,14 @@ def test_http_unauthenticated_requests_are_refused(table, monkeypatch):
         no_token = http_oracle(service.url)
         monkeypatch.setenv("MATLOOP_TEST_LAB_TOKEN", "wrong-token")
         wrong_token = http_oracle(service.url, token_env="MATLOOP_TEST_LAB_TOKEN")
-        for oracle in (no_token, wrong_token):
-            handles = oracle.submit(requests, executor=None)
-            observations = oracle.collect(oracle.poll(handles))
-            assert len(observations) == 2
-            assert all(o.status == Status.FAILED and o.reason.startswith("unauthorised") for o in observations)
-            assert all(o.cost == 0.0 for o in observations)
-        assert service.n_unauthorised == 5
+        for oracle in (no_token, wrong_token):  # a refused token pauses the campaign; it fails no request
+            with pytest.raises(CampaignPaused, match=r"refused the credentials .*HTTP 401.*run again"):
+                oracle.submit(requests, executor=None)
+        assert service.n_unauthorised == 3  # one probe above, then the first request of each oracle
         assert service.n_experiments_started == 0
+        monkeypatch.setenv("MATLOOP_TEST_LAB_TOKEN", TOKEN)  # fixed: the same requests are asked and answered
+        handles = wrong_token.submit(requests, executor=None)
+        assert all(o.ok for o in wait_all(wrong_token, handles))
 
 
 def test_http_missing_token_leaves_requests_pending_until_it_appears(table, tmp_path):
