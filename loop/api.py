@@ -215,6 +215,8 @@ def _prior_candidate(row, where: str, known: dict[str, Candidate], by_formula: d
         return None
     try:
         cand = Candidate.from_composition(comp, source=PRIOR_ARM)
+        if not cand.pmg_composition().valid:  # pymatgen reads unknown symbols as dummy species
+            raise ValueError("not made of known elements")
     except Exception as exc:
         problems.append(f"  {where} column 'composition': cannot parse {comp!r}: {exc}")
         return None

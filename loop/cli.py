@@ -430,6 +430,9 @@ def _mf_benchmark_from_csv(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``matloop`` argument parser; each subcommand sets ``func`` to its ``cmd_*`` handler."""
     p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
+    from matloop import __version__
+
+    p.add_argument("--version", action="version", version=f"matloop {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run or resume a campaign")
