@@ -427,6 +427,36 @@ def _mf_benchmark_from_csv(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    """``matloop describe [KIND]``: the settings of one kind (or every kind's name); returns 0.
+
+    Raises:
+        InputError: no oracle, generator, surrogate or source is called KIND.
+    """
+    from . import reference
+
+    if not args.kind:
+        for group, kinds in reference.kinds().items():
+            print(f"{group}s: {', '.join(kinds)}")
+        print("`matloop describe KIND` prints one kind's settings")
+        return 0
+    reference.describe(args.kind)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    """``matloop schema``: print (or write to ``--out``) the campaign file's JSON Schema; returns 0."""
+    from .reference import campaign_schema
+
+    text = json.dumps(campaign_schema(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote the campaign JSON Schema to {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``matloop`` argument parser; each subcommand sets ``func`` to its ``cmd_*`` handler."""
     p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
@@ -507,6 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--costs", help="two-fidelity form: CHEAP,TOP cost per evaluation (default 1,10)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_benchmark)
+
+    r.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="what goes to the store's log file and, below warning, to the console (default: %(default)s)")
+    d = sub.add_parser("describe", help="the settings of an oracle, generator, surrogate or source kind: "
+                                        "types, defaults, units")
+    d.add_argument("kind", nargs="?", help="e.g. mlip, lookup, manual, mutation, gp, file; omit to list every kind")
+    d.set_defaults(func=cmd_describe)
+    sc = sub.add_parser("schema", help="JSON Schema of the campaign file (for editors' completion and checks)")
+    sc.add_argument("--out", help="write it to this file (default: stdout)")
+    sc.set_defaults(func=cmd_schema)
     return p
 
 
