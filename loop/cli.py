@@ -49,10 +49,21 @@ def cmd_run(args) -> int:
     from .spec import load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
+    _echo_log(getattr(args, "log_level", "error"))
     summary = Campaign(spec, store_path=args.store, console=Console(), quiet=args.quiet).run()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _echo_log(level: str) -> None:
+    """Echo the ``matloop`` log at ``level`` and above to stderr (the store's .log file keeps info and above)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(getattr(logging, level.upper()))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger("matloop").addHandler(handler)
 
 
 def _open_store(path: str):
@@ -538,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_benchmark)
 
-    r.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                   help="what goes to the store's log file and, below warning, to the console (default: %(default)s)")
+    r.add_argument("--log-level", choices=("info", "warning", "error"), default="error",
+                   help="echo log messages of this level and above to stderr; warning shows every failed evaluation "
+                        "(the console shows each new failure reason once) (default: %(default)s)")
     d = sub.add_parser("describe", help="the settings of an oracle, generator, surrogate or source kind: "
                                         "types, defaults, units")
     d.add_argument("kind", nargs="?", help="e.g. mlip, lookup, manual, mutation, gp, file; omit to list every kind")
