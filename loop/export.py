@@ -126,12 +126,14 @@ def _save_structure(structure: dict, row: dict, folder: Path, db) -> str:
         path = folder / f"{row['candidate_id']}_{row['oracle']}.extxyz"
         write_structure(structure, path)
         return str(path)
+    from ase.db.core import reserved_keys
     from pymatgen.core import Structure
     from pymatgen.io.ase import AseAtomsAdaptor
 
+    # key-value pairs: the row's numbers and ids (ASE computes formula, id, ... itself)
     numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and math.isfinite(v) and k.isidentifier() and k not in ("seq", "id")}
-    text = {k: str(row[k]) for k in ("request_id", "candidate_id", "formula", "oracle", "arm") if row.get(k)}
+               and math.isfinite(v) and k.isidentifier() and k not in reserved_keys}
+    text = {k: str(row[k]) for k in ("request_id", "candidate_id", "oracle", "arm") if row.get(k)}
     db.write(AseAtomsAdaptor.get_atoms(Structure.from_dict(structure)), **numeric, **text)
     return str(folder / "structures.db")
 
