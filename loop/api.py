@@ -398,10 +398,12 @@ def plan_batch(spec: CampaignSpec, store: Store, n: int | None = None) -> str | 
     """
     from .campaign import Campaign as Loop
 
+    update: dict = {"executor": spec.executor.model_copy(update={"kind": "inline"})}  # nothing runs: start no workers
     if n is not None:
         if int(n) < 1:
             raise InputError(f"n must be at least 1, got {n}", where="ask")
-        spec = spec.model_copy(update={"batch_size": int(n)})
+        update["batch_size"] = int(n)
+    spec = spec.model_copy(update=update)
     loop = Loop(spec, store=store, quiet=True)
     try:
         loop._prepare(store)

@@ -78,6 +78,21 @@ def test_notebook_rounds(tmp_path, grid_csv):
     assert df["predicted_mean"].notna().sum() == 8  # rounds 2 and 3 were planned by the surrogate
 
 
+def test_run_pauses_for_the_person_and_ask_returns_its_batch(tmp_path, grid_csv):
+    truth = _truth(grid_csv)
+    spec = _manual(tmp_path, grid_csv, executor={"kind": "local", "workers": 2})
+    camp = Campaign.from_dict(spec, base_dir=tmp_path)
+    camp.quiet = True
+    summary = camp.run()
+    assert "waiting for 4 result(s) from lab" in summary["stop_reason"]
+    batch = camp.ask(n=2)  # the run's batch is still open: returned as it is, not replanned
+    assert len(batch) == 4
+    batch["target"] = [truth[c] for c in batch["composition"]]
+    camp.tell(batch)
+    assert len(camp.ask(n=2)) == 2  # a new plan, of the size asked for
+    assert len(camp.to_dataframe()) == 4
+
+
 def test_tell_refuses_whole_frame(tmp_path, grid_csv):
     truth = _truth(grid_csv)
     camp = Campaign.from_dict(_manual(tmp_path, grid_csv), base_dir=tmp_path)
