@@ -143,7 +143,7 @@ def tell_results(store: Store, table: pd.DataFrame, *, file: str | None = None,
         if not rid and _cell(row, "candidate_id"):
             key = (_cell(row, "candidate_id"), _cell(row, "oracle"))
             rid = by_cand.get(key) or answered_by_cand.get(key, "")
-        if rid in seen:
+        if rid and rid in seen:
             problems.append(f"  {where}: request {rid!r} appears twice")
             continue
         seen.add(rid)
