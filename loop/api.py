@@ -448,13 +448,13 @@ class Campaign:
         return f"Campaign({self.spec.name!r}, store={str(self.store_path)!r})"
 
     @classmethod
-    def from_yaml(cls, path: str | Path, store: str | Path | None = None, **overrides) -> Campaign:
+    def from_yaml(cls, path: str | Path, store: str | Path | None = None, overrides: dict | None = None) -> Campaign:
         """Load a campaign file, validated as ``matloop validate`` validates it.
 
         Args:
             path: the campaign YAML.
             store: the store to use instead of the file's ``store`` key.
-            overrides: dotted YAML keys to override, as ``--set`` (``{"budget.evaluations": 20}``).
+            overrides: dotted YAML keys to override, as ``--set`` does (``{"budget.evaluations": 20}``).
 
         Raises:
             InputError: the file has problems; the message lists each with its YAML path.

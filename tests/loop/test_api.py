@@ -125,6 +125,10 @@ def test_from_yaml_validates_like_the_cli(tmp_path, grid_csv):
     assert any(p.startswith("batch_size") for p in problems) and any(p.startswith("objective.goal") for p in problems)
     with pytest.raises(InputError, match="batch_size"):
         Campaign.from_dict(spec, base_dir=tmp_path)
+    fixed = Campaign.from_yaml(path, store=tmp_path / "other.sqlite",
+                               overrides={"batch_size": 2, "objective.goal": "max"})  # as --set does
+    assert fixed.spec.batch_size == 2 and fixed.spec.objective.goal == "maximize"
+    assert fixed.store_path == tmp_path / "other.sqlite"
 
 
 def _picks_with(tmp_path, grid_csv, prior: pd.DataFrame | None) -> tuple[Campaign, pd.DataFrame]:
