@@ -45,21 +45,22 @@ class Goal:
 
     @classmethod
     def parse(cls, text: str) -> Goal:
-        """Parse ``max``, ``min`` or ``window:LO:HI`` (``inf``/``-inf`` allowed as edges).
+        """Parse ``max``/``maximize``, ``min``/``minimize`` or ``window:LO:HI`` (``inf``/``-inf`` allowed as edges).
 
         Raises:
             InputError: the text is none of these.
         """
         t = str(text).strip().lower()
-        if t in ("max", "min"):
-            return cls(t)
+        if t in ("max", "min", "maximize", "minimize"):
+            return cls(t[:3])
         parts = t.split(":")
         if len(parts) == 3 and parts[0] == "window":
             try:
                 return cls("window", float(parts[1]), float(parts[2]))
             except ValueError as exc:
                 raise InputError(f"bad window goal {text!r}: {exc}", where="goal") from None
-        raise InputError(f"unparseable goal {text!r}; expected max, min or window:LO:HI", where="goal")
+        raise InputError(f"unparseable goal {text!r}; expected max, min, maximize, minimize or window:LO:HI",
+                         where="goal")
 
     @classmethod
     def from_objective(cls, goal: str, window=None) -> Goal:

@@ -23,6 +23,7 @@ import numpy as np
 from matloop.agents.generation.sources import SOURCE_KINDS, make_source
 from matloop.core.protocols import Agent, Plan, PlanningState
 from matloop.core.records import InputError
+from matloop.core.units import format_value
 
 from .async_loop import AsyncRun
 from .baseline import print_comparison, random_arm
@@ -34,6 +35,7 @@ from .ledger import Ledger
 from .objective import ArmResult, Scoreboard
 from .planning import build_agent
 from .pool import PoolFeatures, pool_features
+from .progress import Progress
 from .spec import CampaignSpec
 from .store import Store
 from .tiers import build_oracles, oracle_properties
@@ -75,6 +77,7 @@ class Campaign:
         self.n_fraction_columns = pool.fraction_columns if pool else 0
         self.pending_left: list = []
         self.async_stats: dict | None = None
+        self.progress = Progress(console, quiet, workers=spec.executor.workers if spec.executor.kind != "inline" else 1)
 
     def _say(self, text: str) -> None:
         log.info(text)
@@ -240,8 +243,9 @@ class Campaign:
         return waiting
 
     def _execute(self, requests) -> list:
-        results, self.pending_left = execute(self.ledger, self.executor, self.oracles, requests,
-                                             self.spec.executor.max_wait_s)
+        with self.progress.track(self.ledger, requests):
+            results, self.pending_left = execute(self.ledger, self.executor, self.oracles, requests,
+                                                 self.spec.executor.max_wait_s)
         return results
 
     # -- batch mode ---------------------------------------------------------------------------
@@ -315,7 +319,8 @@ class Campaign:
             text = f"Pareto front {len(front['front'])} of {front['n_labelled']}" + (
                 f", hypervolume {hv:.4g}" if hv is not None else "")
         else:
-            value = f"{best.best_value:.4g} ({best.best_formula})" if best.best_value is not None else "none yet"
+            value = (f"{format_value(best.best_value, self.spec.objective.property)} ({best.best_formula})"
+                     if best.best_value is not None else "none yet")
             text = f"best {self.spec.objective.property} {value}"
         self._say(f"iter {idx:3d} | {len(results)} evals ({n_fail} failed) | {text}"
                   f" | spend {cost:g}{budget_txt} | plan {plan.rationale['planning_seconds']:.1f} s")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from pathlib import Path
 
 from matloop.core.goals import Constraint
 from matloop.core.records import CampaignPaused, InputError, MatloopError
+from matloop.core.units import unit_of
 
 
 def _parse_sets(items: list[str] | None) -> dict:
@@ -53,6 +53,7 @@ def cmd_run(args) -> int:
     from .spec import load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
+    _echo_log(getattr(args, "log_level", "error"))
     try:
         summary = Campaign(spec, store_path=args.store, console=Console(), quiet=args.quiet).run()
     except CampaignPaused as exc:  # a lab refused the token: nothing failed, run again once it is fixed
@@ -61,6 +62,16 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return summary.get("exit_status", 0)  # 4: stopped after too many consecutive failures
+
+
+def _echo_log(level: str) -> None:
+    """Echo the ``matloop`` log at ``level`` and above to stderr (the store's .log file keeps info and above)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(getattr(logging, level.upper()))
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger("matloop").addHandler(handler)
 
 
 def _open_store(path: str):
@@ -204,80 +215,40 @@ def _fmt(x) -> str:
 
 
 def cmd_export(args) -> int:
-    """``matloop export``: write one row per observation as CSV or JSON to ``--out`` or stdout; returns 0."""
-    store = _open_store(args.store)
-    rows = store.export_rows()
-    front = store.get_meta("pareto_front")
-    store.close()
-    if front:
-        # several objectives: mark the observations that place a candidate on the final Pareto front
-        on_front = {m["candidate"] for m in front["front"]}
-        oracles = {o["oracle"] for o in front["objectives"]}
-        for r in rows:
-            r["pareto"] = int(r["candidate_id"] in on_front and r["oracle"] in oracles and r["status"] == "success"
-                               and r.get("arm", "agent") == "agent")
-    out = open(args.out, "w") if args.out else sys.stdout
-    try:
-        if args.format == "json":
-            json.dump(rows, out, indent=1)
-            out.write("\n")
-        else:
-            import csv
+    """``matloop export``: one row per observation as CSV or JSON to ``--out`` or stdout (``--structures``: relaxed structures); returns 0."""
+    from .export import observation_table, write
 
-            props = sorted({p for r in rows for p in r["properties"]})
-            fields = ["seq", "iteration", "arm", "candidate_id", "formula", "source", "oracle", "oracle_version", "fidelity",
-                      "status", "value", "cost", "wall_time_s", "reason"] + (["pareto"] if front else []) + props
-            w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                flat = dict(r)
-                vals = list(r["properties"].values())
-                flat["value"] = vals[0] if len(vals) == 1 else ""
-                flat.update(r["properties"])
-                w.writerow(flat)
+    store = _open_store(args.store)
+    try:
+        rows = observation_table(store, structures=args.structures, structure_format=args.structure_format)
     finally:
-        if args.out:
-            out.close()
+        store.close()
+    if args.out:
+        with open(args.out, "w", newline="") as out:
+            write(rows, out, args.format)
+    else:
+        write(rows, sys.stdout, args.format)
     return 0
 
 
 def cmd_ask(args) -> int:
     """The open requests (the next batch), printed or exported for a person or a lab."""
-    import csv
+    from .api import requests_frame
 
     store = _open_store(args.store)
-    oracles = store.get_meta("oracles", {}) or {}
-    rows = []
-    for rid, it, arm, cid, oracle in store.open_requests():
-        if args.oracle and oracle != args.oracle:
-            continue
-        c = store.candidate(cid)
-        row = {"request_id": rid, "iteration": it, "oracle": oracle, "candidate_id": cid, "formula": c.formula,
-               "composition": c.composition, "structure_file": ""}
-        if args.structures and c.structure is not None:
-            d = Path(args.structures)
-            d.mkdir(parents=True, exist_ok=True)
-            f = d / f"{cid}.cif"
-            c.pmg_structure().to(filename=str(f))
-            row["structure_file"] = str(f)
-        for prop in (oracles.get(oracle, {}).get("properties") or []):
-            row[prop] = ""
-        rows.append(row)
-    store.close()
-    if not rows:
+    try:
+        df = requests_frame(store, oracle=args.oracle, structures=args.structures)
+    finally:
+        store.close()
+    if df.empty:
         print("no open requests: run the campaign to plan the next batch")
         return 0
-    fields = list(dict.fromkeys(k for r in rows for k in r))
     if args.out:
-        with open(args.out, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        print(f"wrote {len(rows)} open request(s) to {args.out}: fill in the property columns, then `matloop tell {args.store} {args.out}`")
+        df.to_csv(args.out, index=False)
+        print(f"wrote {len(df)} open request(s) to {args.out}: fill in the property columns, then "
+              f"`matloop tell {args.store} {args.out}`")
     else:
-        w = csv.DictWriter(sys.stdout, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+        df.to_csv(sys.stdout, index=False)
     return 0
 
 
@@ -287,7 +258,7 @@ def cmd_tell(args) -> int:
 
     import pandas as pd
 
-    from matloop.core.records import Observation, Status
+    from .api import tell_results
 
     path = Path(args.results)
     if not path.exists():
@@ -297,71 +268,16 @@ def cmd_tell(args) -> int:
     except Exception as exc:
         raise InputError(f"cannot read CSV: {exc}", file=str(path)) from None
     store = _open_store(args.store)
-    oracles = store.get_meta("oracles", {}) or {}
-    open_reqs = {r[0]: r for r in store.open_requests()}
-    by_cand = {(r[3], r[4]): r[0] for r in open_reqs.values()}
-    if "request_id" not in df.columns and "candidate_id" not in df.columns:
-        raise InputError("needs a request_id (or candidate_id + oracle) column", file=str(path))
-    observations, problems, seen = [], [], set()
-    for i, row in df.iterrows():
-        where = f"row {i + 2}"
-        rid = row.get("request_id", "").strip()
-        if not rid and row.get("candidate_id", "").strip():
-            rid = by_cand.get((row["candidate_id"].strip(), row.get("oracle", "").strip()), "")
-        if rid not in open_reqs:
-            problems.append(f"  {where}: request {rid or '(none)'!r} is not an open request of this store")
-            continue
-        if rid in seen:
-            problems.append(f"  {where}: request {rid!r} appears twice")
-            continue
-        seen.add(rid)
-        _, it, arm, cid, oracle = open_reqs[rid]
-        meta = oracles.get(oracle, {})
-        status = (row.get("status", "") or "success").strip().lower()
-        if status not in ("success", "failed"):
-            problems.append(f"  {where} column 'status': must be success or failed, not {status!r}")
-            continue
-        props, unc = {}, {}
-        if status == "success":
-            for prop in meta.get("properties") or []:
-                raw = str(row.get(prop, "")).strip()
-                if raw == "":
-                    problems.append(f"  {where} column {prop!r}: missing value")
-                    continue
-                try:
-                    v = float(raw)
-                except ValueError:
-                    problems.append(f"  {where} column {prop!r}: not a number: {raw!r}")
-                    continue
-                if not math.isfinite(v):
-                    problems.append(f"  {where} column {prop!r}: {raw} is not a finite value")
-                    continue
-                props[prop] = v
-                raw_u = str(row.get(f"uncertainty_{prop}", "")).strip()
-                if raw_u:
-                    try:
-                        unc[prop] = float(raw_u)
-                    except ValueError:
-                        problems.append(f"  {where} column 'uncertainty_{prop}': not a number: {raw_u!r}")
-        cost = meta.get("cost", 0.0)
-        if str(row.get("cost", "")).strip():
-            try:
-                cost = float(row["cost"])
-            except ValueError:
-                problems.append(f"  {where} column 'cost': not a number: {row['cost']!r}")
-        observations.append(Observation(
-            request_id=rid, candidate_id=cid, oracle=oracle, oracle_version=meta.get("version", oracle),
-            fidelity=int(meta.get("fidelity", 0)), status=Status(status), properties=props, uncertainties=unc,
-            extra={"told_from": str(path), "row": int(i)}, cost=float(cost), wall_time_s=0.0,
-            reason=(row.get("reason", "") or "reported failed") if status == "failed" else None,
-        ))
-    if problems:
+    try:
+        n, already = tell_results(store, df, file=str(path), row_label=lambda i: f"row {i + 2}")
+    finally:
         store.close()
-        raise InputError(f"{len(problems)} problem(s); nothing was recorded:\n" + "\n".join(problems), file=str(path))
-    with store.transaction():
-        n = sum(store.add_observation(o) for o in observations)
-    store.close()
-    print(f"recorded {n} result(s) from {path} at {_time.strftime('%Y-%m-%d %H:%M:%S')}; run the campaign to plan the next batch")
+    if n == 0 and already:
+        print(f"all {already} result(s) in {path} are already recorded; nothing new")
+        return 0
+    skipped = f" ({already} already recorded, skipped)" if already else ""
+    print(f"recorded {n} result(s) from {path}{skipped} at {_time.strftime('%Y-%m-%d %H:%M:%S')}; "
+          "run the campaign to plan the next batch")
     return 0
 
 
@@ -459,30 +375,6 @@ def evaluation_summary(obs, formula: str) -> str:
     return "\n".join([head] + [f"  {label:<{width}}  {text}" for label, text in rows])
 
 
-_UNITS = (
-    ("_percent", "%"),
-    ("_ev_per_atom", "eV/atom"),
-    ("_s_per_cm_300k", "S/cm (300 K)"),
-    ("_s_per_cm", "S/cm"),
-    ("_cm2_per_s_300k", "cm^2/s (300 K)"),
-    ("_cm2_per_s", "cm^2/s"),
-    ("_ev", "eV"),
-    ("_v", "V"),
-    ("_k", "K"),
-    ("_a", "angstrom"),
-    ("_g_per_cm3", "g/cm^3"),
-)
-
-
-def unit_of(prop: str) -> str:
-    """The unit spelled at the end of a property name (``gap_ev`` -> ``eV``), before any ``_<Formula>`` qualifier."""
-    prop = re.sub(r"_[A-Z][A-Za-z0-9]*$", "", prop)  # interface_reaction_ev_per_atom_LiCoO2
-    for suffix, unit in _UNITS:
-        if prop.endswith(suffix):
-            return unit
-    return "dimensionless"
-
-
 def cmd_benchmark(args) -> int:
     """``matloop benchmark``: replay a labelled dataset with its labels hidden and print the summary; returns 0.
 
@@ -560,9 +452,42 @@ def _mf_benchmark_from_csv(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    """``matloop describe [KIND]``: the settings of one kind (or every kind's name); returns 0.
+
+    Raises:
+        InputError: no oracle, generator, surrogate or source is called KIND.
+    """
+    from . import reference
+
+    if not args.kind:
+        for group, kinds in reference.kinds().items():
+            print(f"{group}s: {', '.join(kinds)}")
+        print("`matloop describe KIND` prints one kind's settings")
+        return 0
+    reference.describe(args.kind)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    """``matloop schema``: print (or write to ``--out``) the campaign file's JSON Schema; returns 0."""
+    from .reference import campaign_schema
+
+    text = json.dumps(campaign_schema(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote the campaign JSON Schema to {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``matloop`` argument parser; each subcommand sets ``func`` to its ``cmd_*`` handler."""
     p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
+    from matloop import __version__
+
+    p.add_argument("--version", action="version", version=f"matloop {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run or resume a campaign")
@@ -587,6 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("store")
     e.add_argument("--format", choices=("csv", "json"), default="csv")
     e.add_argument("--out")
+    e.add_argument("--structures", metavar="DIR",
+                   help="write each relaxed structure into DIR; the relaxed_structure column gives its path")
+    e.add_argument("--structure-format", choices=("extxyz", "db"), default="extxyz",
+                   help="extxyz: one file per observation; db: one ASE database DIR/structures.db (default: %(default)s)")
     e.set_defaults(func=cmd_export)
 
     a = sub.add_parser("ask", help="print or export the open requests (the next batch) for a person or a lab")
@@ -633,6 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--costs", help="two-fidelity form: CHEAP,TOP cost per evaluation (default 1,10)")
     b.add_argument("--out", required=True)
     b.set_defaults(func=cmd_benchmark)
+
+    r.add_argument("--log-level", choices=("info", "warning", "error"), default="error",
+                   help="echo log messages of this level and above to stderr; warning shows every failed evaluation "
+                        "(the console shows each new failure reason once) (default: %(default)s)")
+    d = sub.add_parser("describe", help="the settings of an oracle, generator, surrogate or source kind: "
+                                        "types, defaults, units")
+    d.add_argument("kind", nargs="?", help="e.g. mlip, lookup, manual, mutation, gp, file; omit to list every kind")
+    d.set_defaults(func=cmd_describe)
+    sc = sub.add_parser("schema", help="JSON Schema of the campaign file (for editors' completion and checks)")
+    sc.add_argument("--out", help="write it to this file (default: stdout)")
+    sc.set_defaults(func=cmd_schema)
     return p
 
 

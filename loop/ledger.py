@@ -120,9 +120,15 @@ class Ledger:
                 if (arm is None or a == arm) and (oracle is None or o.oracle == oracle)]
 
     def labels(self, arm: str = "agent") -> list[Observation]:
-        """An arm's observations in plan order, whatever order they arrived in (what the agent plans from)."""
+        """An arm's observations in plan order, whatever order they arrived in (what the agent plans from).
+
+        The agent's labels include prior data (the arm ``prior``: results loaded with the API's
+        ``add_measurements``), in the order it was recorded among the agent's iterations.
+        """
         last = (math.inf, 0, 0)
-        return sorted(self.observations(arm=arm), key=lambda o: self._request_rank.get(o.request_id, last))
+        arms = (arm, "prior") if arm == "agent" else (arm,)
+        return sorted((o for o, a in self._observations if a in arms),
+                      key=lambda o: self._request_rank.get(o.request_id, last))
 
     def _rank(self, request_id: str, iteration: int, oracle: str) -> None:
         tiers = self._tiers_of.setdefault(iteration, [])

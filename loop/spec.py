@@ -27,11 +27,18 @@ class Objective(_Model):
     """What the campaign optimises: one property reported by one oracle."""
 
     property: str = Field(description="property name, e.g. formation_energy_ev_per_atom or gap_ev")
-    goal: Literal["maximize", "minimize", "window"] = Field(description="maximize, minimize, or land in a window")
+    goal: Literal["maximize", "minimize", "window"] = Field(
+        description="maximize (or max), minimize (or min), or land in a window")
     window: tuple[float, float] | None = Field(None, description="[lo, hi] for goal: window (hi may be .inf)")
     oracle: str | None = Field(
         None, description="name of the oracle whose value counts; default: the highest-fidelity oracle reporting it"
     )
+
+    @field_validator("goal", mode="before")
+    @classmethod
+    def _goal_words(cls, v):
+        # one goal vocabulary everywhere: max/min (as on the command line) mean maximize/minimize
+        return {"max": "maximize", "min": "minimize"}.get(v, v) if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _window(self):
@@ -394,6 +401,16 @@ def load_campaign(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     """Read and validate a campaign YAML; raise InputError listing every problem."""
     path = Path(path)
     data, root = parse_yaml(path)
+    return validate_campaign(data, root, path, overrides)
+
+
+def validate_campaign(data: dict, root, path: Path, overrides: dict[str, Any] | None = None,
+                      base_dir: str | Path | None = None) -> CampaignSpec:
+    """Validate a parsed campaign mapping (``root``: its YAML node tree, for line numbers) as ``load_campaign`` does.
+
+    ``path`` names the campaign in messages; relative paths resolve against ``base_dir``
+    (default: ``path``'s folder). Raises InputError listing every problem.
+    """
     for dotted, value in (overrides or {}).items():
         _apply_override(data, dotted, value)
     try:
@@ -413,7 +430,7 @@ def load_campaign(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         raise InputError(
             f"{len(lines)} problem(s) in the campaign:\n" + "\n".join(lines), file=str(path)
         ) from None
-    spec.base_dir = path.resolve().parent
+    spec.base_dir = Path(base_dir).resolve() if base_dir is not None else path.resolve().parent
     _check_kinds(spec, path, root)
     return spec
 

@@ -45,7 +45,7 @@ def test_ask_tell_round(tmp_path, grid_csv):
         w.writerow({"request_id": rows[1]["request_id"], "target": "abc"})
     res = matloop("tell", store, bad)
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "row 2 column 'target'" in res.stderr and "row 3: request 'r-unknown'" in res.stderr and "row 4" in res.stderr
+    assert "row 2 column 'target': target=nan is not finite" in res.stderr and "row 3: request 'r-unknown'" in res.stderr and "row 4" in res.stderr
     assert len(list(csv.DictReader(open(out)))) == 3
     assert "no open requests" not in matloop("ask", store).stdout  # still open
 
@@ -58,7 +58,16 @@ def test_ask_tell_round(tmp_path, grid_csv):
     res = matloop("tell", store, out)
     assert res.returncode == 0 and "recorded 3 result(s)" in res.stdout, res.stderr
     assert "no open requests" in matloop("ask", store).stdout
-    assert matloop("tell", store, out).returncode == 2  # no longer open: refused
+    again = matloop("tell", store, out)  # the same file twice: nothing new, said so
+    assert again.returncode == 0 and "already recorded" in again.stdout, again.stderr
+    rows[0]["target"] = "0.999"  # a different value for a recorded request: refused, never overwritten
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    changed = matloop("tell", store, out)
+    assert changed.returncode == 2 and "row 2: request" in changed.stderr and "already recorded" in changed.stderr
+    assert "never overwritten" in changed.stderr
 
     r2 = matloop("run", p)  # plans the next batch and pauses again
     assert "waiting for 3 result(s)" in r2.stdout, r2.stdout + r2.stderr
