@@ -1225,9 +1225,10 @@ def _campaign_section(data: _Data) -> str:
 
 def _write_benchmark_page(bench_dir: Path, out: Path) -> Path:
     """The page of a ``matloop benchmark`` output folder: recall per strategy with bootstrap bands, and the summary."""
-    summary, mats = panels.read_benchmark(bench_dir)
+    summary, mats, bests = panels.read_benchmark(bench_dir)
     out.mkdir(parents=True, exist_ok=True)
     name = panels.plot_benchmark_recall(summary, mats, out)
+    best = panels.plot_benchmark_best(summary, bests, out)
     cap = ("Mean recall of the good set over seeds; the band is a percentile-bootstrap 95 % interval of that mean "
            "(scipy.stats.bootstrap over seeds, so it stays within [0, 1]). The dashed black line is random search's "
            "expectation (t / N), drawn on top.")
@@ -1241,6 +1242,8 @@ def _write_benchmark_page(bench_dir: Path, out: Path) -> Path:
     tbl = _table(["strategy", "recall at budget", "95 % CI (t)", "seeds reaching half recall", "AF median",
                   "AF mean (seeds that reached)", "EF at budget"], rows, num={1, 4, 5, 6}, tid="benchmark-table")
     sections = [_section("Recall per strategy", "benchmark-recall", _img(name, "recall per strategy", cap)),
+                _section("Best so far per strategy", "benchmark-best", _img(
+                    best, "best so far per strategy", "Mean over seeds of the best label value acquired so far.")),
                 _section("Summary", "benchmark-summary", tbl)]
     header = (f"<p>{_esc(summary.get('dataset', ''))}: goal {_esc(summary.get('goal', ''))}, pool "
               f"{summary.get('n_pool', '?')}, good set {summary.get('n_good', '?')}, budget {summary.get('budget', '?')}"

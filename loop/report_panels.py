@@ -380,8 +380,8 @@ def recall_band(R: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000
     return lo, hi
 
 
-def read_benchmark(bench_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """``summary.json`` and, per strategy, the ``seeds x budget`` recall matrix from ``curves.csv``."""
+def read_benchmark(bench_dir: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``summary.json`` and, per strategy, the ``seeds x budget`` recall and best-so-far matrices from ``curves.csv``."""
     import json
 
     try:
@@ -389,6 +389,7 @@ def read_benchmark(bench_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read summary.json: {exc}", file=str(bench_dir / "summary.json")) from None
     curves: dict[str, dict[int, list[float]]] = {}
+    bests: dict[str, dict[int, list[float]]] = {}
     path = bench_dir / "curves.csv"
     if not path.is_file():
         raise InputError("benchmark output lacks curves.csv", file=str(path))
@@ -396,13 +397,36 @@ def read_benchmark(bench_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
         for k, row in enumerate(csv.DictReader(fh), start=2):
             try:
                 curves.setdefault(row["strategy"], {}).setdefault(int(row["seed"]), []).append(float(row["recall"]))
+                bests.setdefault(row["strategy"], {}).setdefault(int(row["seed"]), []).append(float(row["best_so_far"]))
             except (KeyError, ValueError) as exc:
                 raise InputError(f"bad row ({exc})", file=str(path), where=f"row {k}") from None
-    mats = {}
-    for name, seeds in curves.items():
-        n = min(len(v) for v in seeds.values())
-        mats[name] = np.array([seeds[s][:n] for s in sorted(seeds)])
-    return summary, mats
+    def matrix(per_seed):
+        n = min(len(v) for v in per_seed.values())
+        return np.array([per_seed[s][:n] for s in sorted(per_seed)])
+
+    return summary, {k: matrix(v) for k, v in curves.items()}, {k: matrix(v) for k, v in bests.items()}
+
+
+def plot_benchmark_best(summary: dict, bests: dict[str, np.ndarray], out_dir: Path) -> str:
+    """Mean best-so-far label per strategy against evaluations, with its property, unit and direction."""
+    from matplotlib.figure import Figure
+
+    goal = str(summary.get("goal", ""))
+    word = "minimize" if goal.startswith("min") else "maximize" if goal.startswith("max") else None
+    prop = summary.get("property") or "target"
+    fig = Figure(figsize=(7.6, 4.0), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for name, B in bests.items():
+        ax.plot(np.arange(1, B.shape[1] + 1), B.mean(axis=0), lw=2, label=f"{name} (mean of {B.shape[0]} seeds)")
+    ax.set_xlabel("evaluations (1 cost unit each)")
+    label = axis_label(prop, word, wrap=True) if word else f"{prop} (goal {goal}: closer to the window is better)"
+    ax.set_ylabel("best so far: " + label, fontsize=9)
+    ax.set_title(f"{summary.get('dataset', 'benchmark')}: best label value found so far", fontsize=9.5)
+    ax.grid(True, alpha=0.25)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, frameon=False)
+    fig.savefig(out_dir / "benchmark_best.png", dpi=110)
+    return "benchmark_best.png"
 
 
 def plot_benchmark_recall(summary: dict, mats: dict[str, np.ndarray], out_dir: Path) -> str:
