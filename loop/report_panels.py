@@ -265,8 +265,14 @@ def refit_relevance(store, candidates: dict, iterations: list[dict], label_value
         return None
     cands = list(candidates.values())
     X, missing = store.get_features(fs.key, [c.id for c in cands])
-    if X is None or missing:
+    if X is None:
         return None
+    if missing:  # candidates added after the last plan (e.g. by a generator) were never featurized
+        gone = set(missing)
+        cands = [c for c in cands if c.id not in gone]
+        X, missing = store.get_features(fs.key, [c.id for c in cands])
+        if X is None or missing or not cands:
+            return None
     names = feature_labels(fs)
     if "fractions" in fs.composition:
         F, fnames = pool_fractions(cands)
