@@ -1204,8 +1204,8 @@ def _structures_section(data: _Data, views: list, out: Path) -> str:
         figs.append(f'<figure class="cell"><img src="structures/{_esc(cid)}.png" alt="{_esc(title)}" '
                     f'data-figure="structures/{_esc(cid)}.png"><figcaption>{_esc(title)}; {_esc(how)}</figcaption>'
                     "</figure>")
-    cap = ("The best candidates in the order of the table above, drawn with ASE (a cell of fewer than 8 atoms "
-           "repeated 2×2×2).")
+    cap = ("The best candidates in the order of the table above: the conventional standard cell of the same "
+           "structure as the table's space group, drawn with ASE.")
     return _section("Structures of the top candidates", "structures",
                     f'<p class="hint">{cap}</p><div class="cells">{"".join(figs)}</div>')
 

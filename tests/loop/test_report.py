@@ -390,11 +390,11 @@ def _keep_artefact(shot) -> None:
     """Print the screenshot's path; copy it to $MATLOOP_ARTEFACTS when set."""
     import os
 
+    print(f"report screenshot: {shot}")
     dest = os.environ.get("MATLOOP_ARTEFACTS")
     if dest:
         os.makedirs(dest, exist_ok=True)
-        shot = shutil.copy(shot, os.path.join(dest, os.path.basename(shot)))
-    print(f"report screenshot: {shot}")
+        print(f"report screenshot copied to {shutil.copy(shot, os.path.join(dest, os.path.basename(shot)))}")
 
 
 def _not_empty(sec: dict) -> bool:
