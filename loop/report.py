@@ -1,10 +1,15 @@
 """``matloop report``: one self-contained HTML page (inline CSS and JS, PNG figures beside it) for a store.
 
 The page reads only the store: best so far against evaluations and cost (agent and random
-arms), the discovery curve, the funnel per tier, surrogate parity and calibration, the
-Pareto front, source yields, the VAE latent map and a sortable table of the top candidates
-with their structures as CIF files. A panel whose data the store lacks is replaced by a note
-that says why.
+arms), the discovery curve, each iteration's picks with the agent's reason, acquisition value
+and predicted mean ± std, the constraints and how many candidates each removed, the funnel per
+tier, surrogate parity and calibration, model insights (feature relevance of a refit of the
+surrogate, and the skill the agent recorded), the Pareto front, source yields, the VAE latent
+map, a sortable table of the top candidates (prototype, space group, CIF files), views of their
+cells, and the campaign file with the package versions. A panel whose data the store lacks is
+left out; every axis names its property, unit (from the name's suffix) and direction. On a
+``matloop benchmark`` output folder the page shows recall per strategy with bootstrap bands.
+The explanatory panels live in ``report_panels``.
 
 Store meta keys read: ``objective`` (``{"property", "goal": minimize|maximize|window,
 "window": [lo, hi], "oracle"?}``), ``objectives`` (two such entries, or two property names,
@@ -870,10 +875,6 @@ def _img(name: str | None, alt: str, caption: str) -> str:
         return ""
     return f'<figure><img src="{_esc(name)}" alt="{_esc(alt)}" data-figure="{_esc(name)}">' \
            f"<figcaption>{caption}</figcaption></figure>"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
 
 
 def _table(header: list[str], rows: list[list], num: set[int] = frozenset(), tid: str | None = None,
