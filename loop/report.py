@@ -1112,7 +1112,8 @@ def _picks_section(data: _Data, obj: ReportObjective) -> str:
     table_rows = []
     for r in rows:
         unit = panels.unit_of(obj.property) if r["mean_units"] == "property" else None
-        pred = "–" if r["mean"] is None else (f"{r['mean']:.3g} ± {r['std']:.2g}" + (f" {unit}" if unit else "")
+        sd = "?" if r["std"] is None else f"{r['std']:.2g}"
+        pred = "–" if r["mean"] is None else (f"{r['mean']:.3g} ± {sd}" + (f" {unit}" if unit else "")
                                               + ("" if r["mean_units"] == "property" else " (score)"))
         row = [r["iteration"], r["tier"], r["formula"], r["reason"], panels.fmt_value(r["acquisition"]), pred]
         if with_feasible:

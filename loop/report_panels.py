@@ -248,12 +248,13 @@ def refit_relevance(store, candidates: dict, iterations: list[dict], label_value
     Returns:
         ``{"kind", "n_labels", "names", "values", "measure", "features_key"}`` for the ``top``
         most relevant features, or None when it cannot be done (fewer than 3 labels, no stored
-        features, a PCA-rotated or plug-in surrogate whose inputs have no feature names).
+        features, a PCA-rotated, multi-fidelity or plug-in surrogate whose inputs have no feature
+        names). With several objectives the refit is the primary objective's GP.
     """
     from matloop.agents.modelling.features import FeaturePreprocessor, FeatureSettings, feature_labels, pool_fractions
     from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate, SurrogateSettings
 
-    kind = _surrogate_of(iterations, label_oracle)
+    kind = (_surrogate_of(iterations, label_oracle) or "").split(" ")[0]  # "gp per objective": the primary's GP
     agent = (resolved or {}).get("agent") or {}
     sur = dict(agent.get("surrogate") or {})
     kind = sur.get("kind", kind)
