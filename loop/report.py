@@ -783,6 +783,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 24px; }
 section h3 { font-size: 14px; margin: 12px 0 6px; }
 .tall { max-height: 520px; overflow-y: auto; }
 #picks-table td:nth-child(4) { white-space: normal; min-width: 260px; }
+#picks-table th { white-space: normal; vertical-align: bottom; }
 .cells { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 10px; }
 figure.cell img { width: 100%; }
 pre { background: #f3f5f9; border: 1px solid var(--line); padding: 8px 10px; font-size: 12px; overflow-x: auto;
