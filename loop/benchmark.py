@@ -27,7 +27,7 @@ Definitions (``summary.json``):
 * Aggregates over seeds: mean and a 95 % Student-t interval. For ``evals_to_half`` and
   ``AF_vs_random`` the mean and interval use the seeds that reached half recall
   (``n_reached`` of them); ``median`` is over every seed with the ones that did not reach
-  half ranked worst (null if the median falls on one of them).
+  half ranked worst (null if the median falls on one of them; the AF mean is then null too).
 
 Strategies: ``matloop`` (the campaign's ``DefaultAgent``, default settings on the default
 features unless the campaign sets them), ``random``, ``rf_ucb`` (random forest, mean + 1 *
@@ -439,10 +439,15 @@ def _summary(dataset_name, pool, good, goal, budget, batch_size, init, seeds, ru
         curve = np.mean([r["recall"] for r in rs], axis=0)
         e2h = [r["evals_to_half"] for r in rs]
         af = [r["AF_vs_random"] for r in rs]
+        af_stats = {**mean_ci(af), "median": censored_median(af)}
+        if af_stats["median"] is None:
+            # half or more of the seeds never reached half recall: a mean over the few that did is
+            # survivorship-biased, so it is withheld too (n_reached in evals_to_half says how many did)
+            af_stats.update(mean=None, ci95=[None, None])
         summary["strategies"][name] = {
             "recall_at_budget": mean_ci([r["recall_at_budget"] for r in rs]),
             "evals_to_half": {**mean_ci(e2h), "n_reached": sum(e is not None for e in e2h)},
-            "AF_vs_random": {**mean_ci(af), "median": censored_median(af)},
+            "AF_vs_random": af_stats,
             "EF_at_budget": mean_ci([r["EF_at_budget"] for r in rs]),
             "curve": [[t + 1, float(c)] for t, c in enumerate(curve)],
             "seconds_per_run": {"mean": float(np.mean([r["seconds"] for r in rs]))},

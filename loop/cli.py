@@ -96,21 +96,10 @@ def constraint_table(store, constraints: list, cands: dict):
     t = Table(title="constraints (feasibility of evaluated candidates)")
     for col in ("constraint", "arm", "evaluated", "met", "removed", "no value"):
         t.add_column(col)
-    for c in constraints:
-        bounds = " and ".join(x for x in (f">= {c.min:g}" if c.min is not None else "",
-                                          f"<= {c.max:g}" if c.max is not None else "") if x)
-        label = f"{c.property} {bounds}" + (f" ({c.oracle})" if c.oracle else "")
-        for arm in ("agent", "random"):
-            per: dict[str, list] = {}
-            for o in store.observations(arm=arm):
-                if o.ok:
-                    per.setdefault(o.candidate_id, []).append(o)
-            if not per:
-                continue
-            has = {cid for cid, obs in per.items()
-                   if any((c.oracle is None or o.oracle == c.oracle) and o.value(c.property) is not None for o in obs)}
-            met = sum(1 for cid in has if c.met_by(per[cid]))
-            t.add_row(label, arm, str(len(per)), str(met), str(len(has) - met), str(len(per) - len(has)))
+    from .report_panels import constraint_rows
+
+    for r in constraint_rows({arm: store.observations(arm=arm) for arm in ("agent", "random")}, constraints):
+        t.add_row(*(str(r[k]) for k in ("constraint", "arm", "evaluated", "met", "removed", "no_value")))
     return t
 
 

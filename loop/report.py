@@ -1,10 +1,15 @@
 """``matloop report``: one self-contained HTML page (inline CSS and JS, PNG figures beside it) for a store.
 
 The page reads only the store: best so far against evaluations and cost (agent and random
-arms), the discovery curve, the funnel per tier, surrogate parity and calibration, the
-Pareto front, source yields, the VAE latent map and a sortable table of the top candidates
-with their structures as CIF files. A panel whose data the store lacks is replaced by a note
-that says why.
+arms), the discovery curve, each iteration's picks with the agent's reason, acquisition value
+and predicted mean ± std, the constraints and how many candidates each removed, the funnel per
+tier, surrogate parity and calibration, model insights (feature relevance of a refit of the
+surrogate, and the skill the agent recorded), the Pareto front, source yields, the VAE latent
+map, a sortable table of the top candidates (prototype, space group, CIF files), views of their
+cells, and the campaign file with the package versions. A panel whose data the store lacks is
+left out; every axis names its property, unit (from the name's suffix) and direction. On a
+``matloop benchmark`` output folder the page shows recall per strategy with bootstrap bands.
+The explanatory panels live in ``report_panels``.
 
 Store meta keys read: ``objective`` (``{"property", "goal": minimize|maximize|window,
 "window": [lo, hi], "oracle"?}``), ``objectives`` (two such entries, or two property names,
@@ -27,11 +32,15 @@ import numpy as np
 from matloop.core.goals import Goal, pareto_front
 from matloop.core.records import Candidate, InputError, Observation
 
+from . import report_panels as panels
+from .report_panels import axis_label, space_group
 from .store import Store
 
 META_OBJECTIVE = "objective"
 META_OBJECTIVES = "objectives"
 META_GOOD_SET = "good_set"
+#: meta keys shown in the campaign panel (``campaign_spec``: ``{"yaml": text, "resolved": dict}``)
+META_SPEC_KEYS = ("campaign", "campaign_spec", "constraints", "oracles")
 TOP_K_SOURCES = 10
 _DPI = 110
 _AGENT_COLOR = "#1f5fa8"
@@ -99,6 +108,7 @@ class _Data:
     properties: dict[str, list[str]]  # oracle -> numeric properties seen in successful observations
     cost_by_request: dict[str, float]
     meta: dict = field(default_factory=dict)
+    requests: list[tuple] = field(default_factory=list)  # agent arm: (iteration, candidate id, oracle, acquisition)
 
     @property
     def oracles(self) -> list[str]:
@@ -132,7 +142,9 @@ def _load(store: Store) -> _Data:
                 for p in o.properties:
                     if o.value(p) is not None:
                         props[o.oracle][p] = None
-    meta = {k: store.get_meta(k) for k in (META_OBJECTIVE, META_OBJECTIVES, META_GOOD_SET)}
+    meta = {k: store.get_meta(k) for k in (META_OBJECTIVE, META_OBJECTIVES, META_GOOD_SET) + META_SPEC_KEYS}
+    requests = list(store.db.execute("SELECT iteration, candidate_id, oracle, acquisition FROM requests "
+                                     "WHERE arm='agent' ORDER BY seq"))
     return _Data(
         name=str(store.get_meta("campaign") or store.path.stem),
         path=store.path,
@@ -143,6 +155,7 @@ def _load(store: Store) -> _Data:
         properties={k: list(v) for k, v in props.items()},
         cost_by_request=cost_by_request,
         meta=meta,
+        requests=requests,
     )
 
 
@@ -358,8 +371,9 @@ def _save(fig, out_dir: Path, name: str) -> str:
 
 def _value_label(obj: ReportObjective) -> str:
     if obj.goal == "window":
-        return f"distance of {obj.property} to window"
-    return f"{obj.property} ({'lower' if obj.goal == 'minimize' else 'higher'} is better)"
+        return axis_label(obj.property, prefix="distance of") + f" to [{obj.window[0]:g}, {obj.window[1]:g}]\n" \
+                                                              "(lower is better)"
+    return axis_label(obj.property, obj.goal, wrap=True)
 
 
 def _plot_best(data: _Data, obj: ReportObjective, out_dir: Path) -> str | None:
@@ -402,7 +416,7 @@ def _plot_discovery(data: _Data, obj: ReportObjective, good: set[str] | None, ou
     else:
         ax.set_ylabel("distinct hits in the window")
     ax.set_xlabel("evaluations (all oracles)")
-    ax.set_title("discovery curve", fontsize=10)
+    ax.set_title(f"discovery curve: {axis_label(obj.property, obj.goal, obj.window)} from {obj.oracle}", fontsize=10)
     ax.legend(frameon=False)
     return _save(fig, out_dir, "discovery.png")
 
@@ -475,10 +489,11 @@ def _plot_parity(pairs: list[dict], units: str, obj: ReportObjective, out_dir: P
     lo, hi = float(min(mu.min(), y.min())), float(max(mu.max(), y.max()))
     pad = 0.05 * (hi - lo or 1.0)
     a1.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "--", color="0.4", lw=1)
-    what = obj.property if units == "property" else "score (-distance to window)"
+    what = axis_label(obj.property) if units == "property" else "score (-distance to window)"
     a1.set_xlabel(f"predicted {what} (mean ± 1σ)", fontsize=9)
-    a1.set_ylabel(f"observed ({', '.join(dict.fromkeys(p['oracle'] for p in pairs))})", fontsize=9)
-    a1.set_title(f"parity: RMSE {stats['rmse']:.3g}, MAE {stats['mae']:.3g}, n={len(pairs)}", fontsize=10)
+    a1.set_ylabel(f"observed {what} ({', '.join(dict.fromkeys(p['oracle'] for p in pairs))})", fontsize=9)
+    a1.set_title(f"parity ({panels.direction_text(obj.goal, obj.window)}): RMSE {stats['rmse']:.3g}, "
+                 f"MAE {stats['mae']:.3g}, n={len(pairs)}", fontsize=10)
     from matplotlib.ticker import MaxNLocator
 
     fig.colorbar(sc, ax=a1, label="iteration", shrink=0.85, ticks=MaxNLocator(integer=True))
@@ -546,9 +561,7 @@ def _plot_pareto(data: _Data, objs: list[dict], values: dict, out_dir: Path) -> 
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7.5)
 
     def lab(o):
-        if o["goal"] == "window":
-            return f"{o['property']} (window {o['window'][0]:g}..{o['window'][1]:g})"
-        return f"{o['property']} ({'lower' if o['goal'] == 'minimize' else 'higher'} is better)"
+        return axis_label(o["property"], o["goal"], o["window"])
 
     ax.set_xlabel(lab(objs[0]))
     ax.set_ylabel(lab(objs[1]))
@@ -584,7 +597,7 @@ def _source_rows(data: _Data, obj: ReportObjective) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["top"], -r["successes"], r["source"]))
 
 
-def _plot_sources(rows: list[dict], out_dir: Path) -> str | None:
+def _plot_sources(rows: list[dict], out_dir: Path, obj: ReportObjective | None = None) -> str | None:
     if not rows:
         return None
     fig, (a1, a2) = _figure(10.5, 1.6 + 0.6 * len(rows), 2)
@@ -603,6 +616,9 @@ def _plot_sources(rows: list[dict], out_dir: Path) -> str | None:
     a2.set_yticks(y, [""] * len(y))
     a2.set_ylim(-0.6, len(rows) - 0.4)
     a2.set_xlabel("candidates (agent arm)")
+    if obj is not None:
+        a2.set_title(f"successes and top-{TOP_K_SOURCES} by\n{axis_label(obj.property, obj.goal, obj.window)}",
+                     fontsize=8.5)
     fig.legend(loc="outside upper center", ncols=4, frameon=False, fontsize=8)
     return _save(fig, out_dir, "sources.png")
 
@@ -632,7 +648,7 @@ def _plot_latent(data: _Data, obj: ReportObjective, out_dir: Path) -> tuple[str 
     if has.any():
         sc = ax.scatter(P[has, 0], P[has, 1], c=y[has], s=34, cmap="viridis_r" if obj.goal == "minimize" else "viridis",
                         edgecolors="k", linewidths=0.4, label="evaluated")
-        fig.colorbar(sc, ax=ax, label=obj.property)
+        fig.colorbar(sc, ax=ax, label=axis_label(obj.property, obj.goal, obj.window))
     ax.set_xlabel(f"PC1 ({100 * ev[0]:.0f} % of variance)")
     ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f} % of variance)")
     ax.set_title(f"VAE latent space ({dim}-D, {len(rows)} candidates)", fontsize=10)
@@ -643,8 +659,12 @@ def _plot_latent(data: _Data, obj: ReportObjective, out_dir: Path) -> tuple[str 
 # -- top candidates and structures ------------------------------------------------------------
 
 
-def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> tuple[list[str], list[list[tuple]], int]:
-    """Header and rows (cells as (text, sort key, href, css class)) of the best ``top_n`` candidates.
+def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> tuple[list[str], list[list[tuple]], int, list]:
+    """Header and rows (cells as (text, sort key, href, css class)) of the best ``top_n`` candidates,
+    the number of CIF files written and ``(cid, structure, how, space group)`` of those with a structure.
+
+    Polymorphs (CaO rocksalt and zincblende) are told apart by the prototype the generator
+    recorded and the space group of the relaxed structure (else the candidate's).
 
     Ranked by the objective oracle's value; candidates that never reached it follow, ranked by
     the objective property from the next-highest fidelity that reported it.
@@ -673,7 +693,14 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
     columns += [(o, p) for o in data.oracles for p in data.properties.get(o, []) if (o, p) not in columns]
     decompositions = {cid: _decomposition_for(data, cid) for cid in ranked}
     with_decomposition = any(decompositions.values())
-    header = (["rank", "formula", "source", "found by"] + [f"{o}: {p}" for o, p in columns]
+    structures = {cid: _structure_for(data, cid) for cid in ranked}
+    groups = {cid: space_group(st) if st is not None else None for cid, (st, _) in structures.items()}
+    prototypes = {cid: str((data.candidates[cid].provenance or {}).get("prototype") or "")
+                  if cid in data.candidates else "" for cid in ranked}
+    with_symmetry, with_prototype = any(groups.values()), any(prototypes.values())
+    header = (["rank", "formula", "source", "found by"]
+              + (["prototype"] if with_prototype else []) + (["space group"] if with_symmetry else [])
+              + [f"{o}: {p}" for o, p in columns]
               + (["decomposition (atom fractions)"] if with_decomposition else []) + ["candidate", "structure"])
     rows, n_cif = [], 0
     sdir = out_dir / "structures"
@@ -682,6 +709,11 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
         formula = c.formula if c else cid
         source, arms = (c.source if c else ""), "+".join(sorted(found_by[cid]))
         row = [(str(rank), rank, None, "num"), (formula, formula, None, ""), (source, source, None, ""), (arms, arms, None, "")]
+        if with_prototype:
+            row.append((prototypes[cid], prototypes[cid], None, ""))
+        if with_symmetry:
+            sg = groups[cid]
+            row.append((f"{sg[0]} ({sg[1]})", sg[1], None, "") if sg else ("", None, None, ""))
         for key in columns:
             v = values.get(cid, {}).get(key)
             if isinstance(v, float):
@@ -694,7 +726,7 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
             text = decompositions[cid]
             row.append((text, text, None, ""))
         row.append((cid, cid, None, "id"))
-        structure, how = _structure_for(data, cid)
+        structure, how = structures[cid]
         link = ("–", "", None, "")
         if structure is not None:
             from pymatgen.io.cif import CifWriter
@@ -708,7 +740,8 @@ def _top_table(data: _Data, obj: ReportObjective, out_dir: Path, top_n: int) -> 
                 link = (f"no CIF: {exc}"[:60], "", None, "")
         row.append(link)
         rows.append(row)
-    return header, rows, n_cif
+    views = [(cid, st, how, groups[cid]) for cid, (st, how) in structures.items() if st is not None]
+    return header, rows, n_cif, views
 
 
 # -- HTML -------------------------------------------------------------------------------------
@@ -747,6 +780,14 @@ th[aria-sort="descending"]::after { content: " \\25BC"; }
 .scroll { overflow-x: auto; }
 a { color: var(--accent); }
 footer { color: var(--muted); font-size: 12px; margin-top: 24px; }
+section h3 { font-size: 14px; margin: 12px 0 6px; }
+.tall { max-height: 520px; overflow-y: auto; }
+#picks-table td:nth-child(4) { white-space: normal; min-width: 260px; }
+#picks-table th { white-space: normal; vertical-align: bottom; }
+.cells { display: grid; grid-template-columns: repeat(auto-fill, minmax(240px, 1fr)); gap: 10px; }
+figure.cell img { width: 100%; }
+pre { background: #f3f5f9; border: 1px solid var(--line); padding: 8px 10px; font-size: 12px; overflow-x: auto;
+      max-height: 420px; }
 """
 
 # Marks every image loaded / failed (data-loaded, data-natural-width; body[data-images]) and makes
@@ -837,10 +878,6 @@ def _img(name: str | None, alt: str, caption: str) -> str:
            f"<figcaption>{caption}</figcaption></figure>"
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
 def _table(header: list[str], rows: list[list], num: set[int] = frozenset(), tid: str | None = None,
            sortable: bool = False) -> str:
     attrs = (f' id="{tid}"' if tid else "") + (' class="sortable"' if sortable else "")
@@ -882,8 +919,12 @@ def write_report(
     good_set: set[str] | None = None,
     objective: dict | None = None,
     top_n: int = 25,
+    model_insights: bool = True,
 ) -> Path:
     """Write ``index.html``, its PNG figures and the top candidates' CIF files into ``out_dir``.
+
+    ``store_path`` may also be a ``matloop benchmark`` output folder (``summary.json`` and
+    ``curves.csv``): the page then shows recall per strategy with bootstrap bands.
 
     Args:
         good_set: candidate ids that count as discoveries (retrospective campaigns); default:
@@ -891,6 +932,8 @@ def write_report(
         objective: ``{"property", "goal", "window"?, "oracle"?}``; default: store meta
             ``objective``, else inferred from the observations and the agent's rationales.
         top_n: rows of the top-candidates table.
+        model_insights: refit the surrogate for its feature relevance (see
+            ``report_panels.refit_relevance``; the slowest part of the report).
 
     Returns:
         The path of ``index.html``.
@@ -899,153 +942,320 @@ def write_report(
         InputError: the store is missing or unreadable, or an objective is malformed.
     """
     store_path = Path(store_path)
+    out = Path(out_dir)
+    if store_path.is_dir() and (store_path / "summary.json").is_file():
+        return _write_benchmark_page(store_path, out)
     if not store_path.is_file():
         raise InputError("store not found", file=str(store_path))
     try:
         store = Store(store_path)
-        try:
-            data = _load(store)
-        finally:
-            store.close()
     except sqlite3.DatabaseError as exc:
         raise InputError(f"cannot read the store ({exc}); is it a matloop SQLite store?", file=str(store_path)) from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    obj = resolve_objective(data, objective)
-    if good_set is None and data.meta.get(META_GOOD_SET):
-        good_set = set(data.meta[META_GOOD_SET])
-    good = set(good_set) if good_set is not None else None
-
+    try:
+        try:
+            data = _load(store)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"cannot read the store ({exc}); is it a matloop SQLite store?",
+                             file=str(store_path)) from None
+        out.mkdir(parents=True, exist_ok=True)
+        obj = resolve_objective(data, objective)
+        if good_set is None and data.meta.get(META_GOOD_SET):
+            good_set = set(data.meta[META_GOOD_SET])
+        good = set(good_set) if good_set is not None else None
+        sections = _store_sections(store, data, obj, good, out, top_n, model_insights) if obj is not None else []
+    finally:
+        store.close()
+    sections.append(_campaign_section(data))
     agent_obs = data.arms.get("agent", [])
-    sections = []
     cards = [("candidates in the pool", len(data.candidates)), ("iterations (agent)", len(data.iterations)),
              ("evaluations (agent)", len(agent_obs)), ("cost (agent)", f"{sum(o.cost for o in agent_obs):g}"),
              ("failures (agent)", sum(not o.ok for o in agent_obs))]
-    if obj is None:
-        sections.append(_section("Objective", "objective", _note("the store has no observations yet: nothing to plot")))
-    else:
+    if obj is not None:
         for arm, label in (("agent", "best (agent)"), ("random", "best (random baseline)")):
             vals = _objective_values(data, obj, arm)
             if vals:
                 cid, v = max(vals, key=lambda t: obj.score([t[1]])[0])
                 f = data.candidates[cid].formula if cid in data.candidates else cid
-                cards.append((label, f"{v:.4g}", f))
-
-        # best so far
-        name = _plot_best(data, obj, out)
-        cap = f"Best {_esc(obj.property)} observed by <b>{_esc(obj.oracle)}</b> after each evaluation."
-        if "random" in data.arms:
-            cap += " The random baseline draws the same number of objective evaluations from the same pool; " \
-                   "its cache hits count at the cost of the evaluation they reused."
-        sections.append(_section("Best so far", "best", _img(name, "best so far", cap) if name else
-                                  _note(f"no successful {obj.property} observation from {obj.oracle} yet")))
-
-        # discovery
-        if good is not None or obj.goal == "window":
-            name = _plot_discovery(data, obj, good, out)
-            cap = (f"Distinct candidates of the good set ({len(good)} ids) evaluated successfully by {_esc(obj.oracle)}."
-                   if good is not None else "Distinct candidates whose value lies in the window.")
-            body = _img(name, "discovery curve", cap)
-        else:
-            body = _note("no good set is known (store meta 'good_set' or --good-set) and the goal is not a window: "
-                         "no discovery curve")
-        sections.append(_section("Discovery curve", "discovery", body))
-
-        # funnel
-        rows = _funnel_rows(data)
-        if rows:
-            tbl = _table(["oracle", "fidelity", "evaluations", "failed", "cost", "wall time (s)", "most common failure"],
-                         [[r["oracle"], r["fidelity"], r["evaluations"], r["failed"], f"{r['cost']:g}",
-                           f"{r['wall_time_s']:.1f}", f"{r['reason'][0]} (×{r['reason'][1]})" if r["reason"] else ""]
-                          for r in rows], num={1, 2, 3, 4, 5})
-            body = _img(_plot_funnel(rows, out), "funnel", "Agent arm, lowest fidelity at the top.") + tbl
-        else:
-            body = _note("the agent arm has no observations yet")
-        sections.append(_section("Funnel per tier", "funnel", body))
-
-        # parity and calibration
-        pairs, units, dropped = _parity_pairs(data, obj)
-        name, st = _plot_parity(pairs, units, obj, out)
-        if name:
-            label = ", ".join(dict.fromkeys(p["oracle"] for p in pairs))
-            cap = (f"Surrogate mean ± σ recorded when each candidate was chosen, against the value the oracle whose "
-                   f"labels trained it ({_esc(label)}) returned. "
-                   f"{100 * st['within_1']:.0f} % of errors lie within 1σ (Gaussian: 68 %), "
-                   f"{100 * st['within_2']:.0f} % within 2σ (95 %). σ is the surrogate's posterior of the objective, "
-                   "so observation noise, if any, widens the errors.")
-            if dropped:
-                cap += f" {dropped} prediction(s) in other units left out."
-            body = _img(name, "parity and calibration", cap)
-        else:
-            body = _note(f"{len(pairs)} prediction(s) with an observed value: the rationales record no surrogate "
-                         "predictions for evaluated candidates yet (random initial picks carry none)")
-        sections.append(_section("Surrogate parity and calibration", "parity", body))
-
-        # Pareto
-        objs = _objectives_meta(data, obj)
-        if objs:
-            name, n_pts, front = _plot_pareto(data, objs, _best_values(data), out)
-            cap = (f"{n_pts} candidates with both properties, each value from the highest-fidelity oracle that "
-                   f"reported it; front: {_esc(', '.join(front))}.")
-            body = (_img(name, "Pareto front", cap)
-                    if name else _note(f"only {n_pts} candidate(s) have both {objs[0]['property']} and "
-                                       f"{objs[1]['property']}: no front yet"))
-        else:
-            body = _note("single-objective campaign (no store meta 'objectives'): no Pareto front")
-        sections.append(_section("Pareto front", "pareto", body))
-
-        # sources
-        srows = _source_rows(data, obj)
-        tbl = _table(["source", "candidates", "evaluated", "successes", f"in top-{TOP_K_SOURCES}", f"best {obj.property}"],
-                     [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"], _fmt(r["best"])]
-                      for r in srows],
-                     num={1, 2, 3, 4, 5})
-        cap = (f"Agent arm. Successes: candidates with a {_esc(obj.property)} value from {_esc(obj.oracle)}; "
-               f"top-{TOP_K_SOURCES}: the agent's best {TOP_K_SOURCES} by the objective.")
-        body = _img(_plot_sources(srows, out), "sources", cap) + tbl
-        sections.append(_section("Candidate sources and yields", "sources", body))
-
-        # latent map
-        name, why = _plot_latent(data, obj, out)
-        body = _img(name, "latent space", "2-D PCA of the latent points the VAE decoded into candidates, coloured by "
-                    f"the observed {_esc(obj.property)}.") if name else _note(why)
-        sections.append(_section("Latent space", "latent", body))
-
-        # top table
-        header, trows, n_cif = _top_table(data, obj, out, top_n)
-        if trows:
-            body = ('<p class="hint">Click a header to sort; the first value column is the objective. '
-                    f"{n_cif} structure(s) written as CIF (relaxed where an oracle relaxed them).</p>"
-                    + _rich_table(header, trows, "top-table"))
-        else:
-            body = _note("no candidate has an objective value yet")
-        sections.append(_section(f"Top {len(trows)} candidates", "top", body))
-
+                cards.append((label, panels.fmt_value(v, obj.property), f))
     card_html = "".join(f'<div class="card"><b>{_esc(c[1])}</b>'
                         + (f'<i>{_esc(c[2])}</i>' if len(c) > 2 else "")
                         + f'<span>{_esc(c[0])}</span></div>' for c in cards)
-    obj_line = (f"Objective: <b>{_esc(obj.describe())}</b> — {_esc(obj.origin)}" if obj else "Objective: unknown")
-    now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    obj_line = (f"Objective: <b>{_esc(obj.describe())}</b> — {_esc(obj.origin)}" if obj else
+                "Objective: unknown — the store has no successful observation yet, so there is nothing to plot")
+    return _write_page(out, f"Campaign {data.name}", f"<p>{obj_line}</p>\n<p>Store <code>"
+                       f"{_esc(data.path.resolve())}</code> · report written {_esc(_now())}</p>",
+                       f'<div class="cards">{card_html}</div>', sections)
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _write_page(out: Path, title: str, header: str, cards: str, sections: list[str]) -> Path:
+    """The page around ``sections`` (inline CSS and JS), written as ``out/index.html``."""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>matloop report — {_esc(data.name)}</title>
+<title>matloop report — {_esc(title)}</title>
 <style>{_CSS}</style></head>
 <body><main>
-<header><h1>Campaign {_esc(data.name)}</h1>
-<p>{obj_line}</p>
-<p>Store <code>{_esc(data.path.resolve())}</code> · report written {_esc(now)}</p></header>
-<div class="cards">{card_html}</div>
-{chr(10).join(sections)}
+<header><h1>{_esc(title)}</h1>
+{header}</header>
+{cards}
+{chr(10).join(s for s in sections if s)}
 <footer>Generated by <code>matloop report</code> from the store alone; figures are PNG files beside this page.
 </footer>
 </main>
 <script>{_JS}</script>
 </body></html>
 """
+    out.mkdir(parents=True, exist_ok=True)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def _store_sections(store: Store, data: _Data, obj: ReportObjective, good: set[str] | None, out: Path,
+                    top_n: int, model_insights: bool = True) -> list[str]:
+    """The panels of a campaign store, in page order; a panel without data is left out."""
+    sections = []
+    name = _plot_best(data, obj, out)
+    if name:
+        cap = f"Best {_esc(obj.property)} observed by <b>{_esc(obj.oracle)}</b> after each evaluation."
+        if "random" in data.arms:
+            cap += " The random baseline draws the same number of objective evaluations from the same pool; " \
+                   "its cache hits count at the cost of the evaluation they reused."
+        sections.append(_section("Best so far", "best", _img(name, "best so far", cap)))
+    if good is not None or obj.goal == "window":
+        name = _plot_discovery(data, obj, good, out)
+        cap = (f"Distinct candidates of the good set ({len(good)} ids) evaluated successfully by {_esc(obj.oracle)}."
+               if good is not None else "Distinct candidates whose value lies in the window.")
+        sections.append(_section("Discovery curve", "discovery", _img(name, "discovery curve", cap)))
+    sections.append(_picks_section(data, obj))
+    sections.append(_constraints_section(data))
+    rows = _funnel_rows(data)
+    if rows:
+        tbl = _table(["oracle", "fidelity", "evaluations", "failed", "cost", "wall time (s)", "most common failure"],
+                     [[r["oracle"], r["fidelity"], r["evaluations"], r["failed"], f"{r['cost']:g}",
+                       f"{r['wall_time_s']:.1f}", f"{r['reason'][0]} (×{r['reason'][1]})" if r["reason"] else ""]
+                      for r in rows], num={1, 2, 3, 4, 5})
+        sections.append(_section("Funnel per tier", "funnel",
+                                 _img(_plot_funnel(rows, out), "funnel", "Agent arm, lowest fidelity at the top.") + tbl))
+    pairs, units, dropped = _parity_pairs(data, obj)
+    name, st = _plot_parity(pairs, units, obj, out)
+    if name:
+        label = ", ".join(dict.fromkeys(p["oracle"] for p in pairs))
+        cap = (f"Surrogate mean ± σ recorded when each candidate was chosen, against the value the oracle whose "
+               f"labels trained it ({_esc(label)}) returned. "
+               f"{100 * st['within_1']:.0f} % of errors lie within 1σ (Gaussian: 68 %), "
+               f"{100 * st['within_2']:.0f} % within 2σ (95 %). σ is the surrogate's posterior of the objective, "
+               "so observation noise, if any, widens the errors.")
+        if dropped:
+            cap += f" {dropped} prediction(s) in other units left out."
+        sections.append(_section("Surrogate parity and calibration", "parity", _img(name, "parity and calibration", cap)))
+    sections.append(_model_section(store, data, obj, out, model_insights))
+    objs = _objectives_meta(data, obj)
+    if objs:
+        name, n_pts, front = _plot_pareto(data, objs, _best_values(data), out)
+        if name:
+            cap = (f"{n_pts} candidates with both properties, each value from the highest-fidelity oracle that "
+                   f"reported it; front: {_esc(', '.join(front))}.")
+            sections.append(_section("Pareto front", "pareto", _img(name, "Pareto front", cap)))
+    srows = _source_rows(data, obj)
+    if srows:
+        tbl = _table(["source", "candidates", "evaluated", "successes", f"in top-{TOP_K_SOURCES}",
+                      f"best {obj.property}"],
+                     [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"],
+                       panels.fmt_value(r["best"], obj.property)] for r in srows],
+                     num={1, 2, 3, 4, 5})
+        cap = (f"Agent arm. Successes: candidates with a {_esc(obj.property)} value from {_esc(obj.oracle)}; "
+               f"top-{TOP_K_SOURCES}: the agent's best {TOP_K_SOURCES} by the objective.")
+        sections.append(_section("Candidate sources and yields", "sources",
+                                 _img(_plot_sources(srows, out, obj), "sources", cap) + tbl))
+    name, _ = _plot_latent(data, obj, out)
+    if name:
+        sections.append(_section("Latent space", "latent", _img(
+            name, "latent space", "2-D PCA of the latent points the VAE decoded into candidates, coloured by "
+            f"the observed {_esc(obj.property)}.")))
+    header, trows, n_cif, views = _top_table(data, obj, out, top_n)
+    if trows:
+        body = ('<p class="hint">Click a header to sort; the first value column after the labels is the objective. '
+                f"{n_cif} structure(s) written as CIF (relaxed where an oracle relaxed them); space groups from "
+                "pymatgen's SpacegroupAnalyzer (symprec 0.1 Å) on the same structure.</p>"
+                + _rich_table(header, trows, "top-table"))
+        sections.append(_section(f"Top {len(trows)} candidates", "top", body))
+    sections.append(_structures_section(data, views, out))
+    return sections
+
+
+def _picks_section(data: _Data, obj: ReportObjective) -> str:
+    """Per iteration: each request with the reason, acquisition value, predicted μ ± σ, P(feasible) and outcome."""
+    outcomes: dict[tuple[str, str], str] = {}
+    for o in data.arms.get("agent", []):
+        key = (o.candidate_id, o.oracle)
+        if key in outcomes:
+            continue
+        if o.ok:
+            prop = obj.property if o.value(obj.property) is not None else next(iter(o.properties), None)
+            if prop is None:
+                outcomes[key] = "ok"
+            else:
+                outcomes[key] = (prop + " = " if prop != obj.property else "") + panels.fmt_value(o.value(prop), prop)
+        else:
+            outcomes[key] = "failed: " + (o.reason or "unknown").splitlines()[0][:70]
+    formulas = {cid: c.formula for cid, c in data.candidates.items()}
+    rows = panels.pick_rows(data.iterations, data.requests, formulas, outcomes)
+    if not rows:
+        return ""
+    with_feasible = any(r["p_feasible"] is not None for r in rows)
+    header = (["iteration", "tier", "formula", "reason", "acquisition", "predicted μ ± σ"]
+              + (["P(feasible)"] if with_feasible else []) + [f"observed {obj.property}"])
+    table_rows = []
+    for r in rows:
+        unit = panels.unit_of(obj.property) if r["mean_units"] == "property" else None
+        sd = "?" if r["std"] is None else f"{r['std']:.2g}"
+        pred = "–" if r["mean"] is None else (f"{r['mean']:.3g} ± {sd}" + (f" {unit}" if unit else "")
+                                              + ("" if r["mean_units"] == "property" else " (score)"))
+        row = [r["iteration"], r["tier"], r["formula"], r["reason"], panels.fmt_value(r["acquisition"]), pred]
+        if with_feasible:
+            row.append("–" if r["p_feasible"] is None else f"{r['p_feasible']:.2f}")
+        table_rows.append(row + [r["outcome"]])
+    n_it = len({r["iteration"] for r in rows})
+    cap = (f"{len(rows)} requests over {n_it} iterations, as the agent recorded them when it planned (store "
+           "tables <code>iterations</code>.rationale and <code>requests</code>). Predicted μ ± σ is the surrogate's "
+           f"posterior of {_esc(obj.property)} for the tier whose labels trained it; random initial picks carry none. "
+           "The acquisition value is on the agent's own scale (log EI for qLogNEI), comparable within one plan.")
+    return _section("Picks per iteration and why", "picks",
+                    f'<p class="hint">{cap}</p><div class="tall">'
+                    + _table(header, table_rows, num={0, 4}, tid="picks-table") + "</div>")
+
+
+def _constraints_section(data: _Data) -> str:
+    """Each constraint with how many evaluated candidates it removed, per arm, and the agent's feasibility model."""
+    from matloop.core.goals import Constraint
+
+    raw = data.meta.get("constraints") or []
+    if not raw:
+        return ""
+    try:
+        constraints = [Constraint(**c) for c in raw]
+    except TypeError as exc:
+        raise InputError(f"bad constraint record: {exc}", where="meta.constraints") from None
+    rows = panels.constraint_rows(data.arms, constraints)
+    if not rows:
+        return ""
+    body = _table(["constraint", "arm", "evaluated", "met", "removed", "no value"],
+                  [[r["constraint"], r["arm"], r["evaluated"], r["met"], r["removed"], r["no_value"]] for r in rows],
+                  num={2, 3, 4, 5}, tid="constraints-table")
+    cap = ("Evaluated: candidates with a successful observation; removed: those whose value breaks the constraint "
+           "(they do not count as results); no value: the constrained property was never measured for them.")
+    fm = panels.feasibility_model(data.iterations)
+    if fm:
+        known = "; ".join(f"{k}: {v.get('n_feasible', '?')} of {v.get('n_labels', '?')} labels feasible "
+                          f"({v.get('model', '?')})" for k, v in fm["known"].items())
+        cap += (f" The agent's feasibility model at iteration {fm['iteration']} ({_esc(known)}) predicts a mean "
+                f"P(feasible) of {fm.get('pool_mean_prob_feasible', float('nan')):.2f} over the unlabelled pool; "
+                f"it weights the acquisition as {_esc(fm.get('weighting', '?'))}.")
+    return _section("Constraints and feasibility", "constraints", f'<p class="hint">{cap}</p>' + body)
+
+
+def _model_section(store: Store, data: _Data, obj: ReportObjective, out: Path, refit: bool = True) -> str:
+    """Feature relevance of a refit of the surrogate, and the agent's recorded skill per iteration."""
+    parts = []
+    ins = None
+    label_oracle = Counter(info.get("labels_from") for it in data.iterations
+                           for info in (it["rationale"].get("tiers") or {}).values() if info.get("labels_from"))
+    tier = label_oracle.most_common(1)[0][0] if label_oracle else obj.oracle
+    labels = {cid: v for cid, v in _objective_values(data, obj, "agent")} if tier == obj.oracle else {
+        o.candidate_id: o.value(obj.property) for o in data.arms.get("agent", [])
+        if o.oracle == tier and o.ok and o.value(obj.property) is not None}
+    spec = data.meta.get("campaign_spec")
+    if refit:
+        ins = panels.refit_relevance(store, data.candidates, data.iterations, labels, tier,
+                                     spec.get("resolved") if isinstance(spec, dict) else None)
+    if ins:
+        cap = (f"The agent does not store its fitted model, so the report refits the same surrogate "
+               f"({ins['kind']}) on the stored features ({_esc(ins['features_key'])}, preprocessed over the pool as "
+               f"the campaign does) and the {ins['n_labels']} {_esc(obj.property)} labels from {_esc(tier)}. "
+               f"Shown: the {len(ins['names'])} most relevant of {ins['n_features']} features by {_esc(ins['measure'])}.")
+        parts.append(_img(panels.plot_relevance(ins, obj.property, out), "feature relevance", cap))
+    skill = panels.skill_rows(data.iterations)
+    if skill:
+        cols = ["spearman_loo", "calibration", "n_labels", "explore_fraction", "decision"]
+        parts.append("<h3>Surrogate skill per iteration</h3>" + _table(
+            ["iteration", "tier", "Spearman ρ (leave-one-out)", "calibration", "labels", "explore fraction", "decision"],
+            [[r["iteration"], r["tier"]] + [_fmt(r.get(c), 3) for c in cols] for r in skill],
+            num={0, 2, 3, 4, 5}, tid="skill-table"))
+    if not parts:
+        return ""
+    return _section("Model insights", "model", "".join(parts))
+
+
+def _structures_section(data: _Data, views: list, out: Path) -> str:
+    """Static views of the best candidates' cells, with formula, prototype and space group."""
+    if not views:
+        return ""
+    sdir = out / "structures"
+    sdir.mkdir(exist_ok=True)
+    figs = []
+    for cid, structure, how, sg in views[: panels.N_STRUCTURE_VIEWS]:
+        c = data.candidates.get(cid)
+        formula = c.formula if c else cid
+        proto = (c.provenance or {}).get("prototype") if c else None
+        title = formula + (f" ({proto})" if proto else "") + (f", {sg[0]} (#{sg[1]})" if sg else "")
+        panels.plot_structure(structure, sdir / f"{cid}.png", title)
+        figs.append(f'<figure class="cell"><img src="structures/{_esc(cid)}.png" alt="{_esc(title)}" '
+                    f'data-figure="structures/{_esc(cid)}.png"><figcaption>{_esc(title)}; {_esc(how)}</figcaption>'
+                    "</figure>")
+    cap = ("The best candidates in the order of the table above: the conventional standard cell of the same "
+           "structure as the table's space group, drawn with ASE.")
+    return _section("Structures of the top candidates", "structures",
+                    f'<p class="hint">{cap}</p><div class="cells">{"".join(figs)}</div>')
+
+
+def _campaign_section(data: _Data) -> str:
+    """The campaign file (or the spec pieces the store records) and the package versions."""
+    parts = []
+    spec = panels.campaign_text(data.meta)
+    if spec:
+        title, text = spec
+        parts.append(f"<h3>{_esc(title)}</h3><pre>{_esc(text)}</pre>")
+    versions = panels.package_versions()
+    parts.append("<h3>Package versions (where the report was written)</h3>"
+                 + _table(["package", "version"], [[k, v] for k, v in versions.items()], tid="versions-table"))
+    return _section("Campaign and software", "campaign", "".join(parts))
+
+
+def _write_benchmark_page(bench_dir: Path, out: Path) -> Path:
+    """The page of a ``matloop benchmark`` output folder: recall per strategy with bootstrap bands, and the summary."""
+    summary, mats, bests = panels.read_benchmark(bench_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = panels.plot_benchmark_recall(summary, mats, out)
+    best = panels.plot_benchmark_best(summary, bests, out)
+    cap = ("Mean recall of the good set over seeds; the band is a percentile-bootstrap 95 % interval of that mean "
+           "(scipy.stats.bootstrap over seeds, so it stays within [0, 1]). The dashed black line is random search's "
+           "expectation (t / N), drawn on top.")
+    rows = []
+    for sname, s in (summary.get("strategies") or {}).items():
+        r, af, e2h = s.get("recall_at_budget", {}), s.get("AF_vs_random", {}), s.get("evals_to_half", {})
+        ci = r.get("ci95") or [None, None]
+        rows.append([sname, _fmt(r.get("mean"), 3), f"[{_fmt(ci[0], 3)}, {_fmt(ci[1], 3)}]",
+                     f"{e2h.get('n_reached', '?')} of {summary.get('seeds', '?')}", _fmt(af.get("median"), 3),
+                     _fmt(af.get("mean"), 3), _fmt((s.get("EF_at_budget") or {}).get("mean"), 3)])
+    tbl = _table(["strategy", "recall at budget", "95 % CI (t)", "seeds reaching half recall", "AF median",
+                  "AF mean (seeds that reached)", "EF at budget"], rows, num={1, 4, 5, 6}, tid="benchmark-table")
+    sections = [_section("Recall per strategy", "benchmark-recall", _img(name, "recall per strategy", cap)),
+                _section("Best so far per strategy", "benchmark-best", _img(
+                    best, "best so far per strategy", "Mean over seeds of the best label value acquired so far.")),
+                _section("Summary", "benchmark-summary", tbl)]
+    header = (f"<p>{_esc(summary.get('dataset', ''))}: goal {_esc(summary.get('goal', ''))}, pool "
+              f"{summary.get('n_pool', '?')}, good set {summary.get('n_good', '?')}, budget {summary.get('budget', '?')}"
+              f", {summary.get('seeds', '?')} seeds</p><p>Benchmark folder <code>{_esc(bench_dir.resolve())}</code> · "
+              f"report written {_esc(_now())}</p>")
+    versions = panels.package_versions()
+    sections.append(_section("Software", "campaign", _table(["package", "version"], [[k, v] for k, v in versions.items()],
+                                                            tid="versions-table")))
+    return _write_page(out, f"Benchmark {summary.get('dataset', bench_dir.name)}", header, "", sections)
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -1053,11 +1263,13 @@ def write_report(
 
 def add_arguments(parser) -> None:
     """The arguments of ``matloop report`` on an argparse (sub)parser."""
-    parser.add_argument("store", help="the campaign's SQLite store")
+    parser.add_argument("store", help="the campaign's SQLite store, or a 'matloop benchmark' output folder")
     parser.add_argument("--out", required=True, help="folder for index.html, the figures and structures/")
     parser.add_argument("--good-set", help="file of candidate ids that count as discoveries, one per line")
     parser.add_argument("--objective", help='JSON, e.g. \'{"property": "gap_ev", "goal": "maximize"}\'')
-    parser.add_argument("--top", type=int, default=25, help="rows of the top-candidates table")
+    parser.add_argument("--top", type=int, default=25, help="rows of the top-candidates table (default: 25)")
+    parser.add_argument("--no-model-insights", dest="model_insights", action="store_false",
+                        help="skip refitting the surrogate for its feature relevance (the slowest panel)")
 
 
 def cmd_report(args) -> int:
@@ -1076,6 +1288,7 @@ def cmd_report(args) -> int:
             raise InputError(f"not JSON: {exc}", where="--objective") from None
         if not isinstance(objective, dict):
             raise InputError("expects a JSON object", where="--objective")
-    index = write_report(args.store, args.out, good_set=good, objective=objective, top_n=getattr(args, "top", 25))
+    index = write_report(args.store, args.out, good_set=good, objective=objective, top_n=getattr(args, "top", 25),
+                         model_insights=getattr(args, "model_insights", True))
     print(f"report written to {index}")
     return 0

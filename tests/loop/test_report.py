@@ -125,6 +125,7 @@ def campaign_store(tmp_path_factory):
                                         features={"composition": ["fractions"], "structure": []},
                                         agent={"acquisition": {"init": 6, "shortlist": 50},
                                                "surrogate": {"fit_maxiter": 30}},
+                                        constraints=[{"property": "fe_fraction", "max": 0.6}],
                                         report={"compare_random": True}))
     Campaign(spec, quiet=True).run()
     path = spec.resolve(spec.store)
@@ -157,7 +158,8 @@ def test_report_files(report, campaign_store):
     out = report.parent
     html = report.read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["best_so_far.png", "discovery.png", "funnel.png", "latent.png", "pareto.png", "parity.png", "sources.png"]
+    assert pngs == ["best_so_far.png", "discovery.png", "funnel.png", "latent.png", "model_relevance.png", "pareto.png",
+                    "parity.png", "sources.png"]
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     # self-contained: no remote resources
     assert "http://" not in html and "https://" not in html
@@ -168,11 +170,11 @@ def test_report_files(report, campaign_store):
 @needs_chromium
 def test_images_load_in_chromium(report, tmp_path):
     dom = _Dom(_chromium(report.as_uri(), "--dump-dom"))
-    assert len(dom.imgs) == 7
+    assert len(dom.imgs) == 8
     for img in dom.imgs:
         assert img.get("data-loaded") == "1", img
         assert int(img["data-natural-width"]) > 500, img
-    assert dom.body.get("data-images") == "ok:7"
+    assert dom.body.get("data-images") == "ok:8"
     # a screenshot of the whole page is a real, non-blank PNG
     shot = tmp_path / "page.png"
     _chromium(report.as_uri(), f"--screenshot={shot}", "--window-size=1280,3000", "--hide-scrollbars")
@@ -338,3 +340,275 @@ def test_structures_written_as_cif(campaign_store, tmp_path):
     assert got_a.volume == pytest.approx(relaxed.volume, rel=1e-4)  # the relaxed one, not the candidate's
     assert got_b.volume == pytest.approx(kcl.volume, rel=1e-4)
     assert got_a.composition.reduced_formula == "NaCl"
+
+
+# -- the panels that explain the agent ----------------------------------------------------------
+
+
+class _Sections(HTMLParser):
+    """Per <section id=...>: its heading, text, tables (rows of cell texts) and image sources."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.sections: dict[str, dict] = {}
+        self._sec = None
+        self._tag: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self._sec = self.sections.setdefault(a.get("id"), {"h2": "", "text": "", "tables": {}, "imgs": []})
+        elif self._sec is not None:
+            if tag == "table":
+                self._table = self._sec["tables"].setdefault(a.get("id") or f"t{len(self._sec['tables'])}", [])
+            elif tag == "tr":
+                self._table.append([])
+            elif tag in ("td", "th"):
+                self._table[-1].append("")
+            elif tag == "img":
+                self._sec["imgs"].append(a)
+        self._tag.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._sec = None
+        if self._tag:
+            self._tag.pop()
+
+    def handle_data(self, data):
+        if self._sec is None:
+            return
+        self._sec["text"] += data
+        if self._tag and self._tag[-1] == "h2":
+            self._sec["h2"] += data
+        elif "td" in self._tag[-3:] or "th" in self._tag[-3:]:
+            self._table[-1][-1] += data
+
+
+def _keep_artefact(shot) -> None:
+    """Print the screenshot's path; copy it to $MATLOOP_ARTEFACTS when set."""
+    import os
+
+    print(f"report screenshot: {shot}")
+    dest = os.environ.get("MATLOOP_ARTEFACTS")
+    if dest:
+        os.makedirs(dest, exist_ok=True)
+        print(f"report screenshot copied to {shutil.copy(shot, os.path.join(dest, os.path.basename(shot)))}")
+
+
+def _not_empty(sec: dict) -> bool:
+    """A panel shows something: a figure, or a table with at least one data row."""
+    return bool(sec["imgs"]) or any(len(rows) > 1 for rows in sec["tables"].values())
+
+
+@needs_chromium
+def test_explaining_panels_render_in_chromium(report, campaign_store, tmp_path):
+    """Picks with reasons, constraints, model insights and the campaign panel are on the page Chromium
+    renders, every panel has content, and a screenshot of the page is kept."""
+    store_path, _ = campaign_store
+    secs = _Sections(_chromium(report.as_uri(), "--dump-dom")).sections
+    for sid, heading in (("picks", "Picks per iteration and why"), ("constraints", "Constraints and feasibility"),
+                         ("model", "Model insights"), ("campaign", "Campaign and software")):
+        assert secs[sid]["h2"] == heading
+    assert all(_not_empty(sec) for sid, sec in secs.items()), [sid for sid, sec in secs.items() if not _not_empty(sec)]
+    shot = tmp_path / "report.png"
+    _chromium(report.as_uri(), f"--screenshot={shot}", "--window-size=1280,9000", "--hide-scrollbars")
+    from matplotlib.image import imread
+
+    px = imread(str(shot))
+    assert px.shape[:2] == (9000, 1280) and px[..., :3].std() > 0.05
+    _keep_artefact(shot)
+
+
+def test_picks_table_matches_the_stored_plan(report, campaign_store):
+    """One row per agent request, with the tier's reason and the μ ± σ the rationale recorded."""
+    store_path, _ = campaign_store
+    st = Store(store_path)
+    n_requests = st.db.execute("SELECT COUNT(*) FROM requests WHERE arm='agent'").fetchone()[0]
+    its = st.iterations("agent")
+    st.close()
+    rows = _Sections(report.read_text()).sections["picks"]["tables"]["picks-table"]
+    header, body = rows[0], rows[1:]
+    assert header[:6] == ["iteration", "tier", "formula", "reason", "acquisition", "predicted μ ± σ"]
+    assert len(body) == n_requests
+    assert body[0][3].startswith("random: 0 labels")  # the initial design says why it is random
+    # a modelled pick shows the mean and std recorded for it, and the tier's acquisition
+    pick = next(c for it in its for c in it["rationale"]["tiers"]["screen"].get("chosen", [])
+                if c["predicted_mean"] is not None)
+    row = next(r for r in body if r[2] == pick["formula"] and r[1] == "screen" and r[5] != "–")
+    assert row[5] == f"{pick['predicted_mean']:.3g} ± {pick['predicted_std']:.2g}"
+    assert "qlognei" in row[3].lower() or "logei" in row[3].lower()
+    # promoted picks on the confirm tier name the rule
+    assert any(r[1] == "confirm" and r[3].startswith("promoted after screen") for r in body)
+
+
+def test_constraints_panel_and_status_count_the_same_removals(report, campaign_store, capsys):
+    """The report's constraint table and `matloop status` report how many evaluated candidates the
+    constraint removed, and both match a count made from the store."""
+    from matloop.loop.cli import main
+
+    store_path, _ = campaign_store
+    st = Store(store_path)
+    per: dict[str, list] = {}
+    for o in st.observations(arm="agent"):
+        if o.ok:
+            per.setdefault(o.candidate_id, []).append(o)
+    st.close()
+    with_value = {cid: [o.value("fe_fraction") for o in obs if o.value("fe_fraction") is not None] for cid, obs in per.items()}
+    removed = sum(1 for v in with_value.values() if v and max(v) > 0.6)
+    no_value = sum(1 for v in with_value.values() if not v)
+    assert removed > 0
+    rows = _Sections(report.read_text()).sections["constraints"]["tables"]["constraints-table"]
+    agent = next(r for r in rows[1:] if r[1] == "agent")
+    assert agent == ["fe_fraction <= 0.6", "agent", str(len(per)), str(len(per) - removed - no_value), str(removed),
+                     str(no_value)]
+    assert main(["status", str(store_path)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "fe_fraction <= 0.6" in ln and "agent" in ln)
+    assert [c.strip() for c in line.strip("│┃ ").split("│")][2:] == agent[2:]
+
+
+def test_skill_and_campaign_spec_shown_when_recorded(campaign_store, tmp_path):
+    """A tier's recorded skill dict becomes a per-iteration table; the campaign file recorded in meta is
+    shown verbatim; without either (and without the refit) the model panel is left out, not drawn empty."""
+    import importlib.metadata
+    import json
+
+    store_path, _ = campaign_store
+    copy = tmp_path / "store.sqlite"
+    shutil.copy(store_path, copy)
+    st = Store(copy)
+    last = st.iterations("agent")[-2]
+    rationale = last["rationale"]
+    rationale["tiers"]["screen"]["skill"] = {"spearman_loo": 0.8123, "calibration": 0.91, "n_labels": 9,
+                                             "explore_fraction": 0.25, "decision": "exploit"}
+    st.db.execute("UPDATE iterations SET rationale=? WHERE idx=?", (json.dumps(rationale), last["idx"]))
+    st.db.commit()
+    st.set_meta("campaign_spec", {"yaml": "name: grid\nbudget: {evaluations: 20}\n", "resolved": {}})
+    st.close()
+    secs = _Sections(write_report(copy, tmp_path / "a", model_insights=False).read_text()).sections
+    skill = secs["model"]["tables"]["skill-table"]
+    assert skill[1] == [str(last["idx"]), "screen", "0.812", "0.91", "9", "0.25", "exploit"]
+    assert not secs["model"]["imgs"]  # no refit asked for
+    assert "name: grid\nbudget: {evaluations: 20}" in secs["campaign"]["text"]
+    versions = dict(r for r in secs["campaign"]["tables"]["versions-table"][1:])
+    assert versions["pymatgen"] == importlib.metadata.version("pymatgen")
+    assert set(versions) == {"matloop", "torch", "botorch", "gpytorch", "pymatgen", "matminer", "chgnet", "ase", "gpaw"}
+
+    plain = _Sections(write_report(store_path, tmp_path / "b", model_insights=False).read_text()).sections
+    assert "model" not in plain  # nothing recorded, nothing refitted: no panel at all
+    assert "oracles:" in plain["campaign"]["text"]  # the spec pieces the runner records
+
+
+def test_refit_ranks_the_features_the_label_depends_on(campaign_store):
+    """The refit GP's relevance names the element fractions; Co, whose weight in the target is
+    the same as Ni's but varies less across the labels, is not the single most relevant."""
+    from matloop.loop.report import _load
+    from matloop.loop.report_panels import refit_relevance
+
+    store_path, _ = campaign_store
+    st = Store(store_path)
+    data = _load(st)
+    labels = {o.candidate_id: o.value("target") for o in data.arms["agent"] if o.oracle == "screen" and o.ok}
+    ins = refit_relevance(st, data.candidates, data.iterations, labels, "screen")
+    st.close()
+    assert ins["kind"] == "gp" and ins["n_labels"] == len(labels)
+    assert sorted(ins["names"]) == ["frac_Co", "frac_Fe", "frac_Mn", "frac_Ni"]
+    assert ins["values"] == sorted(ins["values"], reverse=True) and min(ins["values"]) > 0
+
+
+def test_polymorphs_told_apart_by_space_group(campaign_store, tmp_path):
+    """Two CaO polymorphs get their prototype and space group in the top table (the relaxed structure's
+    where an oracle relaxed one), and a structure view each that loads in the page."""
+    from pymatgen.core import Lattice, Structure
+
+    from matloop.core.records import Observation, Request, Status
+
+    store_path, _ = campaign_store
+    copy = tmp_path / "store.sqlite"
+    shutil.copy(store_path, copy)
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.81), ["Ca", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    zincblende = Structure.from_spacegroup("F-43m", Lattice.cubic(5.2), ["Ca", "O"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    relaxed = rocksalt.copy()
+    relaxed.scale_lattice(rocksalt.volume * 1.05)
+    a = Candidate.from_structure(rocksalt, source="prototypes", provenance={"prototype": "rocksalt"})
+    b = Candidate.from_structure(zincblende, source="prototypes", provenance={"prototype": "zincblende"})
+    assert a.id != b.id and a.formula == b.formula == "CaO"
+    st = Store(copy)
+    st.add_candidates([a, b])
+    idx = st.next_iteration()
+    reqs = [Request(Request.make_id(c.id, "confirm", idx), c, "confirm", idx) for c in (a, b)]
+    st.start_iteration(idx, {"tiers": {}}, reqs)
+    st.add_observation(Observation(reqs[0].id, a.id, "confirm", "v1", 1, Status.SUCCESS, {"target": -1.0},
+                                   extra={"relaxed_structure": relaxed.as_dict()}, cost=5))
+    st.add_observation(Observation(reqs[1].id, b.id, "confirm", "v1", 1, Status.SUCCESS, {"target": -0.9}, cost=5))
+    st.finish_iteration(idx)
+    st.close()
+    index = write_report(copy, tmp_path / "rep", top_n=5, model_insights=False)
+    secs = _Sections(index.read_text()).sections
+    top = secs["top"]["tables"]["top-table"]
+    col = {h: i for i, h in enumerate(top[0])}
+    cao = [(r[col["prototype"]], r[col["space group"]]) for r in top[1:] if r[col["formula"]] == "CaO"]
+    assert cao == [("rocksalt", "Fm-3m (225)"), ("zincblende", "F-43m (216)")]
+    views = [img["alt"] for img in secs["structures"]["imgs"]]
+    assert views == ["CaO (rocksalt), Fm-3m (#225)", "CaO (zincblende), F-43m (#216)"]
+    if CHROMIUM:
+        dom = _Dom(_chromium(index.as_uri(), "--dump-dom"))
+        assert dom.body.get("data-images", "").startswith("ok:")
+
+
+def test_axis_labels_name_property_unit_and_direction():
+    from matloop.loop.report_panels import axis_label
+
+    assert axis_label("formation_energy_ev_per_atom", "minimize") == \
+        "formation_energy_ev_per_atom [eV/atom] (lower is better)"
+    assert axis_label("gap_ev", "window", (1.0, 2.0)) == "gap_ev [eV] (target 1 to 2)"
+    assert axis_label("voltage_v", "maximize") == "voltage_v [V] (higher is better)"
+    assert axis_label("yield_percent", "max") == "yield_percent [%] (higher is better)"
+    assert axis_label("tc_k", None) == "tc_k [K]"
+    assert axis_label("target", "minimize") == "target (lower is better)"
+
+
+def test_benchmark_report_bootstrap_band_and_af_summary(tmp_path):
+    """`matloop report` on a benchmark folder: recall bands from the bootstrap stay in [0, 1] where a
+    Student-t band leaves it, and summary.json never shows an AF mean beside a null median."""
+    import itertools
+    import json
+
+    import numpy as np
+
+    from matloop.loop.benchmark import run_benchmark
+    from matloop.loop.cli import main
+    from matloop.loop.report_panels import recall_band
+
+    comps, y = [], []
+    for a, b, c in itertools.product(range(11), repeat=3):
+        d = 10 - a - b - c
+        if d >= 0:
+            fr = [a / 10, b / 10, c / 10, d / 10]
+            comps.append("".join(f"{el}{f:g}" for el, f in zip(["Fe", "Ni", "Co", "Mn"], fr) if f > 0))
+            y.append(sum((f - t) ** 2 for f, t in zip(fr, [0.5, 0.2, 0.2, 0.1])))
+    X = np.random.default_rng(0).normal(size=(len(comps), 3)).astype(np.float32)
+    out = tmp_path / "bench"
+    # two random seeds of which (with these seeds) exactly one reaches half recall
+    summary = run_benchmark(comps, np.array(y), "min", top_fraction=0.1, budget=150, batch_size=10, init=10, seeds=2,
+                            strategies=["random"], out_dir=out, X=X, log=lambda m: None)
+    per_seed = json.loads((out / "details.json").read_text())["per_seed"]["random"]
+    assert sorted(r["AF_vs_random"] is None for r in per_seed) == [False, True]
+    af = json.loads((out / "summary.json").read_text())["strategies"]["random"]["AF_vs_random"]
+    assert af["median"] is None and af["mean"] is None
+    assert summary["strategies"]["random"]["evals_to_half"]["n_reached"] == 1
+
+    R = np.array([[0.0, 0.1, 1.0], [0.0, 0.9, 0.0]])
+    lo, hi = recall_band(R)
+    assert np.all(lo >= 0) and np.all(hi <= 1) and np.all(lo <= R.mean(0)) and np.all(R.mean(0) <= hi)
+    assert hi[1] > lo[1] and lo[0] == hi[0] == 0.0
+
+    rep = tmp_path / "rep"
+    assert main(["report", str(out), "--out", str(rep)]) == 0
+    secs = _Sections((rep / "index.html").read_text()).sections
+    assert [img["src"] for img in secs["benchmark-recall"]["imgs"]] == ["benchmark_recall.png"]
+    assert "bootstrap" in secs["benchmark-recall"]["text"]
+    row = secs["benchmark-summary"]["tables"]["benchmark-table"][1]
+    assert row[0] == "random" and row[3] == "1 of 2" and row[4] == row[5] == "–"
