@@ -87,6 +87,27 @@ class LookupOracle(Oracle):
         self._table = cached
         return cached
 
+    def input_problems(self) -> list[tuple[str, str]]:
+        """``(settings key, problem)`` for a missing table or a named column it lacks (reads the header only)."""
+        import pandas as pd
+
+        path = self.table_path
+        if not path.is_file():
+            return [("table", f"lookup table not found: {path}")]
+        try:
+            columns = list(pd.read_csv(path, nrows=0).columns)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds on a bad file
+            return [("table", f"cannot read CSV {path}: {type(exc).__name__}: {exc}")]
+        st = self.settings
+        out = []
+        if st.key_column not in columns:
+            out.append(("key_column", f"key_column {st.key_column!r} is not a column of {path.name}; columns: {columns}"))
+        for key, named in (("columns", st.columns), ("uncertainty_columns", st.uncertainty_columns)):
+            missing = sorted(set(named.values()) - set(columns))
+            if missing:
+                out.append((key, f"columns {missing} are not in {path.name}; columns: {columns}"))
+        return out
+
     def __getstate__(self):
         # the parsed table stays behind when the oracle is sent to a worker (reloaded there once)
         d = dict(self.__dict__)
