@@ -634,8 +634,8 @@ class _StrategyHelp(argparse.HelpFormatter):
         text = super()._get_help_string(action)
         if "{strategies}" in text:
             single, multi = _strategy_names()
-            text = text.replace("{strategies}", f"{', '.join(single)} (default: all); two-fidelity form: "
-                                                f"{', '.join(multi)} (default: single_fidelity,funnel,multi_fidelity)")
+            text = text.replace("{strategies}", f"{', '.join(single)} (all by default); two-fidelity form: "
+                                                f"{', '.join(multi)} (single_fidelity,funnel,multi_fidelity by default)")
         return text
 
 
@@ -716,14 +716,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--target-column", help="--dataset's label column (required with --dataset)")
     b.add_argument("--goal", help="max | min | window:LO:HI (required with --dataset)")
     b.add_argument("--top-fraction", type=_fraction,
-                   help="the good set: this top fraction of the pool, in (0, 1] (default: 0.01, or the campaign's)")
+                   help="the good set: this top fraction of the pool, in (0, 1] (default: 0.01)")
     b.add_argument("--budget", type=_positive_int,
                    help="evaluations per run, >= 1 (default: 200, or the campaign's; two-fidelity: cost, 300 x TOP cost)")
     b.add_argument("--batch-size", type=_positive_int, help="picks per batch, >= 1 (default: 10, or the campaign's)")
     b.add_argument("--init", type=_positive_int,
                    help="random initial picks shared by every strategy, >= 1 (default: 10, or the campaign's)")
     b.add_argument("--seeds", type=_positive_int, help="independent runs per strategy, >= 1 (default: 5)")
-    b.add_argument("--strategies", type=_strategies, help="comma-separated: {strategies}")
+    b.add_argument("--strategies", type=_strategies,
+                   help="comma-separated names (default: the form's set below): {strategies}")
     b.add_argument("--cheap-column",
                    help="two-fidelity form: the cheap fidelity's column (target = top fidelity) (default: none)")
     b.add_argument("--costs", help="two-fidelity form: CHEAP,TOP cost per evaluation (default: 1,10)")

@@ -2,73 +2,20 @@
 capturing the exit status and stderr): status 2, a message naming the file and the YAML path or
 row, and never a traceback or a silent success.
 
-The table (``CASES``) is also the count the closing note of issue 16 asks for:
-``python -m tests.loop.test_bad_inputs`` prints clean / traceback / silently accepted.
+The table (``CASES``) is also the count the closing note of issue 16 asks for: each case that
+passes is a clean error; a failure says whether it was a traceback, a silent success or an unclear
+message.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import sqlite3
-import traceback
 from pathlib import Path
 
 import pytest
 import yaml
 
-from matloop.loop.cli import main
-
-POOL = """composition,target
-Fe2O3,1.0
-NiO,0.5
-ZnO,1.5
-CoO,0.7
-MnO2,0.9
-CuO,1.1
-TiO2,2.0
-MgO,0.3
-"""
-
-
-def campaign(tmp: Path, **over) -> dict:
-    """A valid one-iteration lookup campaign on a tiny pool in ``tmp`` (overrides replace top-level keys)."""
-    (tmp / "pool.csv").write_text(POOL)
-    spec = {
-        "name": "tiny",
-        "seed": 1,
-        "objective": {"property": "target", "goal": "minimize"},
-        "sources": [{"kind": "file", "settings": {"path": "pool.csv"}}],
-        "oracles": [{"name": "table", "kind": "lookup",
-                     "settings": {"table": "pool.csv", "columns": {"target": "target"}}}],
-        "agent": {"acquisition": {"init": 2}},
-        "batch_size": 2,
-        "budget": {"iterations": 1},
-        "store": "store.sqlite",
-        "executor": {"kind": "inline"},
-    }
-    spec.update(over)
-    return spec
-
-
-def write(tmp: Path, spec: dict | str, name: str = "c.yaml") -> Path:
-    p = tmp / name
-    p.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
-    return p
-
-
-def cli(*argv) -> tuple[int, str, str]:
-    """``matloop ARGV`` in process: (exit status, stdout, stderr); a traceback is caught and returned in stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in argv])
-        except SystemExit as exc:  # argparse
-            rc = exc.code if isinstance(exc.code, int) else 2
-        except BaseException:  # noqa: BLE001 - the point is to see it
-            err.write(traceback.format_exc())
-            rc = 1
-    return rc, out.getvalue(), err.getvalue()
+from .inputs import POOL, campaign, cli, write
 
 
 def _oracle(**settings):
@@ -218,16 +165,6 @@ CASES = [
 ]
 
 
-def _classify(rc: int, err: str, needles) -> str:
-    if "Traceback" in err:
-        return "traceback"
-    if rc == 0:
-        return "silently accepted"
-    if rc == 2 and all(n in err for n in needles):
-        return "clean"
-    return "unclear"
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_a_clean_error(tmp_path, monkeypatch, case):
     """Exit status 2, the file and YAML path or row named, no traceback, and a store that still opens."""
@@ -241,21 +178,3 @@ def test_bad_input_is_a_clean_error(tmp_path, monkeypatch, case):
     store = tmp_path / "store.sqlite"
     if store.is_file():
         sqlite3.connect(str(store)).execute("SELECT COUNT(*) FROM candidates").fetchone()
-
-
-if __name__ == "__main__":  # the counts of issue 16's closing note
-    import tempfile
-    from collections import Counter
-
-    counts = Counter()
-    for name, build, needles in CASES:
-        with tempfile.TemporaryDirectory() as d:
-            import os
-
-            os.chdir(d)
-            rc, out, err = cli(*build(Path(d)))
-            kind = _classify(rc, err, needles)
-            counts[kind] += 1
-            if kind != "clean":
-                print(f"{kind:18s} {name}: rc {rc}: {err.strip().splitlines()[-1] if err.strip() else out[-200:]}")
-    print(f"{len(CASES)} bad inputs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
