@@ -95,9 +95,10 @@ class LookupOracle(Oracle):
         if not path.is_file():
             return [("table", f"lookup table not found: {path}")]
         try:
-            columns = list(pd.read_csv(path, nrows=0).columns)
+            df = pd.read_csv(path, index_col=False)
         except Exception as exc:  # noqa: BLE001 - pandas raises many kinds on a bad file
             return [("table", f"cannot read CSV {path}: {type(exc).__name__}: {exc}")]
+        columns = list(df.columns)
         st = self.settings
         out = []
         if st.key_column not in columns:
@@ -106,6 +107,13 @@ class LookupOracle(Oracle):
             missing = sorted(set(named.values()) - set(columns))
             if missing:
                 out.append((key, f"columns {missing} are not in {path.name}; columns: {columns}"))
+            for col in sorted(set(named.values()) & set(columns)):
+                text = df[col].astype(str).str.strip()
+                bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna() & ~text.str.lower().isin(("nan", ""))
+                if bad.any():
+                    i = int(bad.to_numpy().nonzero()[0][0])
+                    out.append((key, f"{path.name} row {i + 2} column {col!r}: not a number: {df[col].iloc[i]!r} "
+                                     f"({int(bad.sum())} such rows)"))
         return out
 
     def __getstate__(self):
@@ -119,7 +127,7 @@ class LookupOracle(Oracle):
 
         if not path.exists():
             raise InputError("lookup table not found", file=str(path))
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, index_col=False)
         need = [self.settings.key_column, *self.settings.columns.values(), *self.settings.uncertainty_columns.values()]
         missing = [c for c in need if c not in df.columns]
         if missing:

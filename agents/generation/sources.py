@@ -182,7 +182,7 @@ class FileSource:
 
         p = self.path
         try:
-            df = pd.read_csv(p)
+            df = pd.read_csv(p, index_col=False)  # a row with an extra field must not turn column 1 into an index
         except Exception as exc:
             raise InputError(f"cannot read CSV: {exc}", file=str(p)) from None
         cc, sc = self.settings.composition_column, self.settings.structure_column
