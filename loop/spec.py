@@ -610,9 +610,9 @@ def check_inputs(spec: CampaignSpec, path: str | Path, store: str | Path | None 
     """What the campaign reads and writes is there and usable; raises InputError listing every problem.
 
     Checks the store path (``store``, else the spec's) is not a folder; every file source's
-    file exists with the columns its settings name (with ``parse_pools``, every row is read,
-    with its ``on_bad_row`` rule, so a pool that cannot be loaded is refused before anything is
-    written); and every oracle's own input files (an oracle class may define
+    file exists with the columns its settings name (with ``parse_pools``, every row of a CSV pool
+    is read with its ``on_bad_row`` rule; structure files are read by ``matloop run``, which
+    also reads every source before writing any candidate); and every oracle's own input files (an oracle class may define
     ``input_problems() -> [(settings key, problem)]``, e.g. the lookup table and its columns).
     """
     from matloop.agents.generation.sources import FileSource
@@ -643,7 +643,7 @@ def check_inputs(spec: CampaignSpec, path: str | Path, store: str | Path | None 
             continue
         columns = [f"  {where((*here, key))}: {msg}" for key, msg in src.column_problems()]
         problems += columns
-        if parse_pools and not columns:
+        if parse_pools and not columns and src.format == "csv":  # structure archives are read by run (minutes)
             try:
                 src.load()
             except InputError as exc:

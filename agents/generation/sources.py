@@ -104,6 +104,11 @@ class FileSource:
             return "cif_tar"
         raise InputError(f"cannot tell the format from the name; set format: csv|cif_dir|json|extxyz", file=str(p))
 
+    @property
+    def format(self) -> str:
+        """The file's format: ``settings.format``, or told from the name when it is ``auto``."""
+        return self._fmt()
+
     def column_problems(self) -> list[tuple[str, str]]:
         """For a CSV: ``(settings key, problem)`` for each named column the file lacks (header only); else ``[]``.
 
