@@ -88,7 +88,8 @@ class LookupOracle(Oracle):
         return cached
 
     def input_problems(self) -> list[tuple[str, str]]:
-        """``(settings key, problem)`` for a missing table or a named column it lacks (reads the header only)."""
+        """``(settings key, problem)`` for a missing or unreadable table, a named column it lacks, or a label that is
+        not a number (empty and NaN labels are allowed: they become failed observations when requested)."""
         import pandas as pd
 
         path = self.table_path

@@ -52,6 +52,14 @@ def _binary(t):
     return ("validate", p)
 
 
+def _table(text):
+    def build(t):
+        spec = campaign(t)
+        (t / "pool.csv").write_text(text)  # the pool and the lookup table
+        return ("validate", write(t, spec))
+    return build
+
+
 def _pool(text, **settings):
     def build(t):
         spec = campaign(t)
@@ -96,6 +104,8 @@ CASES = [
     ("key_column missing", _yaml(oracles=_oracle(key_column="formula")), ["key_column", "formula", "pool.csv"]),
     ("lookup column missing", _yaml(oracles=_oracle(columns={"target": "y"})), ["columns", "'y'"]),
     ("uncertainty column missing", _yaml(oracles=_oracle(uncertainty_columns={"target": "s"})), ["'s'"]),
+    ("lookup label not a number", _table(POOL.replace("NiO,0.5", "NiO,n/a?")), ["pool.csv row 3 column 'target'",
+                                                                            "not a number"]),
     ("lookup table missing", _yaml(oracles=_oracle(table="none.csv")), ["none.csv", "not found"]),
     ("pool file missing", _yaml(sources=[{"kind": "file", "settings": {"path": "none.csv"}}]), ["none.csv", "not found"]),
     ("pool column missing", _yaml(sources=[{"kind": "file", "settings": {"path": "pool.csv", "composition_column": "f"}}]),
