@@ -150,6 +150,8 @@ CASES = [
     ("store is a folder", lambda t: (t / "d").mkdir() or ("validate", write(t, campaign(t, store="d"))), ["store", "folder"]),
     ("store is a folder (run)", lambda t: (t / "d").mkdir() or ("run", write(t, campaign(t, store="d")), "--quiet"),
      ["store", "folder"]),
+    ("--store is a folder", lambda t: (t / "d").mkdir() or ("run", write(t, campaign(t)), "--store", t / "d", "--quiet"),
+     ["--store", "folder"]),
     ("store empty", _yaml(store=""), ["store", "empty"]),
     ("validate binary file", _binary, ["c.yaml"]),
     ("validate a folder", lambda t: ("validate", t), ["folder"]),
