@@ -10,7 +10,6 @@ message.
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 import yaml
