@@ -36,7 +36,7 @@ from .objective import ArmResult, Scoreboard
 from .planning import build_agent
 from .pool import PoolFeatures, pool_features
 from .progress import Progress
-from .spec import CampaignSpec
+from .spec import CampaignSpec, spec_record
 from .store import Store
 from .tiers import build_oracles, oracle_properties
 
@@ -162,6 +162,7 @@ class Campaign:
             raise InputError(f"store belongs to campaign {name!r}, not {spec.name!r}; use another store path",
                              file=str(self.store_path))
         store.set_meta("campaign", spec.name)
+        store.set_meta("campaign_spec", spec_record(spec))  # a resume compares with it (spec.check_resume)
         resumed = store.next_iteration() > 0
         self._say(("resuming" if resumed else "starting") + f" campaign {spec.name!r}, store {self.store_path}")
         self._load_pool(store)
@@ -211,12 +212,15 @@ class Campaign:
     def _load_pool(self, store: Store) -> None:
         if store.get_meta("pool_loaded"):
             return
-        for s in self.spec.sources:
-            if s.kind not in SOURCE_KINDS:
-                continue  # generators draw during the loop
-            cands = make_source(s.kind, s.label, s.settings, self.spec.base_dir).load()
+        # every source is read (and refused on a bad row) before any candidate is written
+        sources = [(s, make_source(s.kind, s.label, s.settings, self.spec.base_dir))
+                   for s in self.spec.sources if s.kind in SOURCE_KINDS]  # generators draw during the loop
+        loaded = [(s, src, src.load()) for s, src in sources]
+        for s, src, cands in loaded:
             added = store.add_candidates(cands, iteration=-1)
-            self._say(f"source {s.label!r} ({s.kind}): {len(cands)} candidates, {added} new")
+            skipped = getattr(src, "skipped", None)
+            self._say(f"source {s.label!r} ({s.kind}): {len(cands)} candidates, {added} new"
+                      + (f", {len(skipped)} unparseable entries skipped (first: {skipped[0]})" if skipped else ""))
         store.set_meta("pool_loaded", True)
 
     def _featurize(self) -> None:

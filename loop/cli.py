@@ -23,8 +23,10 @@ def _parse_sets(items: list[str] | None) -> dict:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise InputError(f"--set expects KEY=VALUE, got {item!r}", where="--set")
+            raise InputError(f"expects KEY=VALUE, got {item!r}", where="--set")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise InputError(f"expects KEY=VALUE, got {item!r} (no key)", where="--set")
         try:
             out[k.strip()] = yaml.safe_load(v)
         except yaml.YAMLError:
@@ -34,9 +36,10 @@ def _parse_sets(items: list[str] | None) -> dict:
 
 def cmd_validate(args) -> int:
     """``matloop validate``: load and check a campaign file (with ``--set`` overrides) and print a summary; returns 0."""
-    from .spec import load_campaign
+    from .spec import check_inputs, load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
+    check_inputs(spec, args.file)
     print(f"{args.file}: OK — campaign {spec.name!r}, {len(spec.oracles)} oracle(s), {len(spec.sources)} source(s)")
     return 0
 
@@ -46,13 +49,21 @@ def cmd_run(args) -> int:
 
     Returns 0; 3 when a lab refused the credentials (paused); 4 when the run stopped after
     ``budget.max_consecutive_failures`` failures in a row. A store in use or damaged exits with 2.
+    Before anything is written: the campaign's files and columns are checked (``check_inputs``),
+    and a resume is refused if the campaign changed since the store was started (``check_resume``).
     """
     from rich.console import Console
 
     from .campaign import Campaign
-    from .spec import load_campaign
+    from .spec import check_inputs, check_resume, load_campaign
 
     spec = load_campaign(args.file, _parse_sets(args.set))
+    check_inputs(spec, args.file, args.store, parse_pools=False)  # the pool's rows are read before any is written
+    store_path = Path(args.store).expanduser() if args.store else spec.resolve(spec.store)
+    if store_path.is_file():
+        accepted = check_resume(_stored_spec(store_path), spec, args.allow_changes, store_path)
+        if accepted and not args.quiet:
+            print("resuming with these changes to the campaign (--allow-changes):\n" + "\n".join(accepted))
     _echo_log(getattr(args, "log_level", "error"))
     try:
         summary = Campaign(spec, store_path=args.store, console=Console(), quiet=args.quiet).run()
@@ -72,6 +83,22 @@ def _echo_log(level: str) -> None:
     handler.setLevel(getattr(logging, level.upper()))
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.getLogger("matloop").addHandler(handler)
+
+
+def _stored_spec(path: Path) -> dict | None:
+    """The ``campaign_spec`` a store was started with (None if it has none)."""
+    import sqlite3
+
+    from .store import Store
+
+    try:
+        store = Store(path)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"not a matloop store, or damaged: {exc}", file=str(path)) from None
+    try:
+        return store.get_meta("campaign_spec")
+    finally:
+        store.close()
 
 
 def _open_store(path: str):
@@ -471,8 +498,75 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def _number(kind, *, low=None, low_ok=True, high=None, what=""):
+    """An argparse ``type=``: a finite ``kind`` (int or float) in range; argparse turns the ValueError into exit 2."""
+
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(x) or (low is not None and (x < low or (x == low and not low_ok))) \
+                or (high is not None and x > high):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {what}")
+        return x
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_positive_int = _number(int, low=1, what="an integer >= 1")
+_count = _number(int, low=0, what="an integer >= 0")
+_seconds = _number(float, low=0, low_ok=False, what="a finite number of seconds > 0")
+_fraction = _number(float, low=0, low_ok=False, high=1, what="a fraction in (0, 1]")
+
+
+def _new_file(text: str) -> str:
+    """An argparse ``type=`` for an output file: its folder must exist and it must not be a folder."""
+    p = Path(text).expanduser()
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {p.parent} does not exist")
+    return text
+
+
+def _strategy_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(single-fidelity strategies, multi-fidelity agents) from the benchmarks' own registries (imported on demand)."""
+    from matloop.loop.benchmark import STRATEGIES
+    from matloop.loop.mf_benchmark import AGENTS
+
+    return STRATEGIES, AGENTS
+
+
+def _strategies(text: str) -> str:
+    """An argparse ``type=`` for ``--strategies``: comma-separated names the benchmarks know."""
+    single, multi = _strategy_names()
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in single + multi]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown strategies {bad or [text]}; known: {', '.join(single)} "
+                                         f"(single fidelity), {', '.join(multi)} (two fidelities)")
+    return ",".join(names)
+
+
+class _StrategyHelp(argparse.HelpFormatter):
+    """Fills ``{strategies}`` in help texts with the registered names, importing the benchmarks only when help is shown."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action)
+        if "{strategies}" in text:
+            single, multi = _strategy_names()
+            text = text.replace("{strategies}", f"{', '.join(single)} (all by default); two-fidelity form: "
+                                                f"{', '.join(multi)} (single_fidelity,funnel,multi_fidelity by default)")
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``matloop`` argument parser; each subcommand sets ``func`` to its ``cmd_*`` handler."""
+    """The ``matloop`` argument parser; each subcommand sets ``func`` to its ``cmd_*`` handler.
+
+    Every option's help states its default; numeric options are checked by ``type=`` (exit 2 when out of range).
+    """
     p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
     from matloop import __version__
 
@@ -480,53 +574,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run or resume a campaign")
-    r.add_argument("file")
+    r.add_argument("file", help="campaign YAML file")
     r.add_argument("--store", help="SQLite store (default: the campaign's store key)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a YAML key (dotted path)")
-    r.add_argument("--quiet", action="store_true")
-    r.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a YAML key (dotted path, list items by index: oracles.0.cost=2); repeatable "
+                        "(default: none)")
+    r.add_argument("--allow-changes", action="store_true",
+                   help="resume a store although budget, executor or stop rules changed since it was started "
+                        "(default: off, any change is refused; other changes are refused even with it)")
+    r.add_argument("--quiet", action="store_true", help="no progress lines; they still go to STORE.log (default: off)")
+    r.add_argument("--json", action="store_true", help="print the final summary as JSON (default: off)")
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("validate", help="check a campaign file without running anything")
-    v.add_argument("file")
-    v.add_argument("--set", action="append", metavar="KEY=VALUE")
+    v = sub.add_parser("validate", help="check a campaign file, its files, tables and columns, without running anything")
+    v.add_argument("file", help="campaign YAML file")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a YAML key (dotted path), as for run (default: none)")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("status", help="iterations, spend per oracle, best so far, failures, last plans")
-    s.add_argument("store")
-    s.add_argument("--last", type=int, default=1, help="show the rationale of the last N iterations")
+    s.add_argument("store", help="the campaign's SQLite store")
+    s.add_argument("--last", type=_count, default=1, help="show the rationale of the last N iterations (default: 1)")
     s.set_defaults(func=cmd_status)
 
     e = sub.add_parser("export", help="one record per observation")
-    e.add_argument("store")
-    e.add_argument("--format", choices=("csv", "json"), default="csv")
-    e.add_argument("--out")
+    e.add_argument("store", help="the campaign's SQLite store")
+    e.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (default: csv)")
+    e.add_argument("--out", type=_new_file, help="output file, in an existing folder (default: stdout)")
     e.add_argument("--structures", metavar="DIR",
-                   help="write each relaxed structure into DIR; the relaxed_structure column gives its path")
+                   help="write each relaxed structure into DIR; the relaxed_structure column gives its path "
+                   "(default: none written)")
     e.add_argument("--structure-format", choices=("extxyz", "db"), default="extxyz",
                    help="extxyz: one file per observation; db: one ASE database DIR/structures.db (default: %(default)s)")
     e.set_defaults(func=cmd_export)
 
     a = sub.add_parser("ask", help="print or export the open requests (the next batch) for a person or a lab")
-    a.add_argument("store")
-    a.add_argument("--out", help="CSV to fill in and give back to `matloop tell`")
-    a.add_argument("--structures", help="folder to write each candidate's CIF into")
-    a.add_argument("--oracle", help="only this oracle's requests")
+    a.add_argument("store", help="the campaign's SQLite store")
+    a.add_argument("--out", type=_new_file,
+                   help="CSV to fill in and give back to `matloop tell` (default: print to stdout)")
+    a.add_argument("--structures", help="folder to write each candidate's CIF into (default: none written)")
+    a.add_argument("--oracle", help="only this oracle's requests (default: every oracle's)")
     a.set_defaults(func=cmd_ask)
 
     t = sub.add_parser("tell", help="record measured results for open requests (checked against them)")
-    t.add_argument("store")
+    t.add_argument("store", help="the campaign's SQLite store")
     t.add_argument("results", help="CSV: request_id, one column per property, optional status/reason/cost/uncertainty_<prop>")
     t.set_defaults(func=cmd_tell)
 
     ev = sub.add_parser("evaluate", help="evaluate one structure file with one oracle kind")
     ev.add_argument("structure", help="CIF, POSCAR or pymatgen JSON")
-    ev.add_argument("--oracle", required=True, help="oracle kind: chgnet, gpaw-pbe, gpaw-hse06, mlip-md, ...")
-    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="oracle setting (the science)")
+    ev.add_argument("--oracle", required=True, help="oracle kind: chgnet, gpaw-pbe, gpaw-hse06, mlip-md, ... (required)")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="oracle setting (the science); repeatable (default: the kind's defaults)")
     ev.add_argument("--site", action="append", metavar="KEY=VALUE",
-                    help="site setting: device (auto|cpu|cuda), torch_threads, cache_dir, log_dir")
-    ev.add_argument("--timeout", type=float, default=None)
-    ev.add_argument("--full", action="store_true", help="include the relaxed structure")
+                    help="site setting: device (auto|cpu|cuda), torch_threads, cache_dir, log_dir (default: the kind's)")
+    ev.add_argument("--timeout", type=_seconds, default=None,
+                    help="wall-clock limit in seconds, > 0 (default: none)")
+    ev.add_argument("--full", action="store_true", help="include the relaxed structure (default: off)")
     ev.set_defaults(func=cmd_evaluate)
 
     from . import report as _report
@@ -535,21 +639,27 @@ def build_parser() -> argparse.ArgumentParser:
     _report.add_arguments(rp)
     rp.set_defaults(func=_report.cmd_report)
 
-    b = sub.add_parser("benchmark", help="retrospective benchmark: replay a labelled dataset with labels hidden")
-    b.add_argument("file", nargs="?", help="benchmark campaign YAML (lookup oracle)")
-    b.add_argument("--dataset")
-    b.add_argument("--composition-column")
-    b.add_argument("--target-column")
-    b.add_argument("--goal", help="max | min | window:LO:HI")
-    b.add_argument("--top-fraction", type=float)
-    b.add_argument("--budget", type=int)
-    b.add_argument("--batch-size", type=int)
-    b.add_argument("--init", type=int)
-    b.add_argument("--seeds", type=int)
-    b.add_argument("--strategies")
-    b.add_argument("--cheap-column", help="two-fidelity form: the cheap fidelity's column (target = top fidelity)")
-    b.add_argument("--costs", help="two-fidelity form: CHEAP,TOP cost per evaluation (default 1,10)")
-    b.add_argument("--out", required=True)
+    b = sub.add_parser("benchmark", help="retrospective benchmark: replay a labelled dataset with labels hidden",
+                       formatter_class=_StrategyHelp)
+    b.add_argument("file", nargs="?", help="benchmark campaign YAML (lookup oracle) (default: none; then --dataset)")
+    b.add_argument("--dataset", help="labelled CSV, without a campaign FILE (default: none)")
+    b.add_argument("--composition-column", help="--dataset's composition column (required with --dataset)")
+    b.add_argument("--target-column", help="--dataset's label column (required with --dataset)")
+    b.add_argument("--goal", help="max | min | window:LO:HI (required with --dataset)")
+    b.add_argument("--top-fraction", type=_fraction,
+                   help="the good set: this top fraction of the pool, in (0, 1] (default: 0.01)")
+    b.add_argument("--budget", type=_positive_int,
+                   help="evaluations per run, >= 1 (default: 200, or the campaign's; two-fidelity: cost, 300 x TOP cost)")
+    b.add_argument("--batch-size", type=_positive_int, help="picks per batch, >= 1 (default: 10, or the campaign's)")
+    b.add_argument("--init", type=_positive_int,
+                   help="random initial picks shared by every strategy, >= 1 (default: 10, or the campaign's)")
+    b.add_argument("--seeds", type=_positive_int, help="independent runs per strategy, >= 1 (default: 5)")
+    b.add_argument("--strategies", type=_strategies,
+                   help="comma-separated names (default: the form's set below): {strategies}")
+    b.add_argument("--cheap-column",
+                   help="two-fidelity form: the cheap fidelity's column (target = top fidelity) (default: none)")
+    b.add_argument("--costs", help="two-fidelity form: CHEAP,TOP cost per evaluation (default: 1,10)")
+    b.add_argument("--out", required=True, help="folder for summary.json, curves.csv and plots (required)")
     b.set_defaults(func=cmd_benchmark)
 
     r.add_argument("--log-level", choices=("info", "warning", "error"), default="error",

@@ -7,11 +7,13 @@ turns into exit status 2 without a traceback.
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from matloop.agents.modelling.features import FeatureSettings
 from matloop.core.goals import Constraint as CoreConstraint
@@ -20,13 +22,31 @@ from matloop.core.records import InputError
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: every float of the campaign is finite unless a field says otherwise
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _non_empty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+#: a name or property: a string that is not empty or blank
+Name = Annotated[str, AfterValidator(_non_empty)]
+
+
+def _bounds_ordered(lo: float | None, hi: float | None) -> None:
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"min {lo:g} is above max {hi:g}: nothing can satisfy it")
 
 
 class Objective(_Model):
     """What the campaign optimises: one property reported by one oracle."""
 
-    property: str = Field(description="property name, e.g. formation_energy_ev_per_atom or gap_ev")
+    model_config = ConfigDict(allow_inf_nan=True)  # window: [lo, .inf]; NaN is refused in _window
+
+    property: Name = Field(description="property name, e.g. formation_energy_ev_per_atom or gap_ev")
     goal: Literal["maximize", "minimize", "window"] = Field(
         description="maximize (or max), minimize (or min), or land in a window")
     window: tuple[float, float] | None = Field(None, description="[lo, hi] for goal: window (hi may be .inf)")
@@ -39,6 +59,13 @@ class Objective(_Model):
     def _goal_words(cls, v):
         # one goal vocabulary everywhere: max/min (as on the command line) mean maximize/minimize
         return {"max": "maximize", "min": "minimize"}.get(v, v) if isinstance(v, str) else v
+
+    @field_validator("window")
+    @classmethod
+    def _no_nan(cls, v):
+        if v is not None and any(math.isnan(x) for x in v):
+            raise ValueError(f"window bounds must be numbers, got [{v[0]}, {v[1]}]")
+        return v
 
     @model_validator(mode="after")
     def _window(self):
@@ -56,7 +83,7 @@ class Objective(_Model):
 class Constraint(_Model):
     """A feasibility condition on one property, e.g. e_above_hull_ev_per_atom <= 0.1."""
 
-    property: str = Field(description="property name")
+    property: Name = Field(description="property name")
     oracle: str | None = Field(None, description="oracle reporting it (default: any that does)")
     max: float | None = Field(None, description="upper bound (inclusive)")
     min: float | None = Field(None, description="lower bound (inclusive)")
@@ -65,6 +92,7 @@ class Constraint(_Model):
     def _bounds(self):
         if self.max is None and self.min is None:
             raise ValueError("a constraint needs min and/or max")
+        _bounds_ordered(self.min, self.max)
         return self
 
     def as_core(self) -> CoreConstraint:
@@ -75,7 +103,7 @@ class Constraint(_Model):
 class SourceSpec(_Model):
     """A candidate source: a file pool, prototype enumeration, or a registered generator."""
 
-    name: str | None = Field(None, description="label stored as each candidate's source (default: kind)")
+    name: Name | None = Field(None, description="label stored as each candidate's source (default: kind)")
     kind: str = Field(description="file | prototypes | a registered generator (mutation, vae, optimade, ...)")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings of this source kind")
     n_initial: int = Field(0, ge=0, description="for generators: candidates drawn before the first iteration")
@@ -92,15 +120,20 @@ class PromotionRule(_Model):
 
     after: str = Field(description="name of the cheaper oracle whose result is read")
     top_k: int | None = Field(None, ge=1, description="each iteration, promote those of the current k best (by the objective on that oracle) not yet promoted")
-    property: str | None = Field(None, description="property of the cheaper oracle to filter on")
+    property: Name | None = Field(None, description="property of the cheaper oracle to filter on")
     min: float | None = Field(None, description="promote if property >= min")
     max: float | None = Field(None, description="promote if property <= max")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        _bounds_ordered(self.min, self.max)
+        return self
 
 
 class OracleSpec(_Model):
     """One oracle (an evaluation tier): its science in ``settings``, how this machine runs it in ``site``."""
 
-    name: str = Field(description="unique name used in the store and in objective/constraints")
+    name: Name = Field(description="unique name used in the store and in objective/constraints")
     kind: str = Field(
         description="registered oracle kind: lookup, mlip (chgnet and sevennet: the same oracle with that model "
         "as default), gpaw-pbe, gpaw-hse06, mlip-md, http, folder, command, manual, or a plug-in's"
@@ -233,8 +266,8 @@ class ReportSpec(_Model):
 class CampaignSpec(_Model):
     """A whole campaign. Relative paths are resolved against the YAML file's folder."""
 
-    name: str = Field(description="campaign name")
-    seed: int = Field(0, description="seed of every random choice")
+    name: Name = Field(description="campaign name")
+    seed: int = Field(0, ge=0, description="seed of every random choice")
     objective: Objective | None = Field(None, description="what the campaign optimises (or objectives:)")
     objectives: list[Objective] | None = Field(
         None, min_length=2, description="two or more objectives: a Pareto search (qLogNEHVI); instead of objective"
@@ -247,7 +280,7 @@ class CampaignSpec(_Model):
     oracles: list[OracleSpec] = Field(min_length=1, description="evaluation tiers")
     budget: Budget
     stop: list[StopRule] = Field(default_factory=list, description="early stop rules")
-    store: str = Field(description="SQLite file holding the campaign state (created if absent)")
+    store: Name = Field(description="SQLite file holding the campaign state (created if absent)")
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="where oracle jobs run")
     report: ReportSpec = Field(default_factory=ReportSpec, description="end-of-run comparison")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="mix of generator sources")
@@ -279,6 +312,7 @@ class CampaignSpec(_Model):
 
     # -- derived ------------------------------------------------------------------------------
     base_dir: Path | None = Field(None, exclude=True, description="(internal) folder of the YAML file")
+    source_yaml: str | None = Field(None, exclude=True, description="(internal) text of the YAML file")
 
     def resolve(self, path: str | Path) -> Path:
         """``path`` with ``~`` expanded, resolved against the YAML file's folder when relative."""
@@ -367,16 +401,40 @@ def _fmt_loc(loc) -> str:
     return out or "(top level)"
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        """The mapping of ``node``; raises ``yaml.constructor.ConstructorError`` at the line of a repeated key."""
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(path: Path):
     """Read a campaign YAML file; returns (data mapping, composed node tree); raises InputError if unusable."""
     if not path.exists():
         raise InputError("file not found", file=str(path))
     if path.is_dir():
         raise InputError("is a folder, expected a YAML file", file=str(path))
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not a text (UTF-8) file: byte {exc.start} cannot be read; expected a YAML file",
+                         file=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        root = yaml.compose(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
@@ -392,7 +450,8 @@ def settings_problems(model: type[BaseModel], data: dict, prefix: tuple, where) 
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        return [f"  {where((*prefix, *err['loc']))}: {'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+        return [f"  {where((*prefix, *err['loc']))}: "
+                f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg'].removeprefix('Value error, ')}"
                 for err in exc.errors()]
     return []
 
@@ -421,7 +480,7 @@ def validate_campaign(data: dict, root, path: Path, overrides: dict[str, Any] | 
             loc = tuple(err["loc"])
             node = _key_node(root, loc) if err["type"] == "extra_forbidden" else _node_at(root, loc)
             line = node.start_mark.line + 1 if node is not None else "?"
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             elif err["type"] == "missing":
@@ -431,22 +490,41 @@ def validate_campaign(data: dict, root, path: Path, overrides: dict[str, Any] | 
             f"{len(lines)} problem(s) in the campaign:\n" + "\n".join(lines), file=str(path)
         ) from None
     spec.base_dir = Path(base_dir).resolve() if base_dir is not None else path.resolve().parent
+    # the text the store keeps (campaign_spec); a mapping given in Python (from_dict) is dumped
+    spec.source_yaml = path.read_text(encoding="utf-8") if path.is_file() else yaml.safe_dump(data, sort_keys=False)
     _check_kinds(spec, path, root)
     return spec
 
 
 def _apply_override(data: dict, dotted: str, value: Any) -> None:
+    """Set ``data`` at the dotted path (list items by index: ``oracles.0.cost``); InputError naming ``--set`` if it cannot."""
     keys = dotted.split(".")
+    if not all(k.strip() for k in keys):
+        raise InputError(f"{dotted}=...: the key has an empty part", where="--set")
     cur = data
-    for k in keys[:-1]:
+    for depth, k in enumerate(keys):
+        here = ".".join(keys[:depth + 1])
+        last = depth == len(keys) - 1
         if isinstance(cur, list):
-            cur = cur[int(k)]
+            if not k.lstrip("-").isdigit():
+                raise InputError(f"{here}: {'.'.join(keys[:depth]) or '(top level)'} is a list; "
+                                 f"{k!r} is not an index", where="--set")
+            i = int(k)
+            if not 0 <= i < len(cur):
+                raise InputError(f"{here}: index {i} out of range; the list has {len(cur)} item(s) "
+                                 f"(0..{len(cur) - 1})", where="--set")
+            if last:
+                cur[i] = value
+            else:
+                cur = cur[i]
+        elif isinstance(cur, dict):
+            if last:
+                cur[k] = value
+            else:
+                cur = cur.setdefault(k, {})
         else:
-            cur = cur.setdefault(k, {})
-    if isinstance(cur, list):
-        cur[int(keys[-1])] = value
-    else:
-        cur[keys[-1]] = value
+            raise InputError(f"{here}: {'.'.join(keys[:depth])} is a value ({cur!r}), not a mapping or list",
+                             where="--set")
 
 
 def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
@@ -503,6 +581,7 @@ def _check_kinds(spec: CampaignSpec, path: Path, root) -> None:
                 pass
         problems += _check_fidelity(spec, where)
     problems += _check_constraint_properties(spec, where)
+    problems += _check_promote(spec, where)
     if problems:
         raise InputError(f"{len(problems)} problem(s) in the campaign:\n" + "\n".join(problems), file=str(path))
 
@@ -525,6 +604,82 @@ def _check_constraint_properties(spec: CampaignSpec, where) -> list[str]:
             who = f"oracle {c.oracle!r} does not report" if c.oracle else "no oracle reports"
             out.append(f"  {where(('constraints', i, 'property'))}: {who} {c.property!r}; reported: {sorted(props)}")
     return out
+
+
+def _check_promote(spec: CampaignSpec, where) -> list[str]:
+    """Each promote rule reads another oracle, and a property that oracle reports."""
+    out = []
+    by_name = {o.name: o for o in spec.oracles}
+    for i, o in enumerate(spec.oracles):
+        rule = o.promote
+        if rule is None or rule.after not in by_name:  # an unknown name is reported by the spec model
+            continue
+        if rule.after == o.name:
+            out.append(f"  {where(('oracles', i, 'promote', 'after'))}: names oracle {o.name!r} itself; promote from a "
+                       "cheaper oracle")
+            continue
+        if rule.property is not None:
+            props = _properties_or_empty(by_name[rule.after])
+            if props and rule.property not in props:
+                out.append(f"  {where(('oracles', i, 'promote', 'property'))}: oracle {rule.after!r} does not report "
+                           f"{rule.property!r}; it reports {sorted(props)}")
+    return out
+
+
+def check_inputs(spec: CampaignSpec, path: str | Path, store: str | Path | None = None, *,
+                 parse_pools: bool = True) -> None:
+    """What the campaign reads and writes is there and usable; raises InputError listing every problem.
+
+    Checks the store path (``store``, else the spec's) is not a folder; every file source's
+    file exists with the columns its settings name (with ``parse_pools``, every row of a CSV pool
+    is read with its ``on_bad_row`` rule; structure files are read by ``matloop run``, which
+    also reads every source before writing any candidate); and every oracle's own input files (an oracle class may define
+    ``input_problems() -> [(settings key, problem)]``, e.g. the lookup table and its columns).
+    """
+    from matloop.agents.generation.sources import FileSource
+    from matloop.core.registry import oracle_class
+
+    path = Path(path)
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+
+    def where(loc):
+        node = _node_at(root, loc)
+        return f"{_fmt_loc(loc)} (line {node.start_mark.line + 1})"
+
+    problems = []
+    store_path = Path(store).expanduser() if store else spec.resolve(spec.store)
+    loc = ("store",) if not store else None
+    named = where(loc) if loc else "--store"
+    if store_path.is_dir():
+        problems.append(f"  {named}: {store_path} is a folder; give the store's file name (e.g. store.sqlite)")
+    elif store_path.parent.exists() and not store_path.parent.is_dir():
+        problems.append(f"  {named}: {store_path.parent} is a file, not a folder")
+    for i, s in enumerate(spec.sources):
+        if s.kind != "file":
+            continue
+        src = FileSource(s.label, s.settings, spec.base_dir)
+        here = ("sources", i, "settings")
+        if not src.path.exists():
+            problems.append(f"  {where((*here, 'path'))}: candidate file not found: {src.path}")
+            continue
+        columns = [f"  {where((*here, key))}: {msg}" for key, msg in src.column_problems()]
+        problems += columns
+        if parse_pools and not columns and src.format == "csv":  # structure archives are read by run (minutes)
+            try:
+                src.load()
+            except InputError as exc:
+                problems.append(f"  {where(here)}: {exc}")
+    for i, o in enumerate(spec.oracles):
+        try:
+            site = SiteSettings(**o.site.model_dump(exclude={"base_dir"}), base_dir=spec.base_dir)
+            oracle = oracle_class(o.kind)(name=o.name, settings=o.settings, site=site)
+        except Exception:  # noqa: BLE001 - unknown kinds and invalid settings are reported by load_campaign
+            continue
+        check = getattr(oracle, "input_problems", None)
+        if check is not None:
+            problems += [f"  {where(('oracles', i, 'settings', key))}: {msg}" for key, msg in check()]
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) in the campaign:\n" + "\n".join(problems), file=str(path))
 
 
 def _key_where(root, loc) -> str:
@@ -624,3 +779,79 @@ def _oracle_properties(o: OracleSpec) -> set[str]:
         return set(cls(name=o.name, settings=o.settings).properties)
     except Exception:  # invalid settings are reported by _check_kinds
         return set(cls.properties)
+
+
+# -- the spec a store was started with ----------------------------------------------------------
+
+#: top-level keys a resume may change with ``matloop run --allow-changes``: how much is spent, where
+#: jobs run and when to stop, never what is searched, measured or optimised
+SAFE_CHANGES = ("budget", "executor", "stop")
+#: where the store is says nothing about the campaign (a moved store is not a changed campaign)
+_NOT_COMPARED = ("store",)
+
+
+def spec_record(spec: CampaignSpec) -> dict:
+    """What a store keeps of its campaign (meta ``campaign_spec``): the YAML text and the resolved spec as JSON."""
+    return {"yaml": spec.source_yaml, "resolved": spec.model_dump(mode="json")}
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value:
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def spec_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """``(YAML path, old value, new value)`` for every leaf that differs between two resolved specs (``None``: absent)."""
+    a = {k: v for k, v in _flatten(old).items() if k.split(".")[0].split("[")[0] not in _NOT_COMPARED}
+    b = {k: v for k, v in _flatten(new).items() if k.split(".")[0].split("[")[0] not in _NOT_COMPARED}
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_resume(stored: dict | None, spec: CampaignSpec, allow_changes: bool, store: str | Path) -> list[str]:
+    """Refuse to resume a store with a campaign spec other than the one it was started with.
+
+    Args:
+        stored: the store's ``campaign_spec`` meta (None for a new store, or one older than this check).
+        spec: the campaign being run now.
+        allow_changes: accept changes confined to ``SAFE_CHANGES``.
+        store: the store's path, named in the error.
+
+    Returns:
+        One line per accepted change (empty when nothing changed).
+
+    Raises:
+        InputError: a change outside ``SAFE_CHANGES`` (named, with old and new values), or any
+            change without ``allow_changes``.
+    """
+    if not stored or "resolved" not in stored or stored["resolved"].get("name") != spec.name:
+        return []  # a store of another campaign is refused by Campaign.run, naming both
+    changes = spec_changes(stored["resolved"], spec.model_dump(mode="json"))
+    if not changes:
+        return []
+
+    def line(path, old, new):
+        return f"  {path}: {json.dumps(old)} -> {json.dumps(new)}"
+
+    unsafe = [c for c in changes if c[0].split(".")[0].split("[")[0] not in SAFE_CHANGES]
+    lines = [line(*c) for c in changes]
+    if unsafe:
+        head = (f"the campaign file changed since this store was started; {len(unsafe)} change(s) "
+                f"cannot be resumed even with --allow-changes (only {', '.join(SAFE_CHANGES)} may change):\n"
+                + "\n".join(line(*c) for c in unsafe))
+        safe = [line(*c) for c in changes if c not in unsafe]
+        tail = ("\nchanges that --allow-changes would accept:\n" + "\n".join(safe)) if safe else ""
+        raise InputError(head + tail + "\nrestore the file, or start a new store (--store or store:)", file=str(store))
+    if not allow_changes:
+        raise InputError(f"the campaign file changed since this store was started ({len(changes)} change(s)):\n"
+                         + "\n".join(lines) + "\nrun with --allow-changes to resume with them "
+                         f"({', '.join(SAFE_CHANGES)} may change)", file=str(store))
+    return lines

@@ -87,6 +87,36 @@ class LookupOracle(Oracle):
         self._table = cached
         return cached
 
+    def input_problems(self) -> list[tuple[str, str]]:
+        """``(settings key, problem)`` for a missing or unreadable table, a named column it lacks, or a label that is
+        not a number (empty and NaN labels are allowed: they become failed observations when requested)."""
+        import pandas as pd
+
+        path = self.table_path
+        if not path.is_file():
+            return [("table", f"lookup table not found: {path}")]
+        try:
+            df = pd.read_csv(path, index_col=False)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds on a bad file
+            return [("table", f"cannot read CSV {path}: {type(exc).__name__}: {exc}")]
+        columns = list(df.columns)
+        st = self.settings
+        out = []
+        if st.key_column not in columns:
+            out.append(("key_column", f"key_column {st.key_column!r} is not a column of {path.name}; columns: {columns}"))
+        for key, named in (("columns", st.columns), ("uncertainty_columns", st.uncertainty_columns)):
+            missing = sorted(set(named.values()) - set(columns))
+            if missing:
+                out.append((key, f"columns {missing} are not in {path.name}; columns: {columns}"))
+            for col in sorted(set(named.values()) & set(columns)):
+                text = df[col].astype(str).str.strip()
+                bad = pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna() & ~text.str.lower().isin(("nan", ""))
+                if bad.any():
+                    i = int(bad.to_numpy().nonzero()[0][0])
+                    out.append((key, f"{path.name} row {i + 2} column {col!r}: not a number: {df[col].iloc[i]!r} "
+                                     f"({int(bad.sum())} such rows)"))
+        return out
+
     def __getstate__(self):
         # the parsed table stays behind when the oracle is sent to a worker (reloaded there once)
         d = dict(self.__dict__)
@@ -98,7 +128,7 @@ class LookupOracle(Oracle):
 
         if not path.exists():
             raise InputError("lookup table not found", file=str(path))
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, index_col=False)
         need = [self.settings.key_column, *self.settings.columns.values(), *self.settings.uncertainty_columns.values()]
         missing = [c for c in need if c not in df.columns]
         if missing:

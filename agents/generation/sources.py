@@ -47,6 +47,20 @@ class FileSourceSettings(BaseModel):
     )
 
 
+def _known_elements(candidate: Candidate) -> Candidate:
+    """``candidate`` if every symbol in it is a chemical element; ValueError naming the others.
+
+    pymatgen reads an unknown symbol (``Xx2O3``) as a dummy species, which no featurizer or
+    oracle can use; refusing it here keeps it out of the store.
+    """
+    from pymatgen.core import Composition, DummySpecies
+
+    unknown = sorted({el.symbol for el in Composition(candidate.composition).elements if isinstance(el, DummySpecies)})
+    if unknown:
+        raise ValueError(f"unknown element(s) {', '.join(unknown)} in {candidate.composition!r}")
+    return candidate
+
+
 def _read_structure_text(text: str, base: Path):
     from pymatgen.core import Structure
 
@@ -60,7 +74,7 @@ def _read_structure_text(text: str, base: Path):
 
 
 class FileSource:
-    """A fixed pool from a file or folder."""
+    """A fixed pool from a file or folder; after ``load``, ``skipped`` names the entries ``on_bad_row: skip`` dropped."""
 
     def __init__(self, name: str, settings: dict, base_dir: Path | None = None):
         self.name = name
@@ -90,6 +104,39 @@ class FileSource:
             return "cif_tar"
         raise InputError(f"cannot tell the format from the name; set format: csv|cif_dir|json|extxyz", file=str(p))
 
+    @property
+    def format(self) -> str:
+        """The file's format: ``settings.format``, or told from the name when it is ``auto``."""
+        return self._fmt()
+
+    def column_problems(self) -> list[tuple[str, str]]:
+        """For a CSV: ``(settings key, problem)`` for each named column the file lacks (header only); else ``[]``.
+
+        Raises:
+            InputError: the CSV cannot be read.
+        """
+        if self._fmt() != "csv":
+            return []
+        import pandas as pd
+
+        try:
+            columns = list(pd.read_csv(self.path, nrows=0).columns)
+        except Exception as exc:  # noqa: BLE001 - pandas raises many kinds on a bad file
+            return [("path", f"cannot read CSV {self.path}: {type(exc).__name__}: {exc}")]
+        st = self.settings
+        out = []
+        if st.structure_column is not None and st.structure_column not in columns:
+            out.append(("structure_column", f"column {st.structure_column!r} not in {self.path.name}; columns: {columns}"))
+        if st.composition_column is not None and st.composition_column not in columns and st.structure_column is None:
+            out.append(("composition_column",
+                        f"column {st.composition_column!r} not in {self.path.name}; columns: {columns}"))
+        if st.composition_column is None and st.structure_column is None:
+            out.append(("composition_column", "need composition_column or structure_column"))
+        missing = [c for c in st.require_columns if c not in columns]
+        if missing:
+            out.append(("require_columns", f"columns {missing} not in {self.path.name}; columns: {columns}"))
+        return out
+
     def load(self) -> list[Candidate]:
         """Read the pool: candidates in file order, less those filtered by ``max_atoms``/``ordered_only``, at most ``limit``.
 
@@ -98,6 +145,7 @@ class FileSource:
                 unparseable with ``on_bad_row: error``, or no candidate is left.
         """
         p = self.path
+        self.skipped: list[str] = []
         if not p.exists():
             raise InputError("candidate file not found", file=str(p))
         fmt = self._fmt()
@@ -125,11 +173,13 @@ class FileSource:
                 break
         if any(filtered.values()):
             log.info("%s: filtered out %s", p, {k: v for k, v in filtered.items() if v})
+        self.skipped = bad
         if bad:
             log.warning("%s: skipped %d unparseable entries (first: %s)", p, len(bad), bad[0])
             warnings.warn(f"{p}: skipped {len(bad)} unparseable entries (first: {bad[0]})", stacklevel=2)
         if not out:
-            raise InputError("the candidate pool is empty", file=str(p))
+            raise InputError("the candidate pool is empty" + (
+                f": all {len(bad)} entries are unparseable (first: {bad[0]})" if bad else ""), file=str(p))
         return out
 
     def _csv(self):
@@ -137,7 +187,7 @@ class FileSource:
 
         p = self.path
         try:
-            df = pd.read_csv(p)
+            df = pd.read_csv(p, index_col=False)  # a row with an extra field must not turn column 1 into an index
         except Exception as exc:
             raise InputError(f"cannot read CSV: {exc}", file=str(p)) from None
         cc, sc = self.settings.composition_column, self.settings.structure_column
@@ -162,12 +212,12 @@ class FileSource:
             try:
                 if sc is not None and isinstance(row[sc], str) and row[sc].strip():
                     s = _read_structure_text(row[sc], p.parent)
-                    yield Candidate.from_structure(s, source=self.name, provenance=prov)
+                    yield _known_elements(Candidate.from_structure(s, source=self.name, provenance=prov))
                 else:
                     comp = row[cc] if cc is not None else None
                     if comp is None or (isinstance(comp, float)) or not str(comp).strip():
                         raise ValueError("empty composition")
-                    yield Candidate.from_composition(str(comp).strip(), source=self.name, provenance=prov)
+                    yield _known_elements(Candidate.from_composition(str(comp).strip(), source=self.name, provenance=prov))
             except InputError:
                 raise
             except Exception as exc:
@@ -183,7 +233,7 @@ class FileSource:
         for f in files:
             try:
                 s = Structure.from_file(str(f))
-                yield Candidate.from_structure(s, source=self.name, provenance={"file": str(f)})
+                yield _known_elements(Candidate.from_structure(s, source=self.name, provenance={"file": str(f)}))
             except Exception as exc:
                 yield (f"file {f.name}", f"unparseable structure: {type(exc).__name__}: {exc}")
 
@@ -202,7 +252,7 @@ class FileSource:
                     with _w.catch_warnings():
                         _w.simplefilter("ignore")
                         s = Structure.from_str(text, fmt="cif")
-                    yield Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "member": m.name})
+                    yield _known_elements(Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "member": m.name}))
                 except Exception as exc:
                     yield (f"member {m.name}", f"unparseable structure: {type(exc).__name__}: {exc}")
 
@@ -221,7 +271,7 @@ class FileSource:
                 if isinstance(d, dict) and "structure" in d and isinstance(d["structure"], dict):
                     d = d["structure"]
                 s = Structure.from_dict(d)
-                yield Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "index": i})
+                yield _known_elements(Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "index": i}))
             except Exception as exc:
                 yield (f"item [{i}]", f"not a pymatgen structure: {type(exc).__name__}: {exc}")
 
@@ -238,7 +288,7 @@ class FileSource:
                 if not atoms.pbc.any():
                     raise ValueError("frame has no periodic cell")
                 s = AseAtomsAdaptor.get_structure(atoms)
-                yield Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "frame": i})
+                yield _known_elements(Candidate.from_structure(s, source=self.name, provenance={"file": str(self.path), "frame": i}))
             except Exception as exc:
                 yield (f"frame {i}", f"not a crystal: {type(exc).__name__}: {exc}")
 

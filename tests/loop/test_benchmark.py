@@ -7,7 +7,7 @@ import pytest
 
 from matloop.agents.decision.acquisition import Goal
 from matloop.loop import benchmark as bm
-from matloop.core.records import InputError
+from matloop.core.records import Candidate, InputError
 
 # -- metrics by hand ------------------------------------------------------------------------------
 
@@ -137,15 +137,31 @@ def test_benchmark_runs_share_the_init_draw_and_never_repeat(grid_csv, tmp_path)
     assert s["strategies"]["matloop"]["recall_at_budget"]["mean"] > s["strategies"]["random"]["recall_at_budget"]["mean"]
 
 
-def test_window_benchmark_and_precomputed_features():
+def test_window_benchmark_and_precomputed_features(tmp_path):
+    """Labels follow the precomputed feature, not the composition: a forest on X finds the whole window, which random
+    picks of the same budget do only 4 % of the time (C(8,3) / C(21,3))."""
     rng = np.random.default_rng(0)
-    comps = [f"Fe{a}Ni{10 - a}" if 0 < a < 10 else ("Fe" if a == 10 else "Ni") for a in range(11)] * 2
-    y = np.r_[np.linspace(0, 1, 11), np.linspace(0, 1, 11) + 5]  # duplicates: the copy is far from the window
-    X = np.c_[np.r_[np.arange(11.0), np.arange(11.0)], rng.standard_normal(22)]
-    s = bm.run_benchmark(comps, y, "window:0.25:0.55", budget=8, batch_size=2, init=3, seeds=2,
-                         strategies=["random", "rf_ucb"], X=X, log=lambda m: None)
-    assert s["n_pool"] == 11 and s["n_merged_duplicates"] == 11
-    assert s["n_good"] == 3  # 0.3, 0.4, 0.5
+    a = np.arange(21)
+    comps = [f"Fe{x}Ni{20 - x}" if 0 < x < 20 else ("Fe" if x == 20 else "Ni") for x in a] * 2
+    rank = rng.permutation(21)  # the label's order, unrelated to the Fe fraction
+    y = np.r_[rank / 20, rank / 20 + 5]  # duplicates: the copy is far from the window
+    X = np.c_[np.r_[rank, rank].astype(float), rng.standard_normal(42)]
+    s = bm.run_benchmark(comps, y, "window:0.12:0.28", budget=8, batch_size=1, init=3, seeds=2,
+                         strategies=["random", "rf_ucb"], X=X, out_dir=tmp_path, log=lambda m: None)
+    assert s["n_pool"] == 21 and s["n_merged_duplicates"] == 21
+    assert s["n_good"] == 3  # ranks 3, 4, 5
+    assert s["strategies"]["rf_ucb"]["recall_at_budget"]["mean"] == 1.0
+    good = {f"Fe{x}Ni{20 - x}" for x in a[np.isin(rank, (3, 4, 5))]}
+    for r in _rows(tmp_path / "curves.csv"):  # each pick is scored against the merged label (the window's copy)
+        assert int(r["good"]) == (r["formula"] in {_formula(c) for c in good})
+
+
+def _formula(comp: str) -> str:
+    from pymatgen.core import Composition
+
+    from matloop.core.records import Candidate
+
+    return Candidate.from_composition(Composition(comp).formula.replace(" ", "")).formula
 
 
 # -- bad input -----------------------------------------------------------------------------------
@@ -275,3 +291,76 @@ def test_benchmark_replays_polymorphs_with_their_own_labels():
     assert s["n_pool"] == 12 and s["n_merged_duplicates"] == 0
     # every polymorph was evaluated with its own label: the whole pool, so recall is 1
     assert s["strategies"]["random"]["recall_at_budget"]["mean"] == 1.0
+
+
+# -- the benchmark's promises ----------------------------------------------------------------------
+
+
+def _picks(curves_csv) -> dict:
+    """(strategy, seed) -> candidate ids in acquisition order, from ``curves.csv``."""
+    out: dict = {}
+    for r in _rows(curves_csv):
+        out.setdefault((r["strategy"], r["seed"]), []).append(r["candidate"])
+    return out
+
+
+def test_labels_never_acquired_are_never_seen(grid_csv, tmp_path):
+    """Replace every label that no strategy acquires with noise: every strategy's picks stay identical."""
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    df = pd.read_csv(grid_csv)
+    comps = df["composition"].tolist()
+    # precomputed features (element fractions) keep the test fast; featurization never reads labels either way
+    X = np.array([[Composition(c).get_atomic_fraction(el) for el in ("Fe", "Ni", "Co", "Mn")] for c in comps])
+    kw = dict(top_fraction=0.05, budget=10, batch_size=3, init=4, seeds=1, strategies=bm.STRATEGIES, X=X,
+              log=lambda m: None)
+    bm.run_benchmark(comps, df["target"].to_numpy(), "min", out_dir=tmp_path / "true", **kw)
+    picks = _picks(tmp_path / "true" / "curves.csv")
+    assert {s for s, _ in picks} == set(bm.STRATEGIES)
+    acquired = {c for seq in picks.values() for c in seq}
+    ids = df["composition"].map(lambda f: Candidate.from_composition(f).id)
+    hidden = ~ids.isin(acquired).to_numpy()
+    assert hidden.sum() == len(df) - len(acquired) > 200
+    noisy = df["target"].to_numpy().copy()
+    noisy[hidden] = np.random.default_rng(7).uniform(-1.0, 2.0, int(hidden.sum()))
+    bm.run_benchmark(comps, noisy, "min", out_dir=tmp_path / "noisy", **kw)
+    assert _picks(tmp_path / "noisy" / "curves.csv") == picks
+
+
+def _negative_hypergeometric(N: int, G: int, k: int) -> tuple[float, float]:
+    """Mean and standard deviation of the draws (without replacement, uniformly at random) that find k of the G good
+    among N, from the exact distribution P(T = t) = C(t-1, k-1) C(N-t, G-k) / C(N, G)."""
+    from scipy.special import comb
+
+    t = np.arange(k, N - G + k + 1)
+    p = comb(t - 1, k - 1, exact=False) * comb(N - t, G - k, exact=False) / comb(N, G, exact=False)
+    assert abs(p.sum() - 1) < 1e-9
+    mean = float((t * p).sum())
+    return mean, float(np.sqrt(((t - mean) ** 2 * p).sum()))
+
+
+def test_random_strategy_matches_its_exact_expectation():
+    """The random strategy's evaluations to half recall agree with the exact (negative hypergeometric) expectation
+    the benchmark divides by, k (N+1) / (|G|+1), within 4 standard errors over 120 seeds."""
+    from pymatgen.core.periodic_table import Element
+
+    comps = [f"{Element.from_Z(z).symbol}O" for z in range(3, 60) if Element.from_Z(z).group != 18][:40]
+    N, seeds = len(comps), 120
+    y = np.arange(N, dtype=float)  # the good set: the top 20 % by label
+    X = np.random.default_rng(0).standard_normal((N, 2))
+    s = bm.run_benchmark(comps, y, "max", top_fraction=0.2, budget=N, batch_size=N, init=1, seeds=seeds,
+                         strategies=["random"], X=X, log=lambda m: None)
+    G = s["n_good"]
+    k = math.ceil(G / 2)
+    mean, sd = _negative_hypergeometric(N, G, k)
+    assert G == 8 and mean == pytest.approx(k * (N + 1) / (G + 1))  # the formula the benchmark uses
+    assert bm.run_metrics(np.arange(N), np.arange(N) >= N - G)["random_expected_evals_to_half"] == pytest.approx(mean)
+    e2h = s["strategies"]["random"]["evals_to_half"]
+    assert e2h["n_reached"] == seeds
+    assert abs(e2h["mean"] - mean) < 4 * sd / math.sqrt(seeds), (e2h["mean"], mean, sd)
+    # and the whole recall curve: after t random picks the expected recall is t / N (hypergeometric mean)
+    curve = np.array([c for _, c in s["strategies"]["random"]["curve"]])
+    t = np.arange(1, N + 1)
+    sd_curve = np.sqrt(t * (G / N) * (1 - G / N) * (N - t) / (N - 1)) / G  # hypergeometric sd of one run's recall
+    assert np.all(np.abs(curve - t / N) <= 4 * sd_curve / math.sqrt(seeds) + 1e-12)
