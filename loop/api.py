@@ -30,8 +30,8 @@ import pandas as pd
 from matloop.core.checks import observation_problems
 from matloop.core.records import Candidate, InputError, Observation, Request, Status
 
-from .spec import CampaignSpec, load_campaign, validate_campaign
-from .store import Store
+from .spec import CampaignSpec, check_inputs, check_resume, load_campaign, validate_campaign
+from .store import Store, stored_campaign_spec
 
 #: the arm under which ``add_measurements`` records prior data (the agent plans from it)
 PRIOR_ARM = "prior"
@@ -426,6 +426,16 @@ def plan_batch(spec: CampaignSpec, store: Store, n: int | None = None) -> str | 
 
 
 # -- the notebook object ------------------------------------------------------------------------
+def _checked(spec: CampaignSpec, path, store, allow_changes: bool) -> CampaignSpec:
+    """The checks ``matloop run`` makes before writing anything: files and columns, and a resume
+    of an existing store with a changed campaign (refused unless ``allow_changes`` covers it)."""
+    check_inputs(spec, path, store, parse_pools=False)
+    store_path = Path(store).expanduser() if store is not None else spec.resolve(spec.store)
+    if store_path.is_file():
+        check_resume(stored_campaign_spec(store_path), spec, allow_changes, store_path)
+    return spec
+
+
 class Campaign:
     """One campaign and its store, driven from Python.
 
@@ -448,27 +458,33 @@ class Campaign:
         return f"Campaign({self.spec.name!r}, store={str(self.store_path)!r})"
 
     @classmethod
-    def from_yaml(cls, path: str | Path, store: str | Path | None = None, overrides: dict | None = None) -> Campaign:
-        """Load a campaign file, validated as ``matloop validate`` validates it.
+    def from_yaml(cls, path: str | Path, store: str | Path | None = None, overrides: dict | None = None,
+                  allow_changes: bool = False) -> Campaign:
+        """Load a campaign file, validated as ``matloop run`` validates it (files, columns, resume).
 
         Args:
             path: the campaign YAML.
             store: the store to use instead of the file's ``store`` key.
             overrides: dotted YAML keys to override, as ``--set`` does (``{"budget.evaluations": 20}``).
+            allow_changes: resume an existing store whose campaign changed only in budget,
+                executor or stop rules (as ``matloop run --allow-changes``).
 
         Raises:
             InputError: the file has problems; the message lists each with its YAML path.
         """
-        return cls(load_campaign(path, overrides or None), store=store)
+        spec = load_campaign(path, overrides or None)
+        return cls(_checked(spec, path, store, allow_changes), store=store)
 
     @classmethod
-    def from_dict(cls, mapping: dict, base_dir: str | Path = ".", store: str | Path | None = None) -> Campaign:
+    def from_dict(cls, mapping: dict, base_dir: str | Path = ".", store: str | Path | None = None,
+                  allow_changes: bool = False) -> Campaign:
         """A campaign from a mapping (the YAML file's content), validated as a file is.
 
         Args:
             mapping: the campaign, as the YAML would parse.
             base_dir: the folder relative paths (pool files, the store) resolve against.
             store: the store to use instead of the mapping's ``store`` key.
+            allow_changes: as in :meth:`from_yaml`.
 
         Raises:
             InputError: the mapping has problems; the message lists each with its path
@@ -481,7 +497,7 @@ class Campaign:
         data = yaml.safe_load(yaml.safe_dump(mapping, sort_keys=False))  # a copy, as a file would give it
         root = yaml.compose(yaml.safe_dump(data, sort_keys=False))
         spec = validate_campaign(data, root, Path("<campaign mapping>"), base_dir=base_dir)
-        return cls(spec, store=store)
+        return cls(_checked(spec, "<campaign mapping>", store, allow_changes), store=store)
 
     def _store(self) -> Store:
         return Store(self.store_path)

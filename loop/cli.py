@@ -56,12 +56,13 @@ def cmd_run(args) -> int:
 
     from .campaign import Campaign
     from .spec import check_inputs, check_resume, load_campaign
+    from .store import stored_campaign_spec
 
     spec = load_campaign(args.file, _parse_sets(args.set))
     check_inputs(spec, args.file, args.store, parse_pools=False)  # the pool's rows are read before any is written
     store_path = Path(args.store).expanduser() if args.store else spec.resolve(spec.store)
     if store_path.is_file():
-        accepted = check_resume(_stored_spec(store_path), spec, args.allow_changes, store_path)
+        accepted = check_resume(stored_campaign_spec(store_path), spec, args.allow_changes, store_path)
         if accepted and not args.quiet:
             print("resuming with these changes to the campaign (--allow-changes):\n" + "\n".join(accepted))
     _echo_log(getattr(args, "log_level", "error"))
@@ -83,22 +84,6 @@ def _echo_log(level: str) -> None:
     handler.setLevel(getattr(logging, level.upper()))
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     logging.getLogger("matloop").addHandler(handler)
-
-
-def _stored_spec(path: Path) -> dict | None:
-    """The ``campaign_spec`` a store was started with (None if it has none)."""
-    import sqlite3
-
-    from .store import Store
-
-    try:
-        store = Store(path)
-    except sqlite3.DatabaseError as exc:
-        raise InputError(f"not a matloop store, or damaged: {exc}", file=str(path)) from None
-    try:
-        return store.get_meta("campaign_spec")
-    finally:
-        store.close()
 
 
 def _open_store(path: str):
@@ -570,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="matloop", description="Closed-loop discovery of inorganic materials")
     from matloop import __version__
 
-    p.add_argument("--version", action="version", version=f"matloop {__version__}")
+    p.add_argument("--version", action="version", version=f"matloop {__version__}",
+                   help="print the installed version and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run or resume a campaign")

@@ -640,7 +640,8 @@ def check_inputs(spec: CampaignSpec, path: str | Path, store: str | Path | None 
     from matloop.core.registry import oracle_class
 
     path = Path(path)
-    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
+    text = spec.source_yaml if spec.source_yaml is not None else path.read_text(encoding="utf-8")
+    root = yaml.compose(text, Loader=UniqueKeyLoader)  # for line numbers (a mapping from the API: as dumped)
 
     def where(loc):
         node = _node_at(root, loc)

@@ -628,3 +628,21 @@ if __name__ == "__main__":  # python -m matloop.loop.store salvage STORE OUT.jso
         print(f"error: {sys.argv[2]}: nothing could be read: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {sum(counts.values())} rows to {sys.argv[3]}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+
+
+def stored_campaign_spec(path: str | Path) -> dict | None:
+    """The ``campaign_spec`` meta a store was started with (None if it has none).
+
+    Raises:
+        InputError: the file is not a matloop store, or is damaged (exit 2 at the CLI).
+    """
+    import sqlite3
+
+    try:
+        store = Store(path)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"not a matloop store, or damaged: {exc}", file=str(path)) from None
+    try:
+        return store.get_meta("campaign_spec")
+    finally:
+        store.close()

@@ -101,7 +101,7 @@ def _options(parser: argparse.ArgumentParser):
         if isinstance(action, argparse._SubParsersAction):
             for name, subparser in action.choices.items():
                 yield from ((f"{name} {a}", h) for a, h in _options(subparser))
-        elif action.option_strings and action.dest != "help":
+        elif action.option_strings and action.dest not in ("help", "version"):
             yield action.option_strings[-1], action.help or ""
 
 
