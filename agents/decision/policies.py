@@ -32,6 +32,7 @@ from matloop.agents.decision.multifidelity import choose_requests
 from matloop.agents.decision.multiobjective import pareto_summary, select_pareto
 from matloop.agents.decision.pipeline import Pool, Selection, finite_or_none, screen
 from matloop.agents.decision.promotion import promote
+from matloop.agents.decision.skill import Skill
 from matloop.agents.modelling.multifidelity import MultiFidelityGP
 from matloop.core.protocols import OracleInfo, Plan, PlanningState
 
@@ -69,6 +70,8 @@ class FunnelPolicy:
                            "acquisition": finite_or_none(sel.acquisition[k]),
                            "predicted_mean": finite_or_none(sel.mean[k]), "predicted_std": finite_or_none(sel.std[k])})
         draft.rationale["tiers"][o.name] = {"labels_from": labels_from, "selection": sel.info, "chosen": chosen}
+        if "skill" in sel.info:
+            draft.rationale["tiers"][o.name]["skill"] = {k: sel.info["skill"].get(k) for k in Skill.RECORD}
 
     def _select(self, state: PlanningState, pool: Pool, o: OracleInfo, train_idx, y, yvar, n: int) -> Selection:
         """Known constraints and oracle failures weight a log-scale acquisition; otherwise ``select_batch``."""
