@@ -147,7 +147,13 @@ def test_shuffled_labels_are_detected_and_the_agent_explores(tmp_path):
         assert len(got[name]) == 3  # plans at 10, 20 and 30 labels
         assert [s["n_labels"] for s in got[name]] == [10, 20, 30]
         assert set(got[name][0]) == {"spearman_loo", "calibration", "n_labels", "explore_fraction", "decision"}
-    last_real, last_shuffled = got["real"][-1], got["shuffled"][-1]
-    assert last_real["explore_fraction"] == 0 and last_real["decision"].startswith("exploit")
-    assert last_shuffled["explore_fraction"] > 0.2 and last_shuffled["decision"].startswith("explore")
-    assert sum(s["explore_fraction"] for s in got["shuffled"]) > sum(s["explore_fraction"] for s in got["real"]) + 0.5
+    # real labels: by 30 labels the model's rank skill is clearly above zero and the batch exploits
+    last_real = got["real"][-1]
+    assert last_real["explore_fraction"] == 0 and last_real["decision"].startswith("exploit"), got["real"]
+    assert last_real["spearman_loo"] > 0.3
+    # shuffled labels: most plans judge the model untrustworthy and explore (under no signal the
+    # one-sided 95 % bound still clears zero in about 1 plan of 20, so one plan may exploit)
+    explored = [s for s in got["shuffled"] if s["decision"].startswith("explore")]
+    assert len(explored) >= 2 and all(s["explore_fraction"] > 0.2 for s in explored), got["shuffled"]
+    mean_explore = {k: np.mean([s["explore_fraction"] for s in v]) for k, v in got.items()}
+    assert mean_explore["shuffled"] > 0.4 and mean_explore["shuffled"] > mean_explore["real"] + 0.2, got
