@@ -63,12 +63,15 @@ class FunnelPolicy:
             return
         sel = self._select(state, pool, o, train_idx, y, yvar, n)
         chosen = []
+        first_explore = len(sel.indices) - int(sel.info.get("explore_picks", 0))  # exploration picks come last
         for k, i in enumerate(sel.indices):
             cand = state.candidates[int(i)]
             draft.add_scored(cand, o.name, o.cost, finite_or_none(sel.acquisition[k]) if k < len(sel.acquisition) else None)
             chosen.append({"candidate": cand.id, "formula": cand.formula, "source": cand.source,
                            "acquisition": finite_or_none(sel.acquisition[k]),
                            "predicted_mean": finite_or_none(sel.mean[k]), "predicted_std": finite_or_none(sel.std[k])})
+            if k >= first_explore:
+                chosen[-1]["rationale"] = "space-filling exploration: the model's ranking is not trusted (see skill)"
         draft.rationale["tiers"][o.name] = {"labels_from": labels_from, "selection": sel.info, "chosen": chosen}
         if "skill" in sel.info:
             draft.rationale["tiers"][o.name]["skill"] = {k: sel.info["skill"].get(k) for k in Skill.RECORD}
