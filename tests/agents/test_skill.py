@@ -155,5 +155,10 @@ def test_shuffled_labels_are_detected_and_the_agent_explores(tmp_path):
     # one-sided 95 % bound still clears zero in about 1 plan of 20, so one plan may exploit)
     explored = [s for s in got["shuffled"] if s["decision"].startswith("explore")]
     assert len(explored) >= 2 and all(s["explore_fraction"] > 0.2 for s in explored), got["shuffled"]
+    store = Store(str(tmp_path / "shuffled.sqlite"))
+    why = [c.get("rationale", "") for it in store.iterations("agent") for t in it["rationale"]["tiers"].values()
+           for c in t.get("chosen", [])]
+    store.close()
+    assert sum(w.startswith("space-filling exploration") for w in why) >= 5
     mean_explore = {k: np.mean([s["explore_fraction"] for s in v]) for k, v in got.items()}
     assert mean_explore["shuffled"] > 0.4 and mean_explore["shuffled"] > mean_explore["real"] + 0.2, got
