@@ -192,6 +192,8 @@ def cmd_status(args) -> int:
                     sel = info.get("selection", {})
                     why = sel.get("reason") or f"{sel.get('acquisition')} on {sel.get('surrogate')}, shortlist {sel.get('shortlist_size')}"
                     console.print(f"    {tier}: {why}")
+                    if info.get("skill"):
+                        console.print(f"      model skill: {info['skill'].get('decision')}")
                     for c in info["chosen"][:10]:
                         console.print(
                             f"      {c['formula']:<16} acq={_fmt(c.get('acquisition'))} "

@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erfcx, log_ndtr, ndtr
 
 from matloop.agents.decision.batch import believer_batch, greedy_mc_batch
+from matloop.agents.decision.skill import measure_skill, space_filling
 from matloop.agents.decision.pipeline import (
     Pool,
     Selection,
@@ -124,6 +125,24 @@ class AcquisitionSettings(BaseModel):
         "joint posterior over the shortlist, milliseconds); 'mc' = botorch Monte-Carlo qLogEI / "
         "qLogNEI / qUCB / window qSimpleRegret by sequential greedy with X_pending (seconds); "
         "'topq' = the q best pool scores, no conditioning (pending points only excluded)",
+    )
+    skill_aware: bool = Field(
+        True,
+        description="measure the surrogate's leave-one-out rank correlation on its labels every plan "
+        "(closed-form GP LOO, forest out-of-bag; matloop.agents.decision.skill) and, when it is not "
+        "clearly above zero, give a fraction P(no skill) of the batch to space-filling picks; the "
+        "measurement and decision are recorded in the rationale ('skill')",
+    )
+    skill_confidence: float = Field(
+        0.95, gt=0.5, lt=1.0,
+        description="one-sided confidence of the lower bound on the LOO rank correlation that must be "
+        "above zero for the batch to follow the acquisition alone",
+    )
+    explore_subsample: int = Field(
+        20, ge=1,
+        description="space-filling picks choose by max-min distance among this many uniformly drawn "
+        "available candidates per exploration slot (few: close to random picks; many: pushes to the "
+        "pool's outskirts)",
     )
     mc_samples: int = Field(256, ge=16, description="quasi-Monte-Carlo samples for batch='mc'")
     pool_precision: Literal["float32", "float64"] = Field(
@@ -362,17 +381,25 @@ def select_batch(
     t_fit = time.perf_counter()
     obj = _fit_objective(pool, tr, y, goal, kind, surrogate, acquisition, rng, n_fraction_columns,
                          label_noise(yvar, finite, surrogate, info), info)
+    n_explore = _skill_decision(obj, q, acquisition, info)
+    q_exploit = q - n_explore
     t_score = time.perf_counter()
     mean, std, score, order, scorer = _screen_pool(obj, avail, q, goal, kind, acquisition, info)
     t_batch = time.perf_counter()
     short, X_short = _exact_shortlist(obj, avail, mean, std, score, order, scorer, acquisition, info)
     X_pend = np.asarray(obj.X[pending_idx], dtype=float)
-    pick, batch_values = _batch(obj, kind, goal, short, X_short, X_pend, score, scorer, q, acquisition, rng, info)
+    pick, batch_values = np.zeros(0, dtype=int), np.zeros(0)
+    if q_exploit:
+        pick, batch_values = _batch(obj, kind, goal, short, X_short, X_pend, score, scorer, q_exploit, acquisition,
+                                    rng, info)
     info["batch_values"] = [float(v) for v in batch_values]
     info["mean_units"] = "property" if (obj.window_direct or goal.kind != "window") else "score (-distance to window)"
+    chosen = short[pick]
+    if n_explore:
+        chosen = np.concatenate([chosen, _explore(obj, avail, chosen, tr, pending_idx, n_explore, acquisition, rng,
+                                                  info)])
     t_end = time.perf_counter()
     info["seconds"] = {"fit": t_score - t_fit, "score": t_batch - t_score, "batch": t_end - t_batch, "total": t_end - t0}
-    chosen = short[pick]
     m_out, s_out = mean[chosen], std[chosen]
     if obj.unwarp is not None:
         m_out, s_out = obj.unwarp(m_out, s_out)
@@ -400,6 +427,38 @@ def _fit_objective(pool: Pool, tr, y, goal, kind, surrogate, acquisition, rng, n
     if isinstance(model, GPSurrogate):
         info["fit"] = model.fit_info
     return _Objective(model, X, tr, target, sign, unwarp, window_direct)
+
+
+def _skill_decision(obj: _Objective, q: int, acquisition: AcquisitionSettings, info: dict) -> int:
+    """Measure the fitted model's LOO skill (``measure_skill``); the number of the ``q`` slots to explore.
+
+    Records ``info['skill']``: the measurement, ``explore_fraction`` and the decision in words.
+    """
+    if not acquisition.skill_aware:
+        return 0
+    skill = measure_skill(obj.model, confidence=acquisition.skill_confidence)
+    if skill is None:
+        info["skill"] = {"spearman_loo": None, "calibration": None, "n_labels": len(obj.rows), "explore_fraction": 0.0,
+                         "decision": "not measured: the surrogate offers no leave-one-out predictions or has too "
+                                     "few labels"}
+        return 0
+    info["skill"] = skill.as_dict()
+    return int(min(q, round(skill.explore_fraction * q)))
+
+
+def _explore(obj: _Objective, avail, chosen, tr, pending_idx, k, acquisition, rng, info) -> np.ndarray:
+    """``k`` space-filling picks (positions into ``avail``) among a uniform random subsample of the
+    rows not chosen, by max-min distance from the labelled, pending and chosen rows."""
+    free = np.setdiff1d(np.arange(len(avail)), chosen)
+    m = int(min(len(free), acquisition.explore_subsample * k))
+    sub = np.sort(rng.choice(free, size=m, replace=False))
+    ref = np.concatenate([tr, as_rows(pending_idx), avail[chosen]]).astype(int)
+    rows = space_filling(obj.X, avail[sub], ref, k, obj.X.bounds)
+    pos = np.searchsorted(avail, rows)
+    info["explore_picks"] = int(len(pos))
+    info["explore_rule"] = (f"{len(pos)} of the batch by max-min distance among {m} random available candidates "
+                            "(space filling: the model's ranking is not trusted)")
+    return pos
 
 
 def _screen_pool(obj: _Objective, avail, q, goal, kind, acquisition, info):

@@ -32,6 +32,7 @@ from matloop.agents.decision.multifidelity import choose_requests
 from matloop.agents.decision.multiobjective import pareto_summary, select_pareto
 from matloop.agents.decision.pipeline import Pool, Selection, finite_or_none, screen
 from matloop.agents.decision.promotion import promote
+from matloop.agents.decision.skill import Skill
 from matloop.agents.modelling.multifidelity import MultiFidelityGP
 from matloop.core.protocols import OracleInfo, Plan, PlanningState
 
@@ -62,13 +63,18 @@ class FunnelPolicy:
             return
         sel = self._select(state, pool, o, train_idx, y, yvar, n)
         chosen = []
+        first_explore = len(sel.indices) - int(sel.info.get("explore_picks", 0))  # exploration picks come last
         for k, i in enumerate(sel.indices):
             cand = state.candidates[int(i)]
             draft.add_scored(cand, o.name, o.cost, finite_or_none(sel.acquisition[k]) if k < len(sel.acquisition) else None)
             chosen.append({"candidate": cand.id, "formula": cand.formula, "source": cand.source,
                            "acquisition": finite_or_none(sel.acquisition[k]),
                            "predicted_mean": finite_or_none(sel.mean[k]), "predicted_std": finite_or_none(sel.std[k])})
+            if k >= first_explore:
+                chosen[-1]["rationale"] = "space-filling exploration: the model's ranking is not trusted (see skill)"
         draft.rationale["tiers"][o.name] = {"labels_from": labels_from, "selection": sel.info, "chosen": chosen}
+        if "skill" in sel.info:
+            draft.rationale["tiers"][o.name]["skill"] = {k: sel.info["skill"].get(k) for k in Skill.RECORD}
 
     def _select(self, state: PlanningState, pool: Pool, o: OracleInfo, train_idx, y, yvar, n: int) -> Selection:
         """Known constraints and oracle failures weight a log-scale acquisition; otherwise ``select_batch``."""
