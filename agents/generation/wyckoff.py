@@ -52,9 +52,9 @@ class WyckoffSettings(BaseModel):
     tournament_size: int = Field(3, ge=1, description="contestants per fitness tournament choosing a parent")
     symprec: float = Field(0.1, gt=0, description="spglib tolerance (Å) when reading a template's symmetry")
     coordinate_sigma_angstrom: float = Field(
-        0.3, ge=0, description="standard deviation (Å) of the displacement of each orbit along its free parameters"
+        0.15, ge=0, description="standard deviation (Å) of the displacement of each orbit along its free parameters"
     )
-    lattice_sigma: float = Field(0.03, ge=0, description="standard deviation of the log lattice lengths and angles")
+    lattice_sigma: float = Field(0.02, ge=0, description="standard deviation of the log lattice lengths and angles")
     rescale_volume: bool = Field(True, description="scale the template cell by the covalent-radius volume ratio")
     substitution_min_probability: float = Field(1e-3, ge=0, description="ignore substitutions less probable than this")
     exclude_radioactive: bool = Field(True, description="never introduce elements without stable isotopes")
