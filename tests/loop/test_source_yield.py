@@ -77,3 +77,50 @@ def test_stability_threshold_is_a_parameter(tmp_path):
     assert strict["wyckoff"]["stable"] == 0 and strict["baseline"]["stable"] == 2 and strict["baseline"]["sun"] == 1
     loose = sun_counts(store.candidates(), store.observations(), stable_ev_per_atom=0.5)
     assert loose["wyckoff"]["stable"] == 3 and loose["wyckoff"]["sun"] == 2  # NaAt is a new formula too
+
+
+CAMPAIGN = """
+name: bandit
+objective: {property: e_above_hull_ev_per_atom, goal: minimize}
+sources:
+  - {name: pool, kind: prototypes, settings: {prototypes: [rocksalt], cations: [Na], anions: [Cl]}}
+  - {name: good, kind: substitution, n_per_iteration: 4}
+  - {name: poor, kind: substitution, n_per_iteration: 4}
+generation: {mix: adaptive}
+oracles:
+  - {name: mlip, kind: mlip, cost: 1}
+budget: {iterations: 2}
+store: bandit.sqlite
+"""
+
+
+def test_adaptive_mix_follows_sun_yield_per_cost(tmp_path):
+    from matloop.loop.generation import GeneratorSources
+    from matloop.loop.ledger import Ledger
+    from matloop.loop.spec import load_campaign
+
+    path = tmp_path / "bandit.yaml"
+    path.write_text(CAMPAIGN)
+    sources = GeneratorSources(load_campaign(path), scoreboard=None, say=lambda text: None)
+    # "good": six stable new rock salts; "poor": six evaluated, none stable
+    good = [Candidate.from_structure(rocksalt(a, "At", 5.0 + i / 3), source="good") for i, a in enumerate(["Li", "Na", "K", "Rb", "Cs", "Ag"])]
+    poor = [Candidate.from_structure(rocksalt(a, "Po", 5.0 + i / 3), source="poor") for i, a in enumerate(["Li", "Na", "K", "Rb", "Cs", "Ag"])]
+    store = Store(tmp_path / "b.sqlite")
+    store.add_candidates(good + poor)
+    reqs = [Request(Request.make_id(c.id, "mlip", 0), c, "mlip", 0) for c in good + poor]
+    store.start_iteration(0, {}, reqs)
+    for r in reqs:
+        store.add_observation(observation(r, 0.0 if r.candidate.source == "good" else 0.5, cost=1.0))
+    ledger = Ledger(store)
+    rng = np.random.default_rng(0)
+    splits = [sources.bandit_split(ledger, 10, rng) for _ in range(200)]
+    assert all(sum(s.values()) == 10 for s in splits)
+    assert np.mean([s["good"] for s in splits]) > 7.5
+    # the same yields at ten times the cost per evaluation: the cheap source gets the draw
+    store2 = Store(tmp_path / "c.sqlite")
+    store2.add_candidates(good + poor)
+    store2.start_iteration(0, {}, reqs)
+    for r in reqs:
+        store2.add_observation(observation(r, 0.0, cost=10.0 if r.candidate.source == "good" else 1.0))
+    splits = [sources.bandit_split(Ledger(store2), 10, rng) for _ in range(50)]
+    assert np.mean([s["poor"] for s in splits]) > 7.5
