@@ -31,7 +31,7 @@ generators see the rest and each proposes ``--rediscovery-samples`` candidates (
 filter: the held-out formulas are in the reference hull). A held-out structure is regenerated
 when a proposal matches it (StructureMatcher, unrelaxed). No relaxation is spent here.
 
-Usage: ``python benchmarks/generators.py --json [--n 40] [--seed 0] [--rediscovery-samples 300]``
+Usage: ``python benchmarks/generators.py --json [--n 40] [--seed 0] [--rediscovery-samples 300] [--jobs 6]``
 """
 
 from __future__ import annotations
@@ -175,17 +175,22 @@ def vs_baseline(row: dict, base: dict) -> dict:
     return {"ratio": None if ratio is None else (round(ratio, 2) if np.isfinite(ratio) else "inf"), "fisher_p": round(float(p), 4)}
 
 
-def run_sun(args, structures: list, result: dict) -> None:
-    """The S.U.N. part: every source and the baseline, ``args.n`` proposals each."""
-    from matloop.agents.generation.substitution import SubstitutionGenerator
+_SETUP: dict = {}
+
+
+def sun_setup(args):
+    """The pool state and the judge (built once per process)."""
+    if "state" in _SETUP:
+        return _SETUP["state"], _SETUP["judge"], _SETUP["pool_info"]
     from matloop.agents.generation.validity import REFERENCE_FORMULAS, known_formulas
     from matloop.core.protocols import CampaignState
     from matloop.core.records import Candidate
     from matloop.oracles.hull import ReferenceHull
 
+    warnings.filterwarnings("ignore")
     hull = ReferenceHull.shipped()
     reference = known_formulas(REFERENCE_FORMULAS)
-    pool = [s for s in structures if len(s) <= args.max_atoms]
+    pool = [s for s in load_phonons(args.data) if len(s) <= args.max_atoms]
     cands = [Candidate.from_structure(s, source="phonons") for s in pool]
     fitness = {}
     for c in cands:
@@ -193,25 +198,49 @@ def run_sun(args, structures: list, result: dict) -> None:
         if ph is not None:
             fitness[c.id] = -ph.formation_energy_ev_per_atom
     state = CampaignState(candidates={c.id: c for c in cands}, fitness=fitness)
-    result["pool"] = {"n_structures": len(cands), "with_fitness": len(fitness), "max_atoms": args.max_atoms,
-                      "fitness": "-(formation energy of the formula on the shipped hull), eV/atom"}
     judge = SunJudge(pool, reference, args.e_hull, {"fmax": args.fmax, "max_steps": args.max_steps})
     judge.evaluate(cands[0])  # load the model outside any source's clock
-    sources = make_sources(args, REFERENCE_FORMULAS)
-    runs = [("baseline", SubstitutionGenerator("baseline"))] + list(sources.items())
-    rows = {}
-    for i, (name, gen) in enumerate(runs):
-        rng = np.random.default_rng([args.seed, i])
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        proposals = gen.generate(args.n, state, rng)
-        gen_cpu = time.process_time() - cpu0
-        relaxations = int(getattr(gen, "stats", {}).get("relax_rejected", 0)) if getattr(gen, "relaxer", None) else 0
-        row = judge.judge(proposals, gen_cpu, extra_evaluations=relaxations)
-        row["requested"] = args.n
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        rows[name] = row
-        log(f"{name}: proposed {row['proposed']} sun {row['sun']} rate {row['sun_rate']} ci {row['sun_rate_ci95']} "
-            f"stable {row['stable']} novel {row['novel']} ({row['seconds']} s)")
+    info = {"n_structures": len(cands), "with_fitness": len(fitness), "max_atoms": args.max_atoms,
+            "fitness": "-(formation energy of the formula on the shipped hull), eV/atom"}
+    _SETUP.update(state=state, judge=judge, pool_info=info)
+    return state, judge, info
+
+
+def sun_of_source(args, i: int, name: str) -> dict:
+    """Generate ``args.n`` candidates with source ``name`` (the ``i``-th, which seeds its rng) and judge them."""
+    from matloop.agents.generation.substitution import SubstitutionGenerator
+    from matloop.agents.generation.validity import REFERENCE_FORMULAS
+
+    state, judge, info = sun_setup(args)
+    gen = SubstitutionGenerator("baseline") if name == "baseline" else make_sources(args, REFERENCE_FORMULAS)[name]
+    rng = np.random.default_rng([args.seed, i])
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    proposals = gen.generate(args.n, state, rng)
+    gen_cpu = time.process_time() - cpu0
+    relaxations = int(getattr(gen, "stats", {}).get("relax_rejected", 0)) if getattr(gen, "relaxer", None) else 0
+    row = judge.judge(proposals, gen_cpu, extra_evaluations=relaxations)
+    row["requested"] = args.n
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    row["pool"] = info
+    log(f"{name}: proposed {row['proposed']} sun {row['sun']} rate {row['sun_rate']} ci {row['sun_rate_ci95']} "
+        f"stable {row['stable']} novel {row['novel']} ({row['seconds']} s)")
+    return row
+
+
+def run_sun(args, result: dict) -> None:
+    """The S.U.N. part: every source and the baseline, ``args.n`` proposals each (``args.jobs`` processes)."""
+    names = ["baseline", *make_sources(args, None)]
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            rows = dict(zip(names, ex.map(partial(sun_of_source, args), range(len(names)), names)))
+    else:
+        rows = {name: sun_of_source(args, i, name) for i, name in enumerate(names)}
+    for row in rows.values():
+        result["pool"] = row.pop("pool")
     base = rows.pop("baseline")
     base["generator"] = "SubstitutionGenerator (uniform random parent, one data-mined substitution, no filter)"
     result["baseline"] = base
@@ -271,13 +300,13 @@ def main(argv=None) -> int:
     ap.add_argument("--vae-epochs", type=int, default=60)
     ap.add_argument("--holdout-element", default="Se")
     ap.add_argument("--rediscovery-samples", type=int, default=300)
+    ap.add_argument("--jobs", type=int, default=1, help="processes for the S.U.N. part (one source each)")
     ap.add_argument("--skip-sun", action="store_true", help="only the rediscovery test")
     ap.add_argument("--skip-rediscovery", action="store_true", help="only the S.U.N. measurement")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
 
     t_start = time.perf_counter()
-    structures = load_phonons(args.data)
     result: dict = {
         "data": str(args.data),
         "seed": args.seed,
@@ -291,9 +320,9 @@ def main(argv=None) -> int:
         "sources": {},
     }
     if not args.skip_sun:
-        run_sun(args, structures, result)
+        run_sun(args, result)
     if not args.skip_rediscovery:
-        run_rediscovery(args, structures, result)
+        run_rediscovery(args, load_phonons(args.data), result)
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
