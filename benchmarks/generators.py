@@ -119,7 +119,10 @@ class SunJudge:
         from matloop.agents.generation.validity import Deduplicator
 
         seen = Deduplicator()
-        counts = dict.fromkeys(("proposed", "valid", "evaluated", "failed", "stable", "unique", "novel", "sun"), 0)
+        from matloop.agents.generation.validity import charge_balanced
+
+        counts = dict.fromkeys(("proposed", "valid", "evaluated", "failed", "stable", "unique", "novel", "sun",
+                                "sun_charge_balanced"), 0)
         cpu0 = time.process_time()
         found = []
         for cand in proposals:
@@ -142,7 +145,10 @@ class SunJudge:
             counts["novel"] += novel
             if valid and stable and unique and novel:
                 counts["sun"] += 1
+                balanced = charge_balanced(relaxed.composition)  # SMACT: LiF3 'stable' as LiF + F2 is no new material
+                counts["sun_charge_balanced"] += balanced
                 found.append({"formula": relaxed.composition.reduced_formula, "e_above_hull_ev_per_atom": round(e, 4),
+                              "charge_balanced": balanced,
                               "operator": cand.provenance.get("operator"), "detail": cand.provenance.get("detail")})
         eval_cpu = time.process_time() - cpu0
         n, k = counts["proposed"], counts["sun"]
@@ -152,6 +158,8 @@ class SunJudge:
             **counts,
             "sun_rate": round(k / n, 4) if n else None,
             "sun_rate_ci95": binomial(k, n),
+            "sun_charge_balanced_rate": round(counts["sun_charge_balanced"] / n, 4) if n else None,
+            "sun_charge_balanced_ci95": binomial(counts["sun_charge_balanced"], n),
             "sun_per_evaluation": round(k / evaluations, 4) if evaluations else None,
             "sun_per_cpu_second": round(k / cpu, 5) if cpu else None,
             "evaluations": evaluations,
@@ -316,6 +324,7 @@ def main(argv=None) -> int:
             "unique": "relaxed structure matches no earlier proposal of the same source (StructureMatcher)",
             "novel": "relaxed structure matches no pool structure and its reduced formula is no reference-hull phase",
             "sun_rate": "valid & stable & unique & novel / proposed",
+            "sun_charge_balanced_rate": "S.U.N. and the relaxed composition passes SMACT (charge neutrality + electronegativity)",
         },
         "sources": {},
     }
