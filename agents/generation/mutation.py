@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from matloop.core.records import Candidate
 
 from matloop.core.protocols import CampaignState
-from .validity import Deduplicator, MatcherSettings, ValidityFilter, ValiditySettings
+from .validity import Deduplicator, MatcherSettings, ValidityFilter, ValiditySettings, known_formulas
 
 STRUCTURE_OPERATORS = ("substitution", "swap", "strain", "displacement", "crossover", "vacancy", "interstitial")
 
@@ -70,6 +70,11 @@ class MutationSettings(BaseModel):
         description="fraction moved between two elements of a fractional composition (integer formulas move one atom)",
     )
     max_attempts_per_candidate: int = Field(30, ge=1, description="operator applications allowed per requested candidate")
+    avoid_formulas: str | None = Field(
+        None,
+        description="never return a child whose reduced formula is known (it cannot be novel): 'reference' (the "
+        "shipped Materials Project hull table) or a CSV with a formula column (relative to the campaign folder)",
+    )
     validity: ValiditySettings = Field(default_factory=ValiditySettings, description="validity filter")
     matcher: MatcherSettings = Field(default_factory=MatcherSettings, description="duplicate criterion")
 
@@ -330,10 +335,10 @@ class MutationGenerator:
     Settings: ClassVar[type[MutationSettings]] = MutationSettings
 
     def __init__(self, name: str = "mutation", settings: dict | None = None, base_dir=None):
-        del base_dir  # no path settings; accepted as every generator's constructor is
         self.name = name
         self.settings = settings if isinstance(settings, MutationSettings) else MutationSettings(**(settings or {}))
         s = self.settings
+        self.avoid = known_formulas(s.avoid_formulas, base_dir)
         self.validity = ValidityFilter(s.validity)
         self.exclude = set(s.exclude_elements) | (_radioactive() if s.exclude_radioactive else set())
         allowed = set(s.allowed_elements) - self.exclude if s.allowed_elements is not None else None
@@ -448,6 +453,9 @@ class MutationGenerator:
                 ok, reason = self.validity.check(child)
             if not ok:
                 self.rejections[f"{op}: {reason.split(':')[0]}"] += 1
+                continue
+            if self.avoid and (child if op == "composition" else child.composition).reduced_formula in self.avoid:
+                self.rejections[f"{op}: known formula"] += 1
                 continue
             stats["valid"] += 1
             if not batch.add(child):

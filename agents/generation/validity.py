@@ -11,6 +11,7 @@ compare generators (as in CDVAE and iMatGen).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -253,3 +254,52 @@ def sample_quality(structures: list, known: Iterable = (), validity: ValidityFil
         "uniqueness": len(unique) / len(valid) if valid else 0.0,
         "novelty": len(novel) / len(unique) if unique else 0.0,
     }
+
+
+#: ``known_formulas("reference")``: the formulas of the Materials Project hull table shipped with matloop
+REFERENCE_FORMULAS = "reference"
+
+
+def known_formulas(spec: str | None, base_dir=None) -> frozenset[str]:
+    """Reduced formulas a generator should not propose (they are known, so never novel).
+
+    Args:
+        spec: None (nothing), ``"reference"`` (every phase of the reference hull table shipped
+            with matloop, ``oracles/data/mp_hull.csv.gz``, read as data: no oracle code is
+            imported), or the path of a CSV (optionally gzipped) with a ``formula`` column.
+        base_dir: folder a relative path is taken from (the campaign file's folder).
+
+    Raises:
+        InputError: the file is missing or has no ``formula`` column.
+    """
+    from pathlib import Path
+
+    if spec is None:
+        return frozenset()
+    return _known_formulas(str(spec), str(base_dir or Path.cwd()))
+
+
+@lru_cache(maxsize=4)
+def _known_formulas(spec: str, base_dir: str) -> frozenset[str]:
+    from pathlib import Path
+
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from matloop.core.records import InputError
+
+    if spec == REFERENCE_FORMULAS:
+        from importlib.resources import files
+
+        path = files("matloop.oracles").joinpath("data", "mp_hull.csv.gz")
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_absolute():
+            path = Path(base_dir) / path
+        if not path.exists():
+            raise InputError("known-formula file not found", file=str(path))
+    with path.open("rb") as fh:
+        df = pd.read_csv(fh, comment="#", compression="gzip" if str(path).endswith(".gz") else None)
+    if "formula" not in df.columns:
+        raise InputError(f"no 'formula' column; columns are {list(df.columns)}", file=str(path))
+    return frozenset(Composition(f).reduced_formula for f in df["formula"].dropna().astype(str))

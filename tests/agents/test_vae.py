@@ -133,9 +133,14 @@ def test_rediscovery_finds_held_out_twins():
         twins += [s, t]
     r = rediscovery(twins, 0.2, 400, np.random.default_rng(0), {"epochs": 200, "hidden": 128, "sample_sigma": 0.3})
     assert r["n_heldout"] == 12 and r["n_train"] == 48
-    assert r["n_heldout_reachable"] <= r["n_heldout"]
-    assert 0.5 <= r["rate"] <= 1.0 and r["rate"] == r["n_rediscovered"] / r["n_heldout"]
-    assert 0.0 <= r["novelty"] <= 1.0 and r["validity"] > 0.5
+    assert r["n_heldout_reachable"] == 12  # with this split every held-out element occurs in training
+    assert r["rate"] >= 0.5 and r["n_rediscovered"] == round(r["rate"] * 12)
+    assert r["validity"] > 0.5
+    # the same test on a model trained one epoch regenerates (almost) nothing and decodes mostly
+    # invalid cells: the rate measures what the model learned, not the matcher's tolerance
+    r0 = rediscovery(twins, 0.2, 400, np.random.default_rng(0), {"epochs": 1, "hidden": 128, "sample_sigma": 0.3})
+    assert r0["n_rediscovered"] <= 1 and r0["validity"] < 0.5
+    assert r["novelty"] < r0["novelty"]  # a trained model's samples sit on the training structures
 
 
 def test_rediscovery_rejects_bad_fraction():

@@ -94,6 +94,9 @@ CASES: dict[str, Case] = {
     # a tiny, quick VAE: a few epochs on the four parents
     "vae": Case(lambda fixtures, tmp_path: {"epochs": 3, "hidden": 16, "latent_dim": 2, "max_atoms": 2, "n_best": 2,
                                   "max_attempts_per_candidate": 10, "device": "cpu"}),
+    "substitution": Case(),
+    # every rock salt of the parents' elements is a known MP phase: without the known-formula filter
+    "wyckoff": Case(lambda fixtures, tmp_path: {"avoid_formulas": None}),
     "optimade": Case(optimade_settings),
     "materials-project": Case(materials_project_settings),
     "ase-db": Case(ase_db_settings),
