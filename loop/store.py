@@ -177,6 +177,16 @@ class Store:
         """
         if self._lock_fd is not None or str(self.path) == ":memory:":  # held already, or nothing to share
             return None
+        fd = self._lock_or_busy()
+        stale = _read_holder(fd) or None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        self._lock_fd = fd
+        return stale
+
+    def _lock_or_busy(self) -> int:
+        """The lock file's descriptor with the exclusive lock taken; ``StoreBusy`` if a live run holds it."""
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -189,12 +199,15 @@ class Store:
             raise StoreBusy(f"in use by another `matloop run` (pid {holder.get('pid', '?')} on host "
                             f"{holder.get('host', '?')}, since {since}); wait for it to finish or stop it. "
                             "`matloop status` and `matloop export` work meanwhile", file=str(self.path)) from None
-        stale = _read_holder(fd) or None
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        self._lock_fd = fd
-        return stale
+        return fd
+
+    def check_run_lock_free(self) -> None:
+        """Raise ``StoreBusy`` (naming the holder) if another run holds the store; takes and leaves nothing."""
+        if self._lock_fd is not None or str(self.path) == ":memory:":
+            return
+        fd = self._lock_or_busy()
+        fcntl.flock(fd, fcntl.LOCK_UN)  # the holder record of a dead run stays for the takeover message
+        os.close(fd)
 
     def release_run_lock(self) -> None:
         """Release the run lock if this store holds it (the lock file stays; it is harmless)."""
@@ -631,9 +644,13 @@ if __name__ == "__main__":  # python -m matloop.loop.store salvage STORE OUT.jso
 
 
 def stored_campaign_spec(path: str | Path) -> dict | None:
-    """The ``campaign_spec`` meta a store was started with (None if it has none).
+    """The ``campaign_spec`` meta a store to be resumed was started with (None if it has none).
+
+    The run lock is tried (and released) first, so that a store in use is refused as busy,
+    naming its holder, before any difference of campaigns is reported.
 
     Raises:
+        StoreBusy: another ``matloop run`` holds the store.
         InputError: the file is not a matloop store, or is damaged (exit 2 at the CLI).
     """
     import sqlite3
@@ -643,6 +660,7 @@ def stored_campaign_spec(path: str | Path) -> dict | None:
     except sqlite3.DatabaseError as exc:
         raise InputError(f"not a matloop store, or damaged: {exc}", file=str(path)) from None
     try:
+        store.check_run_lock_free()
         return store.get_meta("campaign_spec")
     finally:
         store.close()

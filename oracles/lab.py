@@ -309,6 +309,14 @@ class HttpOracle(_AsyncLabOracle):
     code_version = "1"
     Settings = HttpSettings
 
+    def input_problems(self) -> list[tuple[str, str]]:
+        """``(settings key, problem)`` when the token source holds no token: ``matloop validate`` and
+        ``run`` report it before a store is created or anything is sent."""
+        problem = token_source_problem(self.settings, self.site.base_dir)
+        if not problem:
+            return []
+        return [("token_file" if self.settings.token_file else "token_env", problem)]
+
     def setup(self, candidates: list[Candidate]) -> None:
         """Check the token source before anything is sent; raises ``InputError`` if it holds no token."""
         problem = token_source_problem(self.settings, self.site.base_dir)

@@ -71,7 +71,7 @@ def test_second_run_is_refused_naming_the_holder_and_a_dead_holders_lock_is_take
     dead.send_signal(signal.SIGKILL)
     dead.wait()
     assert json.loads((tmp_path / "store.sqlite.lock").read_text())["pid"] == dead.pid  # the stale marker
-    proc = matloop("run", str(path), "--set", "budget.evaluations=12")
+    proc = matloop("run", str(path), "--set", "budget.evaluations=12", "--allow-changes")  # a bigger budget: safe
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"pid {dead.pid}" in proc.stdout and "gone" in proc.stdout
     with sqlite3.connect(str(store_path)) as db:
