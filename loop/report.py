@@ -1063,13 +1063,24 @@ def _store_sections(store: Store, data: _Data, obj: ReportObjective, good: set[s
             sections.append(_section("Pareto front", "pareto", _img(name, "Pareto front", cap)))
     srows = _source_rows(data, obj)
     if srows:
-        tbl = _table(["source", "candidates", "evaluated", "successes", f"in top-{TOP_K_SOURCES}",
-                      f"best {obj.property}"],
-                     [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"],
-                       panels.fmt_value(r["best"], obj.property)] for r in srows],
-                     num={1, 2, 3, 4, 5})
+        header = ["source", "candidates", "evaluated", "successes", f"in top-{TOP_K_SOURCES}", f"best {obj.property}"]
+        rows = [[r["source"], r["candidates"], r["evaluated"], r["successes"], r["top"],
+                 panels.fmt_value(r["best"], obj.property)] for r in srows]
         cap = (f"Agent arm. Successes: candidates with a {_esc(obj.property)} value from {_esc(obj.oracle)}; "
                f"top-{TOP_K_SOURCES}: the agent's best {TOP_K_SOURCES} by the objective.")
+        if any(o.value("e_above_hull_ev_per_atom") is not None for o in data.arms.get("agent", [])):
+            from .generation import STABLE_EV_PER_ATOM, source_yield
+
+            sun = source_yield(store)
+            header += ["stable", "S.U.N.", "S.U.N. rate"]
+            for row in rows:
+                y = sun.get(row[0], {})
+                rate = y.get("sun_rate")
+                row += [y.get("stable", 0), y.get("sun", 0), "-" if rate is None else f"{rate:.2f}"]
+            cap += (f" Stable: E_hull ≤ {STABLE_EV_PER_ATOM:g} eV/atom on the reference hull; S.U.N.: stable, unique "
+                    "(StructureMatcher within the source) and novel (formula not a phase of the reference hull); "
+                    "rate per evaluated candidate.")
+        tbl = _table(header, rows, num=set(range(1, len(header))))
         sections.append(_section("Candidate sources and yields", "sources",
                                  _img(_plot_sources(srows, out, obj), "sources", cap) + tbl))
     name, _ = _plot_latent(data, obj, out)

@@ -124,3 +124,22 @@ def test_adaptive_mix_follows_sun_yield_per_cost(tmp_path):
         store2.add_observation(observation(r, 0.0, cost=10.0 if r.candidate.source == "good" else 1.0))
     splits = [sources.bandit_split(Ledger(store2), 10, rng) for _ in range(50)]
     assert np.mean([s["poor"] for s in splits]) > 7.5
+
+
+def test_report_shows_where_stable_discoveries_came_from(tmp_path):
+    """The report's sources table carries each source's stable and S.U.N. counts from source_yield."""
+    import re
+
+    from matloop.loop.report import write_report
+
+    store = campaign(tmp_path)
+    store.set_meta("campaign", "yield")
+    store.set_meta("objective", {"property": "e_above_hull_ev_per_atom", "goal": "minimize", "oracle": "mlip"})
+    store.set_meta("oracles", {"mlip": {"kind": "mlip", "version": "v1", "fidelity": 0, "cost": 1.0}})
+    store.close()
+    html = (write_report(tmp_path / "c.sqlite", tmp_path / "report", model_insights=False)).read_text()
+    section = html[html.index('id="sources"'):]
+    assert "S.U.N. rate" in section
+    cells = lambda src: re.findall(r"<td[^>]*>([^<]*)</td>", section[section.index(f">{src}<"):])[:8]  # noqa: E731
+    wy, base = cells("wyckoff"), cells("baseline")
+    assert wy[-3:] == ["2", "1", "0.33"] and base[-3:] == ["2", "1", "0.33"], (wy, base)
