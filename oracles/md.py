@@ -52,6 +52,7 @@ from .mlip import (
     relax_atoms,
     resolve_device,
 )
+from .ordering import OrderingSettings, ml_energy_function, order_structure
 
 #: Boltzmann constant in eV/K and in J/K, elementary charge in C
 KB_EV_PER_K = 8.617333262e-5
@@ -287,6 +288,11 @@ class MlipMdSettings(MlipModelSettings):
     )
     supercell_min_atoms: int = Field(64, ge=1, description="smallest supercell size (atoms) when supercell is unset")
     relax: bool = Field(True, description="relax atoms and cell with the MLIP before the MD")
+    ordering: OrderingSettings = Field(
+        default_factory=OrderingSettings,
+        description="ordering of disordered structures (enabled, max_atoms, n_candidates, ...): see "
+        "matloop.oracles.ordering",
+    )
     timestep_fs: float = Field(2.0, gt=0, le=5, description="MD time step (fs)")
     equilibration_steps: int = Field(1000, ge=0, description="steps discarded before production, per temperature")
     production_steps: int = Field(10000, ge=20, description="steps analysed, per temperature")
@@ -428,17 +434,16 @@ class MlipMdOracle(Oracle):
 
         s = self.settings
         structure = candidate.pmg_structure()
-        if not structure.is_ordered:
-            raise OracleError("disordered structure (partial occupancies); order it before MD")
+        device = resolve_device(self.site.device)
+        calc = load_calculator(s.model, s.model_version, device)
+        md_calc = load_calculator(s.model, s.model_version, device, stress=False)
+        check_elements([str(el) for el in structure.composition.elements], s.model, calc)
+        structure, ordering = order_structure(structure, ml_energy_function(md_calc, relax=s.ordering.ml_relax), s.ordering)
         if s.mobile_ion not in {str(el) for el in structure.composition.elements}:
             raise OracleError(f"no {s.mobile_ion} in {structure.composition.reduced_formula}")
         unit = AseAtomsAdaptor.get_atoms(structure)
         if min_distance_a(unit) < s.min_distance_a:
             raise OracleError(f"atoms overlap: shortest distance {min_distance_a(unit):.3f} A")
-        device = resolve_device(self.site.device)
-        calc = load_calculator(s.model, s.model_version, device)
-        md_calc = load_calculator(s.model, s.model_version, device, stress=False)
-        check_elements([str(el) for el in structure.composition.elements], s.model, calc)
 
         t_start = time.perf_counter()
         if s.relax:
@@ -513,6 +518,7 @@ class MlipMdOracle(Oracle):
                 "ion_charge": charge,
                 "haven_ratio": 1.0,
                 "model": model_provenance(s.model, s.model_version),
+                "ordering": ordering,
                 "md_wall_s": time.perf_counter() - t_start,
             },
         )
