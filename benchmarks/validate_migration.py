@@ -1,9 +1,9 @@
 """Validate the migration-energy tiers on the seed's Table 1 Li conductors (OBELiX structures).
 
 For each of the seven materials and each requested tier (``neb``: ``mlip-neb``; ``md``:
-``mlip-md``; ``lotf``: ``mlip-md`` with on-the-fly fine-tuning) it evaluates the OBELiX CIF as a
-user would (``matloop evaluate --oracle ...``: the oracle orders disordered structures and
-relaxes before the barrier or the MD) and prints the migration energy with its error, the
+``mlip-md``; a LOTF tier awaits fine-tuning inside ``mlip-md``: ``oracles/finetune.py``) it
+evaluates the OBELiX CIF as a user would (``matloop evaluate --oracle ...``: the oracle
+orders disordered structures and relaxes before the barrier or the MD) and prints the migration energy with its error, the
 wall time, and per tier the mean absolute error against experiment next to the seed's AIMD
 (0.32 eV) and LOTF-MD (0.13 eV). A failed evaluation is shown with its reason and left out of
 that tier's MAE (the count of materials in the MAE is printed with it).
@@ -47,8 +47,6 @@ TIERS = {
     "neb": ("mlip-neb", {"n_images": 3, "fmax": 0.1, "max_steps": 100, "relax_max_steps": 150, "max_hops": 8}),
     "md": ("mlip-md", {"temperatures_k": [700.0, 900.0, 1100.0], "equilibration_steps": 200,
                        "production_steps": 1500, "supercell_min_atoms": 60}),
-    "lotf": ("mlip-md", {"temperatures_k": [700.0, 900.0, 1100.0], "equilibration_steps": 200,
-                         "production_steps": 1500, "supercell_min_atoms": 60, "finetune": {"enabled": True}}),
 }
 
 
@@ -115,7 +113,6 @@ def evaluate(job: tuple) -> dict:
             {k: t.get(k) for k in ("temperature_k", "n_hops", "diffusivity_cm2_per_s", "flag")}
             for t in extra.get("temperatures", [])
         ],
-        "finetune": extra.get("finetune"),
     }
 
 
@@ -159,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids", nargs="+", choices=sorted(TABLE1), default=list(TABLE1))
     p.add_argument("--neb-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--md-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--lotf-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per worker")
     p.add_argument("--jobs", type=int, default=1, help="materials evaluated in parallel (processes)")
@@ -169,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.data_dir / 'obelix' / 'all_cifs.tar.gz'}: not found (give --data-dir)", file=sys.stderr)
         return 2
     site = {"device": a.device, "torch_threads": a.threads}
-    sets = {"neb": parse_sets(a.neb_set), "md": parse_sets(a.md_set), "lotf": parse_sets(a.lotf_set)}
+    sets = {"neb": parse_sets(a.neb_set), "md": parse_sets(a.md_set)}
     jobs = [(t, TIERS[t][0], _merge(TIERS[t][1], sets[t]), i, str(a.data_dir), site) for t in a.tiers for i in a.ids]
     rows = []
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:

@@ -48,7 +48,7 @@ def test_one_finetuning_round_moves_chgnet_towards_its_labels_and_is_cached(tmp_
         pred = [model.predict_structure(_structure(f), task="ef")["f"] for f in chosen]
         return float(np.mean([np.abs(p - t).mean() for p, t in zip(pred, forces)]))
 
-    s = FinetuneSettings(enabled=True, label="partner", epochs=3, learning_rate=1e-3)
+    s = FinetuneSettings(enabled=True, label="partner", epochs=2, learning_rate=1e-3)
     before = force_mae(_chgnet_model("0.3.0", "cpu"))
     model, record = finetune_chgnet("0.3.0", chosen, energies, forces, s, tmp_path)
     assert force_mae(model) < before
@@ -58,9 +58,6 @@ def test_one_finetuning_round_moves_chgnet_towards_its_labels_and_is_cached(tmp_
     again, cached = finetune_chgnet("0.3.0", chosen, energies, forces, s, tmp_path)
     assert cached["cached"] is True and cached["version"] == record["version"]
     assert force_mae(again) == pytest.approx(force_mae(model), rel=1e-5)
-    # other training settings: another version
-    other = FinetuneSettings(enabled=True, label="partner", epochs=1, learning_rate=1e-3)
-    assert finetune_chgnet("0.3.0", chosen, energies, forces, other, tmp_path)[1]["version"] != record["version"]
 
 
 def _structure(atoms):
