@@ -582,6 +582,7 @@ class MlipMdOracle(Oracle):
         centres = framework_centres(symbols, s.mobile_ion)
         # every temperature is equilibrated, then all are extended chunk by chunk in turn, so a
         # time cap shares the budget and slow (low-T) points are extended rather than dropped
+        t_md = time.perf_counter()
         active: dict[float, NvtRun] = {}
         for temp in s.temperatures_k:
             active[temp] = NvtRun(cell0.copy(), md_calc, temp, s, rng)
@@ -603,7 +604,7 @@ class MlipMdOracle(Oracle):
                     flag = stop = "framework melted"
                 else:
                     stop = stop_reason(diff.n_hops, diff.relative_error, run.production_steps,
-                                       time.perf_counter() - t_start, s)
+                                       time.perf_counter() - t_md, s)
                     if stop is not None and short:
                         flag = "too short"
                     elif stop is not None and (diff.n_hops < s.min_hops or diff.diffusivity_cm2_per_s <= 0):
