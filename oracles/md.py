@@ -210,6 +210,7 @@ def tracer_diffusivity(
     timestep_fs: float,
     sample_every_steps: int,
     hop_distance_a: float,
+    min_observations: int = 30,
 ) -> Diffusivity:
     """Tracer diffusivity of the mobile ions from pymatgen-analysis-diffusion's ``DiffusionAnalyzer``.
 
@@ -225,6 +226,8 @@ def tracer_diffusivity(
         lattice_matrix: the (fixed) cell.
         timestep_fs, sample_every_steps: MD step and the stride between frames.
         hop_distance_a: length of one hop.
+        min_observations: the library's ``min_obs``: lags are used up to
+            ``N_ion * n_frames / min_observations`` frames.
 
     Raises:
         OracleError: "too short" when the run is shorter than the library's shortest lag
@@ -249,7 +252,8 @@ def tracer_diffusivity(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             da = DiffusionAnalyzer(structure, disp, "Li", temperature=300, time_step=timestep_fs,
-                                   step_skip=sample_every_steps, smoothed="max")
+                                   step_skip=sample_every_steps, smoothed="max",
+                                   min_obs=min_observations)
     except ValueError as exc:
         raise OracleError(f"too short for a diffusivity: {exc}") from exc
     d = float(da.diffusivity)
@@ -375,6 +379,11 @@ class MlipMdSettings(MlipModelSettings):
     )
     friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction (1/fs)")
     bussi_taut_fs: float = Field(100.0, gt=0, description="Bussi thermostat time constant (fs)")
+    msd_min_observations: int = Field(
+        30, ge=1,
+        description="DiffusionAnalyzer's min_obs: the MSD is fitted up to lags of N_ion * n_frames / this "
+        "(a few mobile ions in a short run need less than the library's 30)",
+    )
     min_hops: float = Field(
         20.0, ge=0, description="temperatures with fewer estimated hops are flagged and left out of the fit"
     )
@@ -595,7 +604,7 @@ class MlipMdOracle(Oracle):
                 fw_msd = float(np.mean(np.sum((fw[-1] - fw[0]) ** 2, axis=-1))) if fw.shape[1] else 0.0
                 try:
                     diff = tracer_diffusivity(frames, mobile, cell0.cell.array, s.timestep_fs, s.sample_every_steps,
-                                              hop_distance)
+                                              hop_distance, min_observations=s.msd_min_observations)
                     short = None
                 except OracleError as exc:
                     diff, short = Diffusivity(0.0, 0.0, 0.0, 0.0), str(exc)

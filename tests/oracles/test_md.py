@@ -313,6 +313,7 @@ def test_short_chgnet_md_on_li2o():
             adaptive=False,
             sample_every_steps=5,
             min_hops=0.5,
+            msd_min_observations=5,  # 8 Li x 121 frames: lags up to the whole run (the default 30 stops at 32)
             bussi_taut_fs=20.0,
         )
     )
