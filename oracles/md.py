@@ -10,19 +10,27 @@ extrapolated 300 K diffusivity; the Nernst-Einstein relation turns that into a c
 
 Statistics, stated once:
 
-* ``D = slope / 6`` of the multiple-time-origin MSD of the mobile ions (centre-of-mass
-  drift of the whole cell removed) fitted linearly over lags of 10-50 % of the production
-  window (short lags are ballistic/vibrational, long lags have few time origins).
-* ``sigma_D`` is the larger of the block-average standard error (the production window cut
-  into ``n_blocks`` blocks, ``D`` fitted in each, ``std / sqrt(n)``) and the counting floor
-  ``D / sqrt(n_hops)``.
-* ``n_hops = N_ion * 6 D t / d_hop**2`` is the number of hops the diffusive MSD amounts to,
-  with ``d_hop`` the shortest distance between mobile-ion sites of the relaxed cell.
-  Temperatures with fewer than ``min_hops`` hops, or whose framework melted (framework MSD
-  above ``max_framework_msd_a2``), are flagged and left out of the fit; with fewer than two
-  usable temperatures the evaluation fails with a reason ("too few hops"), never a number.
+* ``D`` and its fit error come from pymatgen-analysis-diffusion's ``DiffusionAnalyzer``
+  (all-time-origin MSD of the mobile ions over lags from 1 ps, framework drift removed);
+  ``sigma_D`` is the larger of that error and the counting floor ``D / sqrt(n_hops)``, with
+  ``n_hops = N_ion * 6 D t / d_hop**2`` and ``d_hop`` the shortest distance between
+  mobile-ion sites of the relaxed cell.
+* Adaptive length (``adaptive``, default): every temperature is equilibrated, then the
+  production runs are extended in turn by ``production_steps`` until each reaches
+  ``target_hops`` hops or a relative error of ``D`` below ``target_relative_error``, or its
+  ``max_production_steps``, or the evaluation's ``max_md_wall_s`` ends them
+  (``stop_reason``). So a slow low-temperature point is extended, not dropped; each
+  temperature records why it stopped.
+* A temperature whose framework melted (MSD of the non-mobile cations and group centres above
+  ``max_framework_msd_a2``; rotating PS4/PO4 anions are not a melt, see
+  ``framework_centres``), with fewer than ``min_hops`` hops, or too short for the library's
+  lag window when it stopped, is flagged and left out of the fit; with fewer than two usable
+  temperatures the evaluation fails with a reason ("too few hops"), never a number.
+* Weighted Arrhenius fit of ``ln D`` (weights ``(D / sigma_D)**2``) with its covariance.
 * Nernst-Einstein with Haven ratio 1 (tracer = charge diffusivity, no correlated hops) and
   the Arrhenius line extrapolated to 300 K (no phase change assumed below the MD range).
+
+Disordered structures are ordered first (``matloop.oracles.ordering``; ``extra["ordering"]``).
 
 An MD run that explodes (non-finite energy, runaway temperature, atoms closer than
 ``min_distance_a``) fails the whole evaluation with ``OracleError``.
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -52,6 +61,7 @@ from .mlip import (
     relax_atoms,
     resolve_device,
 )
+from .ordering import OrderingSettings, ml_energy_function, order_structure
 
 #: Boltzmann constant in eV/K and in J/K, elementary charge in C
 KB_EV_PER_K = 8.617333262e-5
@@ -178,82 +188,129 @@ def nernst_einstein_conductivity(
     return number_density_per_cm3 * q * q * diffusivity_cm2_per_s / (KB_J_PER_K * temperature_k * haven_ratio)
 
 
-def msd_by_lag(displacements: np.ndarray) -> np.ndarray:
-    """Multiple-time-origin MSD: ``msd[k] = <|r(i + k) - r(i)|^2>`` over origins ``i`` and ions.
-
-    Args:
-        displacements: ``n_frames x n_ions x 3`` unwrapped positions (A).
-    """
-    r = np.asarray(displacements, dtype=float)
-    n = len(r)
-    out = np.zeros(n)
-    for k in range(1, n):
-        diff = r[k:] - r[:-k]
-        out[k] = float(np.mean(np.sum(diff * diff, axis=-1)))
-    return out
-
-
-def msd_slope(times_fs: np.ndarray, positions: np.ndarray, fit_window: tuple[float, float] = (0.1, 0.5)) -> float:
-    """Slope (A^2/fs) of the multi-origin MSD over lags between the ``fit_window`` fractions."""
-    times_fs = np.asarray(times_fs, dtype=float)
-    msd = msd_by_lag(positions)
-    lags = times_fs - times_fs[0]
-    span = lags[-1]
-    sel = (lags >= fit_window[0] * span) & (lags <= fit_window[1] * span)
-    if sel.sum() < 2:
-        sel = lags > 0
-    if sel.sum() < 2:
-        raise ValueError("too few frames to fit an MSD slope")
-    slope, _ = np.polyfit(lags[sel], msd[sel], 1)
-    return float(slope)
-
-
 @dataclass(frozen=True)
 class Diffusivity:
-    """Tracer diffusivity of one trajectory with its block-averaged error."""
+    """Tracer diffusivity of one trajectory with its error and the hops it amounts to."""
 
     diffusivity_cm2_per_s: float
     sigma_cm2_per_s: float
-    block_diffusivities_cm2_per_s: tuple[float, ...]
+    library_sigma_cm2_per_s: float
     n_hops: float
+
+    @property
+    def relative_error(self) -> float:
+        """``sigma / D`` (infinite for a non-positive ``D``)."""
+        return self.sigma_cm2_per_s / self.diffusivity_cm2_per_s if self.diffusivity_cm2_per_s > 0 else math.inf
 
 
 def tracer_diffusivity(
-    times_fs: np.ndarray,
-    positions: np.ndarray,
+    frames: np.ndarray,
+    mobile: np.ndarray,
+    lattice_matrix: np.ndarray,
+    timestep_fs: float,
+    sample_every_steps: int,
     hop_distance_a: float,
-    n_blocks: int = 4,
-    dim: int = 3,
+    min_observations: int = 30,
 ) -> Diffusivity:
-    """``D = slope / (2 dim)`` of the mobile ions' MSD, with block-averaged uncertainty.
+    """Tracer diffusivity of the mobile ions from pymatgen-analysis-diffusion's ``DiffusionAnalyzer``.
+
+    The library fits the all-time-origin MSD over lags from 1 ps (``smoothed="max"``) after
+    removing the framework's mean drift, and gives the standard deviation of that fit. The
+    reported ``sigma`` is the larger of that and the counting floor ``D / sqrt(n_hops)``
+    (the fit's error ignores that few hops make a noisy MSD), with
+    ``n_hops = N_ion * 6 D t / d_hop**2``.
 
     Args:
-        times_fs: ``n_frames`` sample times.
-        positions: ``n_frames x n_ions x 3`` unwrapped positions (A), drift removed.
-        hop_distance_a: distance of one hop, for the hop count ``N_ion 2 dim D t / d^2``.
-        n_blocks: contiguous blocks for the error; each needs at least 4 frames.
+        frames: ``n_frames x n_atoms x 3`` unwrapped Cartesian positions (A), equally spaced.
+        mobile: boolean mask of the mobile ions among the atoms.
+        lattice_matrix: the (fixed) cell.
+        timestep_fs, sample_every_steps: MD step and the stride between frames.
+        hop_distance_a: length of one hop.
+        min_observations: the library's ``min_obs``: lags are used up to
+            ``N_ion * n_frames / min_observations`` frames.
+
+    Raises:
+        OracleError: "too short" when the run is shorter than the library's shortest lag
+            window (it needs frames beyond 1 ps and enough time origins).
     """
-    times_fs = np.asarray(times_fs, dtype=float)
-    positions = np.asarray(positions, dtype=float)
-    d_a2_fs = msd_slope(times_fs, positions) / (2 * dim)
-    d = d_a2_fs * A2_PER_FS_TO_CM2_PER_S
-    n_frames = len(times_fs)
-    n_blocks = max(1, min(n_blocks, n_frames // 4))
-    blocks = []
-    if n_blocks >= 2:
-        for idx in np.array_split(np.arange(n_frames), n_blocks):
-            blocks.append(msd_slope(times_fs[idx], positions[idx]) / (2 * dim) * A2_PER_FS_TO_CM2_PER_S)
-    duration_fs = times_fs[-1] - times_fs[0]
-    n_ions = positions.shape[1]
-    n_hops = max(0.0, n_ions * 2 * dim * d_a2_fs * duration_fs / hop_distance_a**2)
-    sigma_blocks = float(np.std(blocks, ddof=1) / math.sqrt(len(blocks))) if len(blocks) >= 2 else abs(d)
+    from pymatgen.analysis.diffusion.analyzer import DiffusionAnalyzer
+    from pymatgen.core import Lattice, Structure
+
+    frames = np.asarray(frames, dtype=float)
+    mobile = np.asarray(mobile, dtype=bool)
+    species = ["Li" if m else "Xe" for m in mobile]
+    disp = np.transpose(frames - frames[0], (1, 0, 2))
+    coords = frames[0]
+    if mobile.all():
+        # the library removes the framework's mean drift and needs a framework site; the frames
+        # already have the cell's centre of mass removed, so a fixed ghost site changes nothing
+        species.append("Xe")
+        disp = np.concatenate([disp, np.zeros((1,) + disp.shape[1:])])
+        coords = np.concatenate([coords, np.zeros((1, 3))])
+    structure = Structure(Lattice(lattice_matrix), species, coords, coords_are_cartesian=True, validate_proximity=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            da = DiffusionAnalyzer(structure, disp, "Li", temperature=300, time_step=timestep_fs,
+                                   step_skip=sample_every_steps, smoothed="max",
+                                   min_obs=min_observations)
+    except ValueError as exc:
+        raise OracleError(f"too short for a diffusivity: {exc}") from exc
+    d = float(da.diffusivity)
+    duration_fs = (len(frames) - 1) * timestep_fs * sample_every_steps
+    n_ions = int(mobile.sum())
+    d_a2_fs = d / A2_PER_FS_TO_CM2_PER_S
+    n_hops = max(0.0, n_ions * 6 * d_a2_fs * duration_fs / hop_distance_a**2)
+    library_sigma = float(da.diffusivity_std_dev)
     sigma_count = abs(d) / math.sqrt(n_hops) if n_hops > 0 else abs(d)
     return Diffusivity(
         diffusivity_cm2_per_s=d,
-        sigma_cm2_per_s=max(sigma_blocks, sigma_count),
-        block_diffusivities_cm2_per_s=tuple(blocks),
+        sigma_cm2_per_s=max(library_sigma, sigma_count),
+        library_sigma_cm2_per_s=library_sigma,
         n_hops=n_hops,
     )
+
+
+def stop_reason(
+    n_hops: float, relative_error: float, production_steps: int, md_wall_s: float, s: "MlipMdSettings"
+) -> str | None:
+    """Why the production run at one temperature ends now, or None to extend it by another chunk.
+
+    The adaptive rule: enough hops (``target_hops``) or a small enough relative error of
+    ``D`` (``target_relative_error``) ends it; otherwise it runs on until the per-temperature
+    step cap (``max_production_steps``) or the whole evaluation's time cap (``max_md_wall_s``).
+    With ``adaptive`` off, one chunk of ``production_steps`` is the run.
+    """
+    if not s.adaptive:
+        return "fixed length"
+    if n_hops >= s.target_hops:
+        return "hop target"
+    if relative_error <= s.target_relative_error:
+        return "error target"
+    if production_steps >= s.max_production_steps:
+        return "step cap"
+    if s.max_md_wall_s is not None and md_wall_s >= s.max_md_wall_s:
+        return "time cap"
+    return None
+
+
+def framework_centres(symbols: Sequence[str], mobile_ion: str) -> np.ndarray:
+    """Mask of the framework atoms whose displacement tells a melt: the non-mobile cations and group centres.
+
+    Anions of the most electronegative non-mobile element (S of PS4, O of PO4, Cl) are left
+    out: a rotating PS4 group moves its S atoms by ~2 A while the crystal stands. A framework
+    of that element alone (Li3N: N) is judged on it.
+    """
+    from pymatgen.core import Element
+
+    symbols = np.asarray(symbols)
+    others = sorted({s for s in symbols if s != mobile_ion})
+    if not others:
+        return np.zeros(len(symbols), dtype=bool)
+    anion = max(others, key=lambda el: Element(el).X)
+    centres = (symbols != mobile_ion) & (symbols != anion)
+    return centres if centres.any() else symbols != mobile_ion
+
 
 
 def supercell_for(lattice_matrix: np.ndarray, n_atoms: int, min_atoms: int) -> list[int]:
@@ -287,21 +344,53 @@ class MlipMdSettings(MlipModelSettings):
     )
     supercell_min_atoms: int = Field(64, ge=1, description="smallest supercell size (atoms) when supercell is unset")
     relax: bool = Field(True, description="relax atoms and cell with the MLIP before the MD")
+    ordering: OrderingSettings = Field(
+        default_factory=OrderingSettings,
+        description="ordering of disordered structures (enabled, max_atoms, n_candidates, ...): see "
+        "matloop.oracles.ordering",
+    )
     timestep_fs: float = Field(2.0, gt=0, le=5, description="MD time step (fs)")
     equilibration_steps: int = Field(1000, ge=0, description="steps discarded before production, per temperature")
-    production_steps: int = Field(10000, ge=20, description="steps analysed, per temperature")
+    production_steps: int = Field(
+        5000, ge=20,
+        description="production steps per chunk: the whole production run when adaptive is off, else the "
+        "length by which a temperature's run is extended until a stopping rule holds",
+    )
+    adaptive: bool = Field(
+        True,
+        description="extend each temperature's production run chunk by chunk until target_hops or "
+        "target_relative_error is reached, or max_production_steps / max_md_wall_s ends it",
+    )
+    target_hops: float = Field(100.0, gt=0, description="estimated hops that end a temperature's run (adaptive)")
+    target_relative_error: float = Field(
+        0.2, gt=0, description="relative error of D that ends a temperature's run (adaptive)"
+    )
+    max_production_steps: int = Field(
+        50000, ge=20, description="cap on a temperature's production steps (adaptive)"
+    )
+    max_md_wall_s: float | None = Field(
+        None, gt=0,
+        description="time cap (s) on the MD of one evaluation (adaptive): runs still short of their targets "
+        "then stop and are judged as they are; None: no cap",
+    )
     sample_every_steps: int = Field(10, ge=1, description="stride (steps) between recorded frames")
     thermostat: Literal["bussi", "langevin"] = Field(
         "bussi", description="bussi: stochastic velocity rescaling (gentle on dynamics); langevin: friction + noise"
     )
     friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction (1/fs)")
     bussi_taut_fs: float = Field(100.0, gt=0, description="Bussi thermostat time constant (fs)")
-    n_blocks: int = Field(4, ge=2, description="blocks of the production window for the diffusivity error")
+    msd_min_observations: int = Field(
+        30, ge=1,
+        description="DiffusionAnalyzer's min_obs: the MSD is fitted up to lags of N_ion * n_frames / this "
+        "(a few mobile ions in a short run need less than the library's 30)",
+    )
     min_hops: float = Field(
         20.0, ge=0, description="temperatures with fewer estimated hops are flagged and left out of the fit"
     )
     max_framework_msd_a2: float = Field(
-        2.0, gt=0, description="framework (non-mobile) MSD (A^2) above which a temperature counts as melted"
+        2.0, gt=0,
+        description="MSD (A^2) of the framework's cations and group centres (framework_centres: rotating "
+        "anion groups excluded) above which a temperature counts as melted",
     )
     max_temperature_drift: float = Field(
         0.3, gt=0, description="mean production temperature off target by more than this fraction is a failure"
@@ -332,35 +421,54 @@ class TemperatureRun:
     sigma_cm2_per_s: float
     n_hops: float
     framework_msd_a2: float
-    flag: str | None  # None, "too few hops" or "framework melted"
+    flag: str | None  # None, "too few hops", "too short" or "framework melted"
     seconds_per_step: float
+    production_steps: int
+    stop: str  # why the production run ended (stop_reason), or "framework melted"
 
 
-def run_nvt(atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random.Generator):
-    """Equilibrate then run production at ``temperature_k``; returns times, positions, temperatures.
+class NvtRun:
+    """NVT MD at one temperature that can be extended: equilibrates on construction, then ``extend``.
 
     Positions are the unwrapped trajectory (ASE integrators never wrap) with the centre-of-mass
-    displacement of the whole cell removed.
+    displacement of the whole cell removed, recorded every ``sample_every_steps``.
 
     Raises:
-        OracleError: on an exploding run (see the module docstring).
+        OracleError: on an exploding run (see the module docstring), from construction or ``extend``.
     """
-    from ase import units
-    from ase.md.bussi import Bussi
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-    atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
-    Stationary(atoms)
-    dt = s.timestep_fs * units.fs
-    if s.thermostat == "langevin":
-        dyn = Langevin(atoms, dt, temperature_K=temperature_k, friction=s.friction_per_fs / units.fs, fixcm=False, rng=rng)
-        # (fixcm=True is deprecated in ASE: it biases small cells; the analysis removes the drift)
-    else:
-        dyn = Bussi(atoms, dt, temperature_K=temperature_k, taut=s.bussi_taut_fs * units.fs, rng=rng)
+    def __init__(self, atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random.Generator):
+        from ase import units
+        from ase.md.bussi import Bussi
+        from ase.md.langevin import Langevin
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-    def guard():
+        self.atoms, self.temperature_k, self.s = atoms, temperature_k, s
+        atoms.calc = calc
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
+        Stationary(atoms)
+        dt = s.timestep_fs * units.fs
+        if s.thermostat == "langevin":
+            self.dyn = Langevin(atoms, dt, temperature_K=temperature_k, friction=s.friction_per_fs / units.fs,
+                                fixcm=False, rng=rng)
+            # (fixcm=True is deprecated in ASE: it biases small cells; the analysis removes the drift)
+        else:
+            self.dyn = Bussi(atoms, dt, temperature_K=temperature_k, taut=s.bussi_taut_fs * units.fs, rng=rng)
+        self.dyn.attach(self._guard, interval=s.guard_every_steps)
+        t0 = time.perf_counter()
+        if s.equilibration_steps:
+            self.dyn.run(s.equilibration_steps)
+        self.wall_s = time.perf_counter() - t0
+        self._masses = atoms.get_masses()[:, None]
+        self._frames: list[np.ndarray] = []
+        self._temps: list[float] = []
+        self._steps: list[int] = []
+        self._start = self.dyn.nsteps  # ASE keeps counting steps across runs
+        self._record()
+        self.dyn.attach(self._record, interval=1)
+
+    def _guard(self):
+        atoms, temperature_k, s = self.atoms, self.temperature_k, self.s
         e = atoms.get_potential_energy()
         if not math.isfinite(e) or not np.all(np.isfinite(atoms.positions)):
             raise OracleError(f"MD exploded at {temperature_k:g} K: non-finite energy or positions")
@@ -371,36 +479,63 @@ def run_nvt(atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random
         if d < s.min_distance_a:
             raise OracleError(f"MD exploded at {temperature_k:g} K: atoms {d:.2f} A apart")
 
-    dyn.attach(guard, interval=s.guard_every_steps)
-    if s.equilibration_steps:
-        dyn.run(s.equilibration_steps)
-
-    masses = atoms.get_masses()[:, None]
-    frames, temps, steps = [], [], []
-    start = dyn.nsteps  # ASE keeps counting steps across runs
-
-    def record():
-        step = dyn.nsteps - start
-        if step % s.sample_every_steps or (steps and steps[-1] == step):
+    def _record(self):
+        step = self.dyn.nsteps - self._start
+        if step % self.s.sample_every_steps or (self._steps and self._steps[-1] == step):
             return
-        pos = atoms.get_positions()
-        com = (masses * pos).sum(0) / masses.sum()
-        frames.append(pos - com)
-        temps.append(atoms.get_temperature())
-        steps.append(step)
+        pos = self.atoms.get_positions()
+        com = (self._masses * pos).sum(0) / self._masses.sum()
+        self._frames.append(pos - com)
+        self._temps.append(self.atoms.get_temperature())
+        self._steps.append(step)
 
-    record()
-    dyn.attach(record, interval=1)
-    dyn.run(s.production_steps)
-    times_fs = np.asarray(steps, dtype=float) * s.timestep_fs
-    # judged on the second half: the first may still relax towards T after a short equilibration
-    mean_t = float(np.mean(temps[len(temps) // 2 :]))
-    if abs(mean_t - temperature_k) > s.max_temperature_drift * temperature_k:
-        raise OracleError(
-            f"MD temperature off target at {temperature_k:g} K: production mean {mean_t:.0f} K "
-            f"(limit {s.max_temperature_drift:.0%}; runaway heating or a thermostat too weak for the run)"
-        )
-    return times_fs, np.asarray(frames), mean_t
+    def extend(self, n_steps: int) -> None:
+        """Run ``n_steps`` more production steps."""
+        t0 = time.perf_counter()
+        self.dyn.run(n_steps)
+        self.wall_s += time.perf_counter() - t0
+
+    @property
+    def production_steps(self) -> int:
+        """Production steps run so far."""
+        return self.dyn.nsteps - self._start
+
+    @property
+    def times_fs(self) -> np.ndarray:
+        """Times of the recorded frames (fs from the start of production)."""
+        return np.asarray(self._steps, dtype=float) * self.s.timestep_fs
+
+    @property
+    def frames(self) -> np.ndarray:
+        """``n_frames x n_atoms x 3`` recorded positions."""
+        return np.asarray(self._frames)
+
+    def mean_temperature(self) -> float:
+        """Mean temperature of the second half of production.
+
+        Raises:
+            OracleError: when it is off target by more than ``max_temperature_drift``.
+        """
+        # judged on the second half: the first may still relax towards T after a short equilibration
+        mean_t = float(np.mean(self._temps[len(self._temps) // 2 :]))
+        if abs(mean_t - self.temperature_k) > self.s.max_temperature_drift * self.temperature_k:
+            raise OracleError(
+                f"MD temperature off target at {self.temperature_k:g} K: production mean {mean_t:.0f} K "
+                f"(limit {self.s.max_temperature_drift:.0%}; runaway heating or a thermostat too weak for the run)"
+            )
+        return mean_t
+
+
+def run_nvt(atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random.Generator):
+    """Equilibrate then run ``production_steps`` at ``temperature_k``; returns times, positions, mean T.
+
+    Raises:
+        OracleError: on an exploding run (see the module docstring).
+    """
+    run = NvtRun(atoms, calc, temperature_k, s, rng)
+    run.extend(s.production_steps)
+    return run.times_fs, run.frames, run.mean_temperature()
+
 
 
 class MlipMdOracle(Oracle):
@@ -408,7 +543,7 @@ class MlipMdOracle(Oracle):
 
     kind = "mlip-md"
     properties = ("migration_energy_ev", "diffusivity_cm2_per_s_300k", "conductivity_s_per_cm_300k")
-    code_version = "1"
+    code_version = "2"
     Settings = MlipMdSettings
     needs_structure = True
     #: the model when the settings leave ``model`` unset
@@ -428,17 +563,16 @@ class MlipMdOracle(Oracle):
 
         s = self.settings
         structure = candidate.pmg_structure()
-        if not structure.is_ordered:
-            raise OracleError("disordered structure (partial occupancies); order it before MD")
+        device = resolve_device(self.site.device)
+        calc = load_calculator(s.model, s.model_version, device)
+        md_calc = load_calculator(s.model, s.model_version, device, stress=False)
+        check_elements([str(el) for el in structure.composition.elements], s.model, calc)
+        structure, ordering = order_structure(structure, ml_energy_function(md_calc, relax=s.ordering.ml_relax), s.ordering)
         if s.mobile_ion not in {str(el) for el in structure.composition.elements}:
             raise OracleError(f"no {s.mobile_ion} in {structure.composition.reduced_formula}")
         unit = AseAtomsAdaptor.get_atoms(structure)
         if min_distance_a(unit) < s.min_distance_a:
             raise OracleError(f"atoms overlap: shortest distance {min_distance_a(unit):.3f} A")
-        device = resolve_device(self.site.device)
-        calc = load_calculator(s.model, s.model_version, device)
-        md_calc = load_calculator(s.model, s.model_version, device, stress=False)
-        check_elements([str(el) for el in structure.composition.elements], s.model, calc)
 
         t_start = time.perf_counter()
         if s.relax:
@@ -453,32 +587,54 @@ class MlipMdOracle(Oracle):
         density = n_mobile / volume_cm3
 
         rng = np.random.default_rng(s.seed)
-        runs: list[TemperatureRun] = []
+        symbols = cell0.get_chemical_symbols()
+        centres = framework_centres(symbols, s.mobile_ion)
+        # every temperature is equilibrated, then all are extended chunk by chunk in turn, so a
+        # time cap shares the budget and slow (low-T) points are extended rather than dropped
+        t_md = time.perf_counter()
+        active: dict[float, NvtRun] = {}
         for temp in s.temperatures_k:
-            atoms = cell0.copy()
-            t0 = time.perf_counter()
-            times_fs, frames, mean_t = run_nvt(atoms, md_calc, temp, s, rng)
-            per_step = (time.perf_counter() - t0) / max(1, s.equilibration_steps + s.production_steps)
-            diff = tracer_diffusivity(times_fs, frames[:, mobile], hop_distance, n_blocks=s.n_blocks)
-            fw = frames[:, ~mobile]
-            fw_msd = float(np.mean(np.sum((fw[-1] - fw[0]) ** 2, axis=-1))) if fw.shape[1] else 0.0
-            flag = None
-            if fw_msd > s.max_framework_msd_a2:
-                flag = "framework melted"
-            elif diff.n_hops < s.min_hops or diff.diffusivity_cm2_per_s <= 0:
-                flag = "too few hops"
-            runs.append(
-                TemperatureRun(
+            active[temp] = NvtRun(cell0.copy(), md_calc, temp, s, rng)
+        done: dict[float, TemperatureRun] = {}
+        while active:
+            for temp, run in list(active.items()):
+                run.extend(s.production_steps)
+                frames = run.frames
+                fw = frames[:, centres]
+                fw_msd = float(np.mean(np.sum((fw[-1] - fw[0]) ** 2, axis=-1))) if fw.shape[1] else 0.0
+                try:
+                    diff = tracer_diffusivity(frames, mobile, cell0.cell.array, s.timestep_fs, s.sample_every_steps,
+                                              hop_distance, min_observations=s.msd_min_observations)
+                    short = None
+                except OracleError as exc:
+                    diff, short = Diffusivity(0.0, 0.0, 0.0, 0.0), str(exc)
+                flag, stop = None, None
+                if fw_msd > s.max_framework_msd_a2:
+                    flag = stop = "framework melted"
+                else:
+                    stop = stop_reason(diff.n_hops, diff.relative_error, run.production_steps,
+                                       time.perf_counter() - t_md, s)
+                    if stop is not None and short:
+                        flag = "too short"
+                    elif stop is not None and (diff.n_hops < s.min_hops or diff.diffusivity_cm2_per_s <= 0):
+                        flag = "too few hops"
+                if stop is None:
+                    continue
+                del active[temp]
+                done[temp] = TemperatureRun(
                     temperature_k=temp,
-                    mean_temperature_k=mean_t,
+                    mean_temperature_k=run.mean_temperature(),
                     diffusivity_cm2_per_s=diff.diffusivity_cm2_per_s,
                     sigma_cm2_per_s=diff.sigma_cm2_per_s,
                     n_hops=diff.n_hops,
                     framework_msd_a2=fw_msd,
                     flag=flag,
-                    seconds_per_step=per_step,
+                    seconds_per_step=run.wall_s / max(1, s.equilibration_steps + run.production_steps),
+                    production_steps=run.production_steps,
+                    stop=stop,
                 )
-            )
+        runs = [done[t] for t in s.temperatures_k]
+
 
         usable = [r for r in runs if r.flag is None]
         summary = "; ".join(f"{r.temperature_k:g} K: {r.n_hops:.1f} hops{f' ({r.flag})' if r.flag else ''}" for r in runs)
@@ -513,6 +669,7 @@ class MlipMdOracle(Oracle):
                 "ion_charge": charge,
                 "haven_ratio": 1.0,
                 "model": model_provenance(s.model, s.model_version),
+                "ordering": ordering,
                 "md_wall_s": time.perf_counter() - t_start,
             },
         )

@@ -105,6 +105,7 @@ CASES: dict[str, Case] = {
     "chgnet": MLIP,
     "sevennet": MLIP,
     "mlip-md": Case({}, {"seed": 1}, {"temperatures_k": "hot"}, run_composition_only),
+    "mlip-neb": Case({}, {"fmax": 0.05}, {"n_images": "many"}, run_composition_only),
     "gpaw-pbe": GPAW,
     "gpaw-hse06": GPAW,
     "lookup": Case({"table": "table.csv", "columns": {"gap_ev": "gap"}}, {"duplicates": "min"},
