@@ -69,7 +69,6 @@ class _EnumeratingGenerator:
         self._read = 0
         self._batch = Deduplicator(matcher=self.settings.matcher)  # everything returned so far
         self._known = Deduplicator(matcher=self.settings.matcher)
-        self._known_ids: set[str] = set()
 
     def _entries(self) -> Iterator[tuple[object | None, dict, str | None]]:
         """Yield ``(structure or None, provenance, reason if None)`` in source order."""
@@ -85,10 +84,7 @@ class _EnumeratingGenerator:
 
         ``rng`` is unused: enumeration is deterministic, in the source's order.
         """
-        for cid, cand in state.candidates.items():
-            if cid not in self._known_ids:
-                self._known_ids.add(cid)
-                self._known.add(cand, check=False)
+        self._known.remember(state.candidates)
         if self._iter is None:
             self._iter = self._entries()
         out: list[Candidate] = []

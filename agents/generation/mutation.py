@@ -347,7 +347,6 @@ class MutationGenerator:
         self.rejections: Counter = Counter()
         self._origin: dict[str, str] = {}
         self._known = Deduplicator(matcher=s.matcher)
-        self._known_ids: set[str] = set()
         self._rank: dict[str, float] = {}
 
     # -- bookkeeping ---------------------------------------------------------------------------
@@ -371,12 +370,6 @@ class MutationGenerator:
             }
         return out
 
-    def _sync_known(self, state: CampaignState) -> None:
-        for cid, cand in state.candidates.items():
-            if cid not in self._known_ids:
-                self._known_ids.add(cid)
-                self._known.add(cand, check=False)
-
     # -- selection -----------------------------------------------------------------------------
     def _select(self, pool: list[Candidate], rng: np.random.Generator, uses: Counter) -> Candidate:
         """Tournament on rank-normalised fitness minus the diversity penalty of the formula."""
@@ -397,7 +390,7 @@ class MutationGenerator:
     def generate(self, n: int, state: CampaignState, rng: np.random.Generator) -> list[Candidate]:
         """Up to ``n`` valid children new to the campaign, each with operator and parent ids."""
         s = self.settings
-        self._sync_known(state)
+        self._known.remember(state.candidates)
         self._rank = self._ranks(state)
         with_fitness = [c for c in state.candidates.values() if c.id in state.fitness]
         pool = with_fitness or list(state.candidates.values())

@@ -75,7 +75,6 @@ class SubstitutionGenerator:
         self.stats: Counter = Counter()
         self.rejections: Counter = Counter()
         self._known = Deduplicator(matcher=s.matcher)
-        self._known_ids: set[str] = set()
         self._structures: dict = {}
         self.exclude = _radioactive() if s.exclude_radioactive else set()
         self.table = SubstitutionTable(min_probability=s.min_probability)
@@ -83,10 +82,7 @@ class SubstitutionGenerator:
     def generate(self, n: int, state: CampaignState, rng: np.random.Generator) -> list[Candidate]:
         """Up to ``n`` valid substituted children new to the campaign, with parent id and substitution."""
         s = self.settings
-        for cid, cand in state.candidates.items():
-            if cid not in self._known_ids:
-                self._known_ids.add(cid)
-                self._known.add(cand, check=False)
+        self._known.remember(state.candidates)
         parents = [c for c in state.candidates.values() if c.structure is not None]
         if n <= 0 or not parents:
             return []

@@ -281,7 +281,6 @@ class VaeGenerator:
         self.model = None
         self._trained_on: str | None = None
         self._known = Deduplicator(matcher=self.settings.matcher)
-        self._known_ids: set[str] = set()
         self._structures: dict = {}  # candidate id -> pymatgen Structure, parsed once
         self.relaxer = self._prerelax_oracle() if self.settings.prerelax else None
 
@@ -455,10 +454,7 @@ class VaeGenerator:
                 anchor_cands = [train[int(i)] for i in pick]
             pos = {c.id: i for i, c in enumerate(train)}
             anchors = self.latents([structs[pos[c.id]] for c in anchor_cands])
-        for cid, cand in state.candidates.items():
-            if cid not in self._known_ids:
-                self._known_ids.add(cid)
-                self._known.add(cand, check=False)
+        self._known.remember(state.candidates)
         known = self._known
         batch = Deduplicator(matcher=s.matcher)
         relaxed = Deduplicator(matcher=s.matcher)  # two samples may relax into one structure

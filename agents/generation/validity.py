@@ -170,9 +170,18 @@ class Deduplicator:
         self.matcher = StructureMatcher(ltol=ms.ltol, stol=ms.stol, angle_tol=ms.angle_tol, scale=ms.scale)
         self._buckets: dict[str, list[list]] = {}  # formula -> [[hash or None, structure], ...]
         self._compositions: set[str] = set()
+        self._candidate_ids: set[str] = set()
         self.n_comparisons = 0
         for item in known:
             self.add(item, check=False)
+
+    def remember(self, candidates: dict[str, Candidate]) -> None:
+        """Add, without comparison, every candidate (id -> Candidate) not remembered before: how a
+        generator keeps its reference set in step with the campaign's candidates."""
+        for cid, cand in candidates.items():
+            if cid not in self._candidate_ids:
+                self._candidate_ids.add(cid)
+                self.add(cand, check=False)
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values()) + len(self._compositions)

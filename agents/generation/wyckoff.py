@@ -216,7 +216,6 @@ class WyckoffGenerator:
         self._templates: dict[str, WyckoffTemplate | None] = {}
         self._structures: dict = {}
         self._known = Deduplicator(matcher=s.matcher)
-        self._known_ids: set[str] = set()
         self._decoded_compositions: set[str] = set()
         self.relaxer = self._prerelax_oracle() if s.prerelax else None
 
@@ -277,10 +276,7 @@ class WyckoffGenerator:
     def generate(self, n: int, state: CampaignState, rng: np.random.Generator) -> list[Candidate]:
         """Up to ``n`` valid decoded structures of new compositions, each with template, parent and composition origin."""
         s = self.settings
-        for cid, cand in state.candidates.items():
-            if cid not in self._known_ids:
-                self._known_ids.add(cid)
-                self._known.add(cand, check=False)
+        self._known.remember(state.candidates)
         structured = [c for c in state.candidates.values() if c.structure is not None]
         if n <= 0 or not structured:
             return []

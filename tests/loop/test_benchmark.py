@@ -117,7 +117,7 @@ def test_benchmark_runs_share_the_init_draw_and_never_repeat(grid_csv, tmp_path)
                               budget=17, batch_size=6, init=5, seeds=2, strategies="random,greedy_rf,matloop",
                               log=lambda m: None)
     assert set(s) == {"dataset", "n_pool", "n_merged_duplicates", "n_good", "goal", "budget", "batch_size", "init",
-                      "seeds", "strategies"}
+                      "seeds", "strategies", "attainable"}
     assert s["n_pool"] == 286 and s["n_good"] == math.ceil(0.05 * 286) and s["goal"] == "min"
     for name, st in s["strategies"].items():
         assert set(st) == {"recall_at_budget", "evals_to_half", "AF_vs_random", "EF_at_budget", "curve",

@@ -272,7 +272,8 @@ def test_evaluate_summary_reads_with_units(caf_obs):
         ({"interface_partners": ["LiCoO2", "Li2Co2O4"]}, "same phase"),
         ({"interface_partners": ["Xx2O"]}, "not a chemical formula"),
         ({"formation_energy": False, "li_window": True}, "need formation_energy"),
-        ({"hull": {"source": "optimade"}}, "auto"),
+        ({"hull": {"source": "optimade"}}, "optimade_url and optimade_energy_field"),  # a provider must be named
+        ({"hull": {"source": "ldap"}}, "auto"),
     ],
 )
 def test_coating_and_hull_settings_are_validated(settings, match):
