@@ -252,7 +252,8 @@ class GenerationSpec(_Model):
     mix: Literal["fixed", "adaptive"] = Field(
         "fixed",
         description="fixed: each generator draws its n_per_iteration; adaptive: a Thompson-sampling bandit "
-        "splits the total n_per_iteration among generators by how often their candidates were picked",
+        "splits the total n_per_iteration among generators by their S.U.N. yield per oracle cost once E_hull is "
+        "measured, else by how often their candidates came back in the top quartile",
     )
 
 
