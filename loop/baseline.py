@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from matloop.core.records import Request
+from matloop.core.units import format_value
 
 from .execution import execute
 from .ledger import Ledger
@@ -53,10 +54,11 @@ def print_comparison(spec: CampaignSpec, scoreboard: Scoreboard, summary: dict, 
     prop = spec.primary_objective.property
     say("")
     say(f"summary: {spec.name} — objective {spec.primary_objective.goal} {prop}")
-    say(f"  agent : best {a['best_value']} ({a['best_formula']}) after {a['evaluations']} evaluations")
-    say(f"  random: best {r['best_value']} ({r['best_formula']}) after {r['evaluations']} evaluations "
-        f"(same pool, same budget)")
+    say(f"  agent : best {format_value(a['best_value'], prop)} ({a['best_formula']}) after {a['evaluations']} "
+        "evaluations")
+    say(f"  random: best {format_value(r['best_value'], prop)} ({r['best_formula']}) after {r['evaluations']} "
+        "evaluations (same pool, same budget)")
     if a["best_value"] is not None and r["best_value"] is not None:
         sa, sr = scoreboard.goal.score(np.array([a["best_value"], r["best_value"]]))
         verdict = "agent better" if sa > sr else ("tie" if math.isclose(sa, sr) else "random better")
-        say(f"  difference: {abs(a['best_value'] - r['best_value']):.4g} ({verdict})")
+        say(f"  difference: {format_value(abs(a['best_value'] - r['best_value']), prop)} ({verdict})")
