@@ -1069,9 +1069,10 @@ def _store_sections(store: Store, data: _Data, obj: ReportObjective, good: set[s
         cap = (f"Agent arm. Successes: candidates with a {_esc(obj.property)} value from {_esc(obj.oracle)}; "
                f"top-{TOP_K_SOURCES}: the agent's best {TOP_K_SOURCES} by the objective.")
         if any(o.value("e_above_hull_ev_per_atom") is not None for o in data.arms.get("agent", [])):
-            from .generation import STABLE_EV_PER_ATOM, source_yield
+            from .generation import STABLE_EV_PER_ATOM, sun_counts
 
-            sun = source_yield(store)
+            # source_yield(store) on what this report already read from the store
+            sun = sun_counts(list(data.candidates.values()), [o for obs in data.arms.values() for o in obs])
             header += ["stable", "S.U.N.", "S.U.N. rate"]
             for row in rows:
                 y = sun.get(row[0], {})

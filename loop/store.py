@@ -651,14 +651,9 @@ def stored_campaign_spec(path: str | Path) -> dict | None:
 
     Raises:
         StoreBusy: another ``matloop run`` holds the store.
-        InputError: the file is not a matloop store, or is damaged (exit 2 at the CLI).
+        StoreDamaged: the file is not a matloop store, or is damaged (exit 2 at the CLI).
     """
-    import sqlite3
-
-    try:
-        store = Store(path)
-    except sqlite3.DatabaseError as exc:
-        raise InputError(f"not a matloop store, or damaged: {exc}", file=str(path)) from None
+    store = Store(path)
     try:
         store.check_run_lock_free()
         return store.get_meta("campaign_spec")

@@ -48,13 +48,12 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from matloop.core.oracle import Oracle
 from matloop.core.records import Candidate, OracleError, OracleResult
 
 from .mlip import (
+    MlipModelOracle,
     MlipModelSettings,
     check_elements,
-    compute_threads,
     load_calculator,
     min_distance_a,
     model_provenance,
@@ -538,7 +537,7 @@ def run_nvt(atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random
 
 
 
-class MlipMdOracle(Oracle):
+class MlipMdOracle(MlipModelOracle):
     """Ion migration from MLIP molecular dynamics: Arrhenius migration energy, D and sigma at 300 K."""
 
     kind = "mlip-md"
@@ -546,19 +545,8 @@ class MlipMdOracle(Oracle):
     code_version = "2"
     Settings = MlipMdSettings
     needs_structure = True
-    #: the model when the settings leave ``model`` unset
-    default_model = "chgnet"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.settings = self.settings.with_defaults(self.default_model)
-
-    def evaluate(self, candidate: Candidate) -> OracleResult:
-        """Relax, run NVT MD at each temperature and fit the Arrhenius line (see the module docstring)."""
-        with compute_threads(self.site.torch_threads):
-            return self._evaluate(candidate)
-
     def _evaluate(self, candidate: Candidate) -> OracleResult:
+        """Relax, run NVT MD at each temperature and fit the Arrhenius line (see the module docstring)."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
         s = self.settings

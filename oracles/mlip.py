@@ -486,7 +486,30 @@ def _phase_formation_energy(formula: str, energy_ev_per_atom: float, apply_mp202
     return corrected_formation_energy(comp, energy_ev_per_atom * comp.num_atoms, apply_mp2020=apply_mp2020)
 
 
-class MlipOracle(ReferenceHullMixin, Oracle):
+class MlipModelOracle(Oracle):
+    """Base of the oracles driven by an ML potential (``mlip``, ``mlip-md``, ``mlip-neb``).
+
+    Fills the ``model`` setting from ``default_model`` when it is unset, and runs
+    ``_evaluate`` under the site's torch thread count.
+    """
+
+    #: the model when the settings leave ``model`` unset
+    default_model: ClassVar[str] = "chgnet"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = self.settings.with_defaults(self.default_model)
+
+    def evaluate(self, candidate: Candidate) -> OracleResult:
+        """``_evaluate`` under the site's torch threads (see the subclass's docstring)."""
+        with compute_threads(self.site.torch_threads):
+            return self._evaluate(candidate)
+
+    def _evaluate(self, candidate: Candidate) -> OracleResult:
+        raise NotImplementedError
+
+
+class MlipOracle(ReferenceHullMixin, MlipModelOracle):
     """MLIP relaxation, then energy, formation energy and energy above the reference hull per atom.
 
     The ML potential is the ``model`` setting (``MlipModelSettings``); the site gives the
@@ -499,12 +522,9 @@ class MlipOracle(ReferenceHullMixin, Oracle):
     code_version = "2"
     Settings: ClassVar[type[OracleSettings]] = MlipSettings
     needs_structure = True
-    #: the model when the settings leave ``model`` unset
-    default_model: ClassVar[str] = "chgnet"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.settings = self.settings.with_defaults(self.default_model)
         self.properties = mlip_properties(self.settings)  # declare what this instance reports
         self.campaign_phases: list[tuple[str, float]] = []
 
@@ -576,12 +596,7 @@ class MlipOracle(ReferenceHullMixin, Oracle):
             if missing:
                 raise OracleError(f"interface partner(s) {', '.join(missing)} not in the reference hull {hull.source}")
 
-    # the contract ------------------------------------------------------------------------
-    def evaluate(self, candidate: Candidate) -> OracleResult:
-        """Relax ``candidate``'s structure and report its energies (see the class docstring)."""
-        with compute_threads(self.site.torch_threads):
-            return self._evaluate(candidate)
-
+    # the contract (evaluate: MlipModelOracle) ---------------------------------------------
     def _calculator(self):
         s = self.settings
         return load_calculator(s.model, s.model_version, resolve_device(self.site.device))

@@ -37,14 +37,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from matloop.core.oracle import Oracle
 from matloop.core.records import Candidate, OracleError, OracleResult
 
 from .mlip import (
+    MlipModelOracle,
     MlipModelSettings,
     atoms_to_structure,
     check_elements,
-    compute_threads,
     load_calculator,
     min_distance_a,
     model_provenance,
@@ -237,7 +236,7 @@ def neb_barrier(start, end, calc, s: MlipNebSettings) -> dict:
     }
 
 
-class MlipNebOracle(Oracle):
+class MlipNebOracle(MlipModelOracle):
     """Percolating migration barrier of a mobile ion from ML-potential climbing-image NEB (module docstring)."""
 
     kind = "mlip-neb"
@@ -245,19 +244,8 @@ class MlipNebOracle(Oracle):
     code_version = "1"
     Settings = MlipNebSettings
     needs_structure = True
-    #: the model when the settings leave ``model`` unset
-    default_model = "chgnet"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.settings = self.settings.with_defaults(self.default_model)
-
-    def evaluate(self, candidate: Candidate) -> OracleResult:
-        """Order, relax, build the migration graph, NEB every distinct hop and find the percolating barrier."""
-        with compute_threads(self.site.torch_threads):
-            return self._evaluate(candidate)
-
     def _evaluate(self, candidate: Candidate) -> OracleResult:
+        """Order, relax, build the migration graph, NEB every distinct hop and find the percolating barrier."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
         s = self.settings
