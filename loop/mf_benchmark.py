@@ -36,11 +36,14 @@ in-memory store per run, the agent from ``matloop.agents.decision.baselines``:
   lies in the widened window (default ``[lo - 0.7, hi + 0.2]`` eV, because PBE
   underestimates gaps) to the top fidelity. The init candidates get PBE and the same rule.
 * ``multi_fidelity`` (``MultiFidelityRoundAgent``): ``MultiFidelityGP`` on every label of
-  both fidelities (in the order paid for) and ``choose_requests`` (screen-or-confirm,
-  expected hits per unit cost) up to ``round_cost`` per round. The init candidates are
+  both fidelities (in the order paid for) and ``choose_requests`` (default criterion
+  ``ucb``: candidates by the single-fidelity UCB on the goal score, each at its best
+  screen-or-confirm fidelity) up to ``round_cost`` per round. The init candidates are
   measured at both fidelities. Hyperparameters are refitted every ``refit_every`` rounds
   and reused (conditioning on the new labels only) in between.
 * ``mf_variance``: the same model with ``choose_requests(criterion='variance_per_cost')``.
+* ``mf_hits``: the same model with ``choose_requests(criterion='hits_per_cost')`` (candidates
+  and fidelities by expected hits per unit cost; the default before ``ucb``).
 
 Model comparison (``compare_models``): held-out RMSE and Gaussian NLL of the experimental
 gap, given every pool candidate's PBE gap plus a fraction of the training candidates'
@@ -102,7 +105,7 @@ from .replay import lookup_oracle, objective_of, replay, replay_spec, write_labe
 from .spec import CampaignSpec, load_campaign
 from .tiers import build_oracles
 
-AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance")
+AGENTS = ("single_fidelity", "funnel", "multi_fidelity", "mf_variance", "mf_hits")
 MODELS = ("mtgp", "mtgp_point", "mtgp_lcm2", "smfgp", "single", "single_pbe_feature", "pbe_linear")
 PBE_COLUMNS = {"mp": "pbe_gap_mp_eV", "aflow": "pbe_gap_aflow_eV"}
 CHEAP, TOP = 0, 1
@@ -372,7 +375,7 @@ def _agent_run(name: str, r: _Replay, init_idx: np.ndarray, funnel_widen, funnel
         first = [(int(i), ORACLES[CHEAP]) for i in init_idx]
         return (r.spec([CHEAP, TOP], funnel_batch), InitialDesign(first, agent, costs),
                 lambda: {"funnel_window": [window.lo, window.hi], "rounds": agent.rounds})
-    choice = ChoiceSettings(criterion="variance_per_cost" if name == "mf_variance" else "hits_per_cost")
+    choice = ChoiceSettings(criterion={"mf_variance": "variance_per_cost", "mf_hits": "hits_per_cost"}.get(name, "ucb"))
     first = [(int(i), ORACLES[f]) for i in init_idx for f in (CHEAP, TOP)]
     agent = MultiFidelityRoundAgent(list(ORACLES), [r.costs[CHEAP], r.costs[TOP]], LABEL, r.pool.goal, model_settings,
                                     choice, r.round_cost, refit_every, first=first)

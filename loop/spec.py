@@ -218,13 +218,14 @@ class FidelitySpec(_Model):
         "funnel",
         description="funnel: entry oracles get surrogate-ranked batches, costlier ones are reached by promote rules; "
         "multi_fidelity: every oracle reporting the objective property is a fidelity of one MultiFidelityGP and "
-        "choose_requests picks (candidate, oracle) pairs by expected top-fidelity utility per unit cost",
+        "choose_requests picks candidates by the single-fidelity UCB on the top fidelity and asks each at the oracle with "
+        "the best expected top-fidelity utility per unit cost",
     )
     model: dict[str, Any] = Field(
         default_factory=dict, description="multi_fidelity: MultiFidelitySettings (kind: mtgp | smfgp, point_term, ...)"
     )
     choice: dict[str, Any] = Field(
-        default_factory=dict, description="multi_fidelity: ChoiceSettings (criterion: hits_per_cost | variance_per_cost, ...)"
+        default_factory=dict, description="multi_fidelity: ChoiceSettings (criterion: ucb | hits_per_cost | variance_per_cost, beta, ...)"
     )
     init: int = Field(
         3, ge=2, description="multi_fidelity: random candidates measured at every fidelity before the model plans"

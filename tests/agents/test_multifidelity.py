@@ -220,7 +220,7 @@ def test_cheap_fidelity_loses_when_it_costs_as_much(correlated_choice):
     assert all(r.fidelity == 1 for r in reqs)
 
 
-@pytest.mark.parametrize("criterion", ["hits_per_cost", "variance_per_cost"])
+@pytest.mark.parametrize("criterion", ["ucb", "hits_per_cost", "variance_per_cost"])
 def test_no_duplicates_no_excluded_pairs_and_pending_respected(correlated_choice, criterion):
     m, pool, tr = correlated_choice
     rng = np.random.default_rng(5)
@@ -270,3 +270,19 @@ def test_max_goal_and_validation(correlated_choice):
         choose_requests(m, pool, {0: 1.0, 1: 10.0}, 0, WINDOW, 5, None, np.random.default_rng(0))
     # everything already measured at the top: nothing left to ask
     assert choose_requests(m, pool, COSTS, 1, WINDOW, 5, {1: np.arange(300)}, np.random.default_rng(0)) == []
+
+
+def test_default_asks_first_the_candidate_the_single_fidelity_ucb_ranks_first(correlated_choice):
+    """The default criterion orders candidates as the single-fidelity default does: UCB on the goal score."""
+    m, pool, tr = correlated_choice
+    mean, cov = m.predict_fidelities(pool)
+    ucb = mean[:, 1] + np.sqrt(cov[:, 1, 1])
+    ucb[tr] = -np.inf
+    reqs = choose_requests(m, pool, COSTS, 1, Goal("max"), 3, {0: tr, 1: tr}, np.random.default_rng(0))
+    assert reqs[0].index == int(np.argmax(ucb))
+    assert "UCB of its goal score" in reqs[0].rationale
+    # a window goal: the first pick is predicted closest to (or inside) the window, allowing for its spread
+    w = choose_requests(m, pool, COSTS, 1, WINDOW, 1, {0: tr, 1: tr}, np.random.default_rng(0))[0]
+    dist = np.maximum(np.maximum(WINDOW.lo - mean[:, 1], mean[:, 1] - WINDOW.hi), 0.0)
+    dist[tr] = np.inf
+    assert dist[w.index] <= np.quantile(dist[np.isfinite(dist)], 0.05)
