@@ -3,7 +3,8 @@
 Usage: python benchmarks/table.py [DIR]   (DIR: runs/benchmarks, or benchmarks/results/retrospective)
 
 One row per (benchmark, strategy): recall at budget (mean [CI95]), AF_vs_random (median,
-seeds that reached half recall), EF at budget (mean), seconds per run; a last column says,
+seeds that reached half recall), EF at budget (mean), seconds per run (wall, and in brackets the process's CPU seconds where
+recorded: with one thread, the run's time on an idle core); a last column says,
 for the default agent, its mean recall as a multiple of the better of rf_ucb and greedy_rf
 (the issue's target: >= 1.2x) and whether its 95 % interval lies above random's mean. Where
 the summary has the leave-one-out ceiling ("attainable", written by ``matloop benchmark``),
@@ -27,7 +28,7 @@ def _ci(d: dict, fmt: str = "{:.3f}") -> str:
 
 def rows(folder: Path) -> list[str]:
     """Markdown table lines, one per (benchmark, strategy) under ``folder``."""
-    out = ["| benchmark | N / good | strategy | recall at budget [95 % CI] | AF median (reached) | EF | s/run | default agent vs forests, random |",
+    out = ["| benchmark | N / good | strategy | recall at budget [95 % CI] | AF median (reached) | EF | s/run (CPU) | default agent vs forests, random |",
            "|---|---|---|---|---|---|---|---|"]
     for f in sorted(folder.glob("*/summary.json")) or sorted(folder.glob("*.json")):
         s = json.loads(f.read_text())
@@ -44,13 +45,20 @@ def rows(folder: Path) -> list[str]:
             out.append(
                 f"| {s['dataset']} | {s['n_pool']} / {s['n_good']} | {name} | {_ci(r['recall_at_budget'])} | "
                 f"{med} ({r['evals_to_half']['n_reached']}/{s['seeds']}) | {r['EF_at_budget']['mean']:.1f} | "
-                f"{r['seconds_per_run']['mean']:.0f} | {verdict} |"
+                f"{_seconds(r)} | {verdict} |"
             )
         for model, a in (s.get("attainable") or {}).items():
             med = "—" if a.get("AF_vs_random") is None else f"{a['AF_vs_random']:.1f}"
             out.append(f"| {s['dataset']} | {s['n_pool']} / {s['n_good']} | ceiling ({model}) | "
                        f"{a['recall_at_budget']:.3f} | {med} | | | leave-one-out, Spearman {a['spearman']:.2f} |")
     return out
+
+
+def _seconds(r: dict) -> str:
+    """Wall seconds per run, and CPU seconds (the wall time on an idle core) where recorded."""
+    wall = f"{r['seconds_per_run']['mean']:.0f}"
+    cpu = (r.get("cpu_seconds_per_run") or {}).get("mean")
+    return wall if cpu is None or cpu != cpu else f"{wall} ({cpu:.0f})"
 
 
 def _verdict(mine: dict, strategies: dict) -> str:

@@ -414,10 +414,13 @@ def run_benchmark(
             init_idx = np.random.default_rng(seed).choice(N, size=init, replace=False)
             for name in names:
                 rng = np.random.default_rng([seed, 1 + STRATEGIES.index(name)])
-                t1 = time.perf_counter()
+                t1, c1 = time.perf_counter(), time.process_time()
                 order = _one_run(name, spec, pool, Xp, goal, init_idx, rng)
                 m = run_metrics(order, good, budget)
                 m["seconds"] = time.perf_counter() - t1
+                # CPU seconds of this process: with --threads 1 the wall time of the run on an idle
+                # core, whatever else shares the machine (wall seconds inflate under load)
+                m["cpu_seconds"] = time.process_time() - c1
                 m["order"] = order
                 runs[name].append(m)
                 log(f"[{dataset_name}] seed {seed} {name}: recall {m['recall_at_budget']:.3f}, "
@@ -502,6 +505,7 @@ def _summary(dataset_name, pool, good, goal, budget, batch_size, init, seeds, ru
             "EF_at_budget": mean_ci([r["EF_at_budget"] for r in rs]),
             "curve": [[t + 1, float(c)] for t, c in enumerate(curve)],
             "seconds_per_run": {"mean": float(np.mean([r["seconds"] for r in rs]))},
+            "cpu_seconds_per_run": {"mean": float(np.mean([r.get("cpu_seconds", np.nan) for r in rs]))},
         }
     return summary
 
