@@ -15,6 +15,7 @@ that saw every other label of the pool.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,7 +36,6 @@ def rows(folder: Path) -> list[str]:
         if "strategies" not in s or "n_good" not in s:  # not a single-fidelity summary (e.g. multi-fidelity)
             continue
         st = s["strategies"]
-        rf = st.get("rf_ucb", {}).get("recall_at_budget")
         for name, r in st.items():
             af = r["AF_vs_random"]
             med = "—" if af.get("median") is None else f"{af['median']:.1f}"
@@ -58,7 +58,7 @@ def _seconds(r: dict) -> str:
     """Wall seconds per run, and CPU seconds (the wall time on an idle core) where recorded."""
     wall = f"{r['seconds_per_run']['mean']:.0f}"
     cpu = (r.get("cpu_seconds_per_run") or {}).get("mean")
-    return wall if cpu is None or cpu != cpu else f"{wall} ({cpu:.0f})"
+    return wall if cpu is None or math.isnan(cpu) else f"{wall} ({cpu:.0f})"
 
 
 def _verdict(mine: dict, strategies: dict) -> str:
