@@ -23,6 +23,13 @@ dynamics. For one structure it
    dimensionality (1D, 2D, 3D) and the thresholds at which 2D and 3D networks form, with
    every hop's barrier, go to ``extra``.
 
+Uncertainty (``partner_model``, default SevenNet): every converged band is re-evaluated by a
+second potential (single points on the same images), the percolating barrier is recomputed
+with its hop barriers, and the spread of the two estimates, ``|E_a - E_a'| / sqrt(2)``, is the
+standard uncertainty of ``migration_energy_ev`` (both values in ``extra["uncertainty"]``).
+It measures model disagreement only: both potentials share the softening of pretrained
+universal potentials, so it is a lower bound on the error against experiment.
+
 A hop whose NEB fails (atoms collide, non-finite energies) is left out of the network and
 named in ``extra["hops"]``; without a spanning network the evaluation fails with a reason.
 """
@@ -90,6 +97,12 @@ class MlipNebSettings(MlipModelSettings):
     climb: bool = Field(True, description="climbing-image NEB")
     optimizer: Literal["fire", "bfgs"] = Field("fire", description="optimiser of the band")
     min_distance_a: float = Field(0.6, ge=0, description="two atoms closer than this (A) in an image fail the hop")
+    partner_model: str | None = Field(
+        "sevennet",
+        description="second potential that re-evaluates every converged band (single points): the percolating "
+        "barrier on its energies gives the uncertainty of migration_energy_ev (two-model spread); None: no "
+        "uncertainty",
+    )
 
 
 # -- percolation -----------------------------------------------------------------------------
@@ -225,6 +238,7 @@ def neb_barrier(start, end, calc, s: MlipNebSettings) -> dict:
     guard()
     e_low = min(ends)
     return {
+        "images": images,
         "barrier_ev": max(0.0, max(energies) - e_low),
         "forward_barrier_ev": max(energies) - ends[0],
         "reverse_barrier_ev": max(energies) - ends[1],
@@ -236,12 +250,44 @@ def neb_barrier(start, end, calc, s: MlipNebSettings) -> dict:
     }
 
 
+def partner_barrier(images, calc) -> float:
+    """Barrier of a converged band (``images``, end points included) re-evaluated by ``calc``:
+    single points on the same geometries, highest image above the lower end point.
+
+    The partner's energies on the first potential's path bound the partner's own saddle from
+    above; the difference between the two barriers measures how far the potentials disagree
+    about this hop, not a second NEB.
+    """
+    energies = []
+    for image in images:
+        a = image.copy()
+        a.calc = calc
+        energies.append(float(a.get_potential_energy()))
+    if not all(math.isfinite(e) for e in energies):
+        raise OracleError("the partner potential gave non-finite energies on the band")
+    return max(0.0, max(energies) - min(energies[0], energies[-1]))
+
+
+def _partner_calculator(s: MlipNebSettings, structure, device: str):
+    """The partner potential for the barrier's uncertainty, or ``(None, why not)``."""
+    if s.partner_model is None:
+        return None, "partner_model is None: no uncertainty"
+    if s.partner_model == s.model:
+        return None, f"partner_model equals model ({s.model}): no uncertainty"
+    try:
+        calc = load_calculator(s.partner_model, None, device, stress=False)
+        check_elements([str(el) for el in structure.composition.elements], s.partner_model, calc)
+    except (OracleError, ImportError) as exc:
+        return None, f"partner {s.partner_model} unavailable: {exc}"
+    return calc, f"two-model spread: |{s.model} - {s.partner_model}| / sqrt(2) on the {s.model} bands"
+
+
 class MlipNebOracle(MlipModelOracle):
     """Percolating migration barrier of a mobile ion from ML-potential climbing-image NEB (module docstring)."""
 
     kind = "mlip-neb"
     properties = ("migration_energy_ev",)
-    code_version = "1"
+    code_version = "2"
     Settings = MlipNebSettings
     needs_structure = True
     def _evaluate(self, candidate: Candidate) -> OracleResult:
@@ -269,21 +315,31 @@ class MlipNebOracle(MlipModelOracle):
 
         mg, cutoff = migration_graph_for(structure, s)
         hops = sorted(mg.unique_hops.items(), key=lambda kv: kv[1]["hop_distance"])
+        partner, partner_note = _partner_calculator(s, structure, device)
         barriers: dict = {}
+        partner_barriers: dict = {}
         records = []
         for n, (label, info) in enumerate(hops):
             record = {"label": label, "distance_a": float(info["hop_distance"])}
+            images = None
             if n >= s.max_hops:
                 record["skipped"] = f"beyond max_hops {s.max_hops}"
                 barriers[label] = None
             else:
                 try:
                     start, end = hop_endpoints(info["hop"], s)
-                    record.update(neb_barrier(start, end, fixed_cell_calc, s))
+                    band = neb_barrier(start, end, fixed_cell_calc, s)
+                    images = band.pop("images")
+                    record.update(band)
                     barriers[label] = record["barrier_ev"]
                 except OracleError as exc:
                     record["failed"] = str(exc)
                     barriers[label] = None
+                if images is not None and partner is not None:
+                    try:
+                        record["partner_barrier_ev"] = partner_barriers[label] = partner_barrier(images, partner)
+                    except OracleError as exc:  # the hop keeps its barrier; the spread leaves this hop out
+                        record["partner_failed"] = str(exc)
             records.append(record)
 
         reached = percolating_barriers(mg, barriers)
@@ -294,9 +350,21 @@ class MlipNebOracle(MlipModelOracle):
         if not reached:
             raise OracleError(f"no spanning network of computed hops (cutoff {cutoff:.2f} A; hops {summary})")
         dim = max(d for d, b in reached.items() if b == reached[1])
+        uncertainties = {}
+        spread = {"partner_model": None if partner is None else model_provenance(s.partner_model, None),
+                  "note": partner_note}
+        if partner is not None:
+            # the same network with the partner's barriers; hops it could not evaluate keep CHGNet's
+            other = percolating_barriers(mg, {k: partner_barriers.get(k, v) for k, v in barriers.items()})
+            if 1 in other:
+                spread["partner_migration_energy_ev"] = other[1]
+                # sample standard deviation of two estimates: |a - b| / sqrt(2)
+                uncertainties["migration_energy_ev"] = abs(reached[1] - other[1]) / math.sqrt(2.0)
         return OracleResult(
             properties={"migration_energy_ev": reached[1]},
+            uncertainties=uncertainties,
             extra={
+                "uncertainty": spread,
                 "dimensionality": DIMENSION_NAMES[dim],
                 "percolation_thresholds_ev": {DIMENSION_NAMES[d]: b for d, b in sorted(reached.items())},
                 "hops": records,

@@ -49,6 +49,11 @@ def test_neb_on_bcc_li_gives_a_symmetric_3d_vacancy_barrier():
     assert max(energies) == energies[len(energies) // 2]  # the saddle is the middle image
     assert energies[0] == 0.0 and abs(energies[-1]) < 0.01
     assert obs.oracle_version.startswith("mlip-neb-")
+    # the uncertainty: SevenNet re-evaluates the CHGNet band; the spread of the two barriers
+    spread = obs.extra["uncertainty"]
+    assert 0.0 < hop["partner_barrier_ev"] < 0.6
+    assert spread["partner_migration_energy_ev"] == pytest.approx(hop["partner_barrier_ev"])
+    assert obs.uncertainties["migration_energy_ev"] == pytest.approx(abs(barrier - hop["partner_barrier_ev"]) / 2**0.5)
 
 
 def test_a_structure_without_the_mobile_ion_fails_with_a_reason():
