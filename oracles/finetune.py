@@ -50,7 +50,8 @@ class FinetuneSettings(BaseModel):
     enabled: bool = Field(False, description="fine-tune CHGNet on uncertain MD frames")
     partner_model: str = Field("sevennet", description="second potential whose force disagreement flags a frame")
     disagreement_ev_per_a: float = Field(
-        0.3, gt=0, description="largest per-atom force difference (eV/A) above which a frame is labelled"
+        0.3, ge=0,
+        description="largest per-atom force difference (eV/A) above which a frame is labelled (0: any frame)",
     )
     max_frames: int = Field(8, ge=1, description="frames labelled per fine-tuning round")
     snapshot_every_steps: int = Field(
