@@ -24,6 +24,13 @@ def rattled_li2o(n: int):
 
 
 def test_one_finetuning_round_moves_chgnet_towards_its_labels_and_is_cached(tmp_path):
+    from matloop.oracles.mlip import compute_threads
+
+    with compute_threads(1):  # as the oracles run: torch's default threads were many times slower on a busy machine
+        one_round(tmp_path)
+
+
+def one_round(tmp_path):
     from matloop.oracles.mlip import _chgnet_model, load_calculator
 
     chgnet = load_calculator("chgnet", "0.3.0", "cpu", stress=False)
