@@ -173,6 +173,10 @@ def align_energies(label_energies_ev, model_energies_ev) -> tuple[list[float], f
     constant offset between two codes' energy zeros is removed so that training does not spend
     itself on it. Returns ``(shifted labels, offset)`` with ``offset = mean(label - model)`` (eV
     per frame).
+
+    Measured reason (6-atom Li2O, 4 rattled frames labelled by GPAW PBE at 250 eV, 2 held out;
+    offset 4.5 eV/atom): held-out force MAE of pretrained CHGNet 0.130 eV/A; fine-tuned on raw
+    labels 0.129 (5 epochs, lr 1e-4) / 0.127 (2 epochs, lr 1e-3), on aligned labels 0.125 / 0.107.
     """
     labels = np.asarray(label_energies_ev, dtype=float)
     offset = float(np.mean(labels - np.asarray(model_energies_ev, dtype=float)))

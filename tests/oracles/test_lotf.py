@@ -126,3 +126,31 @@ def forces(atoms, calc) -> np.ndarray:
     a = atoms.copy()
     a.calc = calc
     return a.get_forces()
+
+
+def test_a_gpaw_labelled_round_aligns_the_energy_zero_and_moves_chgnet_towards_pbe_forces(tmp_path):
+    """GPAW PBE labels (200 eV, 3x3x3 k-points on the 3-atom cell: ~2 s each) sit several eV/atom from CHGNet's
+    energy zero; the round removes that offset and trains on the forces and the energy differences."""
+    pytest.importorskip("sevenn")
+    pytest.importorskip("gpaw")
+    from ase.build import bulk
+
+    from matloop.oracles.mlip import compute_threads, load_calculator
+
+    frames = []
+    for i in range(3):
+        a = bulk("Li2O", "fluorite", a=4.61)
+        a.rattle(0.1, seed=i)
+        frames.append(a)
+    s = FinetuneSettings(enabled=True, label="gpaw-pbe", disagreement_ev_per_a=0.0, max_frames=2, epochs=2,
+                         learning_rate=1e-3, gpaw_ecut_ev=200.0, gpaw_kpt_density=1.0)
+    with compute_threads(1):
+        calc, record = finetune_round(frames, load_calculator("chgnet", "0.3.0", "cpu", stress=False),
+                                      load_calculator("sevennet", None, "cpu"), s, "0.3.0", tmp_path / "cache",
+                                      log_dir=tmp_path)
+    assert calc is not None and record["label"] == "gpaw-pbe" and len(record["frames_labelled"]) == 2
+    assert sorted(p.name for p in tmp_path.glob("finetune-label-*.txt")) == ["finetune-label-0.txt", "finetune-label-1.txt"]
+    # GPAW's energies are relative to its atomic references, CHGNet's on the MP scale (~ -4.7 eV/atom for Li2O)
+    assert record["energy_offset_ev_per_atom"] > 3.0
+    assert record["force_mae_after_ev_per_a"] < record["force_mae_before_ev_per_a"]
+    assert record["cached"] is False and record["version"].startswith("0.3.0-ft-")
