@@ -248,7 +248,8 @@ def finetune_round(frames, calc, partner_calc, s: FinetuneSettings, base_version
     if len(picked) < 2:
         record["skipped"] = (
             f"{len(picked)} of {len(frames)} frames disagree by more than {s.disagreement_ev_per_a:g} eV/A "
-            f"(fine-tuning needs 2): production with the pretrained model"
+            f"(fine-tuning needs 2{'; no snapshots: is the equilibration shorter than snapshot_every_steps?' if not frames else ''}): "
+            "production with the pretrained model"
         )
         return None, record
     chosen = [frames[i] for i, _ in picked]
