@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
 import tempfile
 import time
 import warnings
@@ -141,6 +142,10 @@ def finetune_chgnet(
             model = CHGNet.from_file(str(path), use_device=device, verbose=False)
         return model, {**record, "cached": True}
 
+    # CHGNet shuffles and splits the data with the global ``random`` before its Trainer seeds it (and the
+    # Trainer never seeds it for data_seed 0): seeded here, restored after, so a key always means one training
+    random_state = random.getstate()
+    random.seed(s.seed)
     with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = CHGNet.load(model_name=base_version, use_device=device, verbose=False)
@@ -161,6 +166,7 @@ def finetune_chgnet(
         with tempfile.TemporaryDirectory() as tmp:
             trainer.train(train, val, save_dir=tmp)
         model = trainer.model
+    random.setstate(random_state)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.as_dict()}, path)
     return model, {**record, "cached": False}

@@ -65,6 +65,13 @@ def one_round(tmp_path):
     again, cached = finetune_chgnet("0.3.0", chosen, energies, forces, s, tmp_path)
     assert cached["cached"] is True and cached["version"] == record["version"]
     assert force_mae(again) == pytest.approx(force_mae(model), rel=1e-5)
+    # trained afresh elsewhere: the same weights (the version names one training, whatever ran before it)
+    import random
+
+    random.seed(12345)
+    fresh, trained = finetune_chgnet("0.3.0", chosen, energies, forces, s, tmp_path / "elsewhere")
+    assert trained["cached"] is False and trained["version"] == record["version"]
+    assert force_mae(fresh) == pytest.approx(force_mae(model), rel=1e-5)
 
 
 def _structure(atoms):
