@@ -1,18 +1,25 @@
 """Validate the migration-energy tiers on the seed's Table 1 Li conductors (OBELiX structures).
 
 For each of the seven materials and each requested tier (``neb``: ``mlip-neb``; ``md``:
-``mlip-md``; a LOTF tier awaits fine-tuning inside ``mlip-md``: ``oracles/finetune.py``) it
+``mlip-md`` with pretrained CHGNet; ``lotf``: the same ``mlip-md`` run with ``finetune.enabled``,
+i.e. CHGNet fine-tuned after equilibration on the frames where it and SevenNet disagree,
+labelled by GPAW PBE single points: ``matloop.oracles.finetune``) it
 evaluates the OBELiX CIF as a user would (``matloop evaluate --oracle ...``: the oracle
 orders disordered structures and relaxes before the barrier or the MD) and prints the migration energy with its error, the
 wall time, and per tier the mean absolute error against experiment next to the seed's AIMD
 (0.32 eV) and LOTF-MD (0.13 eV). A failed evaluation is shown with its reason and left out of
 that tier's MAE (the count of materials in the MAE is printed with it).
 
-Settings per tier are given as ``--neb-set KEY=VALUE`` / ``--md-set KEY=VALUE`` (YAML values);
-the defaults below are sized for a 2-core CPU, not for accuracy. Example::
+Settings per tier are given as ``--neb-set KEY=VALUE`` / ``--md-set KEY=VALUE`` /
+``--lotf-set KEY=VALUE`` (YAML values, dotted keys for nested settings); ``--md-set`` applies to
+the ``lotf`` tier too, so ``--tiers md lotf`` prints pretrained and fine-tuned values side by
+side from the same MD settings. The defaults below are sized for a 2-core CPU, not for
+accuracy. For ``lotf`` the fine-tuning round (labelled frames, force error before and after,
+the fine-tuned version, cached or not) is printed per material. Example::
 
     nice -n 10 python benchmarks/validate_migration.py --tiers neb --json neb.json
     python benchmarks/validate_migration.py --tiers md --ids mdp nhq --md-set production_steps=4000
+    python benchmarks/validate_migration.py --tiers md lotf --ids nhq --lotf-set finetune.label=partner
 """
 
 from __future__ import annotations
@@ -43,10 +50,12 @@ TABLE1 = {
 #: the seed's mean absolute errors over Table 1 (eV)
 SEED_MAE = {"AIMD": 0.32, "LOTF-MD": 0.13}
 
+_MD = {"temperatures_k": [700.0, 900.0, 1100.0], "equilibration_steps": 200, "production_steps": 1500,
+       "supercell_min_atoms": 60}
 TIERS = {
     "neb": ("mlip-neb", {"n_images": 3, "fmax": 0.1, "max_steps": 100, "relax_max_steps": 150, "max_hops": 8}),
-    "md": ("mlip-md", {"temperatures_k": [700.0, 900.0, 1100.0], "equilibration_steps": 200,
-                       "production_steps": 1500, "supercell_min_atoms": 60}),
+    "md": ("mlip-md", _MD),
+    "lotf": ("mlip-md", {**_MD, "finetune": {"enabled": True}}),
 }
 
 
@@ -113,6 +122,8 @@ def evaluate(job: tuple) -> dict:
             {k: t.get(k) for k in ("temperature_k", "n_hops", "diffusivity_cm2_per_s", "flag")}
             for t in extra.get("temperatures", [])
         ],
+        "model": extra.get("model"),
+        "finetune": extra.get("finetune"),
     }
 
 
@@ -143,6 +154,16 @@ def table(rows: list[dict], tiers: list[str]) -> str:
         else:
             lines.append(f"MAE {t}: no values")
     for r in rows:
+        ft = r.get("finetune")
+        if ft:
+            lines.append(f"{r['tier']} {r['id']}: " + (ft["skipped"] if "skipped" in ft else (
+                f"fine-tuned {ft['version']} ({'cached' if ft['cached'] else 'trained'}) on "
+                f"{len(ft['frames_labelled'])}/{ft['frames_considered']} frames ({ft['label']} labels, "
+                f"disagreement {ft['frames_labelled'][0]['disagreement_ev_per_a']:.2f}-"
+                f"{ft['frames_labelled'][-1]['disagreement_ev_per_a']:.2f} eV/A); force MAE on them "
+                f"{ft['force_mae_before_ev_per_a']:.3f} -> {ft['force_mae_after_ev_per_a']:.3f} eV/A; "
+                f"labels {ft['label_s']:.0f} s, training {ft['train_s']:.0f} s")))
+    for r in rows:
         if r["reason"]:
             lines.append(f"{r['tier']} {r['id']}: {r['reason'][:300]}")
     return "\n".join(lines)
@@ -155,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiers", nargs="+", choices=sorted(TIERS), default=["neb"])
     p.add_argument("--ids", nargs="+", choices=sorted(TABLE1), default=list(TABLE1))
     p.add_argument("--neb-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--md-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--md-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="mlip-md setting of the md and lotf tiers")
+    p.add_argument("--lotf-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="setting of the lotf tier only, after --md-set (e.g. finetune.label=partner)")
+    p.add_argument("--cache-dir", default=None, help="site cache_dir (fine-tuned CHGNet weights); default ~/.cache/matloop")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per worker")
     p.add_argument("--jobs", type=int, default=1, help="materials evaluated in parallel (processes)")
@@ -164,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.data_dir / "obelix" / "all_cifs.tar.gz").exists():
         print(f"{a.data_dir / 'obelix' / 'all_cifs.tar.gz'}: not found (give --data-dir)", file=sys.stderr)
         return 2
-    site = {"device": a.device, "torch_threads": a.threads}
-    sets = {"neb": parse_sets(a.neb_set), "md": parse_sets(a.md_set)}
+    site = {"device": a.device, "torch_threads": a.threads, "cache_dir": a.cache_dir}
+    md_sets = parse_sets(a.md_set)
+    sets = {"neb": parse_sets(a.neb_set), "md": md_sets, "lotf": _merge(md_sets, parse_sets(a.lotf_set))}
     jobs = [(t, TIERS[t][0], _merge(TIERS[t][1], sets[t]), i, str(a.data_dir), site) for t in a.tiers for i in a.ids]
     rows = []
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:

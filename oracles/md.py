@@ -30,6 +30,19 @@ Statistics, stated once:
 * Nernst-Einstein with Haven ratio 1 (tracer = charge diffusivity, no correlated hops) and
   the Arrhenius line extrapolated to 300 K (no phase change assumed below the MD range).
 
+Learn-on-the-fly fine-tuning (the ``finetune`` setting, CHGNet only; off by default): after
+relaxation and equilibration, snapshots of the equilibration runs at every temperature (every
+``finetune.snapshot_every_steps`` steps) are scored by the force disagreement of CHGNet and a
+partner potential (SevenNet by default); up to ``finetune.max_frames`` frames above
+``finetune.disagreement_ev_per_a`` are labelled (GPAW PBE single points, or the partner), CHGNet
+is fine-tuned on them once (weights cached per chemical system under the site's
+``cache_dir/chgnet-finetune``) and every production run continues with the fine-tuned model
+(``matloop.oracles.finetune.finetune_round``). With fewer than two uncertain frames production
+keeps the pretrained model. ``extra["finetune"]`` records the round (frames, disagreements,
+label source, force error before and after, the fine-tuned version ``<base>-ft-<key>``,
+whether cached, seconds); ``extra["model"]`` names the weights production ran with. The
+oracle's version ignores ``finetune`` while it is disabled, so earlier versions stand.
+
 Disordered structures are ordered first (``matloop.oracles.ordering``; ``extra["ordering"]``).
 
 An MD run that explodes (non-finite energy, runaway temperature, atoms closer than
@@ -46,14 +59,16 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from matloop.core.records import Candidate, OracleError, OracleResult
+from matloop.core.records import Candidate, OracleError, OracleResult, stable_hash
 
+from .finetune import FinetuneSettings, finetune_round
 from .mlip import (
     MlipModelOracle,
     MlipModelSettings,
     check_elements,
+    known_models,
     load_calculator,
     min_distance_a,
     model_provenance,
@@ -400,6 +415,12 @@ class MlipMdSettings(MlipModelSettings):
     min_distance_a: float = Field(0.6, ge=0, description="two atoms closer than this (A) during MD is an explosion")
     guard_every_steps: int = Field(10, ge=1, description="stride (steps) of the explosion checks")
     seed: int = Field(0, description="seed of the velocity draws and thermostat noise")
+    finetune: FinetuneSettings = Field(
+        default_factory=FinetuneSettings,
+        description="learn-on-the-fly fine-tuning of CHGNet after equilibration (enabled, partner_model, "
+        "disagreement_ev_per_a, max_frames, snapshot_every_steps, label: gpaw-pbe | partner, gpaw_ecut_ev, "
+        "gpaw_kpt_density, epochs, learning_rate, seed): see matloop.oracles.finetune",
+    )
 
     @field_validator("temperatures_k")
     @classmethod
@@ -407,6 +428,20 @@ class MlipMdSettings(MlipModelSettings):
         if any(t <= 0 for t in v):
             raise ValueError("temperatures must be positive")
         return sorted(v)
+
+    @model_validator(mode="after")
+    def _finetune_needs_chgnet(self) -> MlipMdSettings:
+        ft = self.finetune
+        if not ft.enabled:
+            return self
+        if self.model not in (None, "chgnet"):
+            raise ValueError(f"finetune.enabled fine-tunes CHGNet: it needs model chgnet, not {self.model!r}")
+        if ft.partner_model not in known_models() or ft.partner_model == "chgnet":
+            raise ValueError(
+                f"finetune.partner_model {ft.partner_model!r} must be a potential other than chgnet; known: "
+                f"{', '.join(m for m in known_models() if m != 'chgnet')}"
+            )
+        return self
 
 
 # -- the MD driver -------------------------------------------------------------------------
@@ -434,9 +469,14 @@ class NvtRun:
 
     Raises:
         OracleError: on an exploding run (see the module docstring), from construction or ``extend``.
+
+    Args:
+        snapshot_every_steps: keep an ``ase.Atoms`` copy of the equilibration every this many
+            steps in ``snapshots`` (``info``: ``temperature_k``, ``step``); None: none kept.
     """
 
-    def __init__(self, atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random.Generator):
+    def __init__(self, atoms, calc, temperature_k: float, s: MlipMdSettings, rng: np.random.Generator,
+                 snapshot_every_steps: int | None = None):
         from ase import units
         from ase.md.bussi import Bussi
         from ase.md.langevin import Langevin
@@ -454,10 +494,15 @@ class NvtRun:
         else:
             self.dyn = Bussi(atoms, dt, temperature_K=temperature_k, taut=s.bussi_taut_fs * units.fs, rng=rng)
         self.dyn.attach(self._guard, interval=s.guard_every_steps)
+        self.snapshots: list = []
+        self._equilibrating = True
+        if snapshot_every_steps:
+            self.dyn.attach(self._snapshot, interval=snapshot_every_steps)
         t0 = time.perf_counter()
         if s.equilibration_steps:
             self.dyn.run(s.equilibration_steps)
         self.wall_s = time.perf_counter() - t0
+        self._equilibrating = False
         self._masses = atoms.get_masses()[:, None]
         self._frames: list[np.ndarray] = []
         self._temps: list[float] = []
@@ -477,6 +522,16 @@ class NvtRun:
         d = min_distance_a(atoms)
         if d < s.min_distance_a:
             raise OracleError(f"MD exploded at {temperature_k:g} K: atoms {d:.2f} A apart")
+
+    def _snapshot(self):
+        if self._equilibrating and self.dyn.nsteps > 0:  # step 0 is the common starting cell
+            frame = self.atoms.copy()
+            frame.info.update(temperature_k=self.temperature_k, step=int(self.dyn.nsteps))
+            self.snapshots.append(frame)
+
+    def use_calculator(self, calc) -> None:
+        """Continue the run (the next ``extend``) with ``calc``: positions and velocities carry over."""
+        self.atoms.calc = calc
 
     def _record(self):
         step = self.dyn.nsteps - self._start
@@ -545,6 +600,19 @@ class MlipMdOracle(MlipModelOracle):
     code_version = "2"
     Settings = MlipMdSettings
     needs_structure = True
+
+    @property
+    def version(self) -> str:
+        """Kind, code version and a hash of the science settings; ``finetune`` counts only when enabled.
+
+        Disabled fine-tuning changes nothing, so settings without it keep the versions (and
+        cached results) they had before the setting existed.
+        """
+        science = self.settings.model_dump(mode="json")
+        if not self.settings.finetune.enabled:
+            del science["finetune"]
+        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+
     def _evaluate(self, candidate: Candidate) -> OracleResult:
         """Relax, run NVT MD at each temperature and fit the Arrhenius line (see the module docstring)."""
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -581,8 +649,24 @@ class MlipMdOracle(MlipModelOracle):
         # time cap shares the budget and slow (low-T) points are extended rather than dropped
         t_md = time.perf_counter()
         active: dict[float, NvtRun] = {}
+        ft = s.finetune
         for temp in s.temperatures_k:
-            active[temp] = NvtRun(cell0.copy(), md_calc, temp, s, rng)
+            active[temp] = NvtRun(cell0.copy(), md_calc, temp, s, rng,
+                                  snapshot_every_steps=ft.snapshot_every_steps if ft.enabled else None)
+        model_version, finetune = s.model_version, None
+        if ft.enabled:
+            t_ft = time.perf_counter()
+            tuned, finetune = finetune_round(
+                [f for run in active.values() for f in run.snapshots], md_calc,
+                load_calculator(ft.partner_model, None, device), ft, s.model_version,
+                self.site.cache_folder("chgnet-finetune"), device,
+                self.site.resolve(self.site.log_dir) if self.site.log_dir else None,
+            )
+            if tuned is not None:
+                model_version = finetune["version"]
+                for run in active.values():
+                    run.use_calculator(tuned)
+            t_md += time.perf_counter() - t_ft  # the time cap counts MD, not the fine-tuning round
         done: dict[float, TemperatureRun] = {}
         while active:
             for temp, run in list(active.items()):
@@ -627,8 +711,10 @@ class MlipMdOracle(MlipModelOracle):
         usable = [r for r in runs if r.flag is None]
         summary = "; ".join(f"{r.temperature_k:g} K: {r.n_hops:.1f} hops{f' ({r.flag})' if r.flag else ''}" for r in runs)
         if len(usable) < 2:
+            tuned_note = f" (production with fine-tuned CHGNet {model_version})" if model_version != s.model_version else ""
             raise OracleError(
-                f"too few hops: {len(usable)} of {len(runs)} temperatures usable (need 2, min_hops {s.min_hops:g}): {summary}"
+                f"too few hops: {len(usable)} of {len(runs)} temperatures usable (need 2, min_hops {s.min_hops:g}): "
+                f"{summary}{tuned_note}"
             )
         fit = arrhenius_fit(
             [r.temperature_k for r in usable],
@@ -656,7 +742,8 @@ class MlipMdOracle(MlipModelOracle):
                 "mobile_ion_density_per_cm3": density,
                 "ion_charge": charge,
                 "haven_ratio": 1.0,
-                "model": model_provenance(s.model, s.model_version),
+                "model": model_provenance(s.model, model_version),
+                **({"finetune": finetune} if finetune is not None else {}),
                 "ordering": ordering,
                 "md_wall_s": time.perf_counter() - t_start,
             },
