@@ -797,16 +797,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--out", required=True)
+    p.add_argument("--acquisition", default="{}",
+                   help="the matloop strategy's acquisition settings as YAML, e.g. '{skill_aware: false}'")
     a = p.parse_args(argv)
     import torch
+    import yaml
 
     torch.set_num_threads(a.threads)
     try:
         s = benchmark_from_csv(a.csv, a.composition_column, a.target_column, a.goal, out_dir=a.out,
                                dataset_name=a.name, structure_column=a.structure_column, top_fraction=a.top_fraction,
                                budget=a.budget, batch_size=a.batch_size, init=a.init, seeds=a.seeds,
-                               strategies=a.strategies)
-    except InputError as exc:
+                               strategies=a.strategies,
+                               acquisition=AcquisitionSettings(**(yaml.safe_load(a.acquisition) or {})))
+    except (InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(s)
