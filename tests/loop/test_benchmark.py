@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import math
 
 import numpy as np
@@ -121,7 +122,10 @@ def test_benchmark_runs_share_the_init_draw_and_never_repeat(grid_csv, tmp_path)
     assert s["n_pool"] == 286 and s["n_good"] == math.ceil(0.05 * 286) and s["goal"] == "min"
     for name, st in s["strategies"].items():
         assert set(st) == {"recall_at_budget", "evals_to_half", "AF_vs_random", "EF_at_budget", "curve",
-                           "seconds_per_run"}
+                           "seconds_per_run", "cpu_seconds_per_run"}
+        # CPU seconds are the load-independent speed figure: positive, and at most the wall time
+        # on every core
+        assert 0 < st["cpu_seconds_per_run"]["mean"] <= (os.cpu_count() or 1) * st["seconds_per_run"]["mean"] + 0.5
         assert len(st["curve"]) == 17 and st["curve"][0][0] == 1
         assert "median" in st["AF_vs_random"] and "n_reached" in st["evals_to_half"]
     assert json.loads((out / "summary.json").read_text()) == s
