@@ -1,7 +1,7 @@
 import csv
 import json
-import os
 import math
+import os
 
 import numpy as np
 import pytest
