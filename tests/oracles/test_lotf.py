@@ -38,15 +38,9 @@ def test_finetune_is_a_chgnet_setting_and_leaves_the_version_alone_while_disable
 
 def test_a_round_without_two_uncertain_frames_keeps_the_pretrained_model(tmp_path):
     pytest.importorskip("sevenn")
-    from ase.build import bulk
-
     from matloop.oracles.mlip import compute_threads, load_calculator
 
-    frames = []
-    for i in range(3):
-        a = bulk("Li2O", "fluorite", a=4.61)
-        a.rattle(0.1, seed=i)
-        frames.append(a)
+    frames = _rattled_li2o(3)
     s = FinetuneSettings(enabled=True, label="partner", disagreement_ev_per_a=100.0)
     with compute_threads(1):  # as the oracles run (torch's default threads are many times slower on a busy machine)
         calc, record = finetune_round(frames, load_calculator("chgnet", "0.3.0", "cpu", stress=False),
@@ -133,15 +127,9 @@ def test_a_gpaw_labelled_round_aligns_the_energy_zero_and_moves_chgnet_towards_p
     energy zero; the round removes that offset and trains on the forces and the energy differences."""
     pytest.importorskip("sevenn")
     pytest.importorskip("gpaw")
-    from ase.build import bulk
-
     from matloop.oracles.mlip import compute_threads, load_calculator
 
-    frames = []
-    for i in range(3):
-        a = bulk("Li2O", "fluorite", a=4.61)
-        a.rattle(0.1, seed=i)
-        frames.append(a)
+    frames = _rattled_li2o(3)
     s = FinetuneSettings(enabled=True, label="gpaw-pbe", disagreement_ev_per_a=0.0, max_frames=2, epochs=2,
                          learning_rate=1e-3, gpaw_ecut_ev=200.0, gpaw_kpt_density=1.0)
     with compute_threads(1):
@@ -154,3 +142,15 @@ def test_a_gpaw_labelled_round_aligns_the_energy_zero_and_moves_chgnet_towards_p
     assert record["energy_offset_ev_per_atom"] > 3.0
     assert record["force_mae_after_ev_per_a"] < record["force_mae_before_ev_per_a"]
     assert record["cached"] is False and record["version"].startswith("0.3.0-ft-")
+
+
+def _rattled_li2o(n: int) -> list:
+    """``n`` fluorite Li2O primitive cells, rattled by 0.1 A with seeds 0..n-1."""
+    from ase.build import bulk
+
+    frames = []
+    for i in range(n):
+        a = bulk("Li2O", "fluorite", a=4.61)
+        a.rattle(0.1, seed=i)
+        frames.append(a)
+    return frames
