@@ -146,27 +146,29 @@ def finetune_chgnet(
     # Trainer never seeds it for data_seed 0): seeded here, restored after, so a key always means one training
     random_state = random.getstate()
     random.seed(s.seed)
-    with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = CHGNet.load(model_name=base_version, use_device=device, verbose=False)
-        data = StructureData(
-            structures,
-            [e / len(f) for e, f in zip(energies_ev, frames, strict=True)],  # CHGNet trains on eV/atom
-            [np.asarray(g).tolist() for g in forces_ev_per_a],
-            shuffle=True,
-        )
-        n_val = max(1, len(frames) // 4)
-        train, val, _ = get_train_val_test_loader(
-            data, batch_size=min(4, len(frames) - n_val), train_ratio=1 - n_val / len(frames),
-            val_ratio=n_val / len(frames), return_test=True, pin_memory=False,
-        )
-        trainer = Trainer(model=model, targets="ef", optimizer="Adam", scheduler="CosLR", criterion="MSE",
-                          epochs=s.epochs, learning_rate=s.learning_rate, use_device=device,
-                          torch_seed=s.seed, data_seed=s.seed, print_freq=10**6)
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer.train(train, val, save_dir=tmp)
-        model = trainer.model
-    random.setstate(random_state)
+    try:
+        with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = CHGNet.load(model_name=base_version, use_device=device, verbose=False)
+            data = StructureData(
+                structures,
+                [e / len(f) for e, f in zip(energies_ev, frames, strict=True)],  # CHGNet trains on eV/atom
+                [np.asarray(g).tolist() for g in forces_ev_per_a],
+                shuffle=True,
+            )
+            n_val = max(1, len(frames) // 4)
+            train, val, _ = get_train_val_test_loader(
+                data, batch_size=min(4, len(frames) - n_val), train_ratio=1 - n_val / len(frames),
+                val_ratio=n_val / len(frames), return_test=True, pin_memory=False,
+            )
+            trainer = Trainer(model=model, targets="ef", optimizer="Adam", scheduler="CosLR", criterion="MSE",
+                              epochs=s.epochs, learning_rate=s.learning_rate, use_device=device,
+                              torch_seed=s.seed, data_seed=s.seed, print_freq=10**6)
+            with tempfile.TemporaryDirectory() as tmp:
+                trainer.train(train, val, save_dir=tmp)
+            model = trainer.model
+    finally:
+        random.setstate(random_state)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.as_dict()}, path)
     return model, {**record, "cached": False}
