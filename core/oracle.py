@@ -170,7 +170,12 @@ class Oracle(ABC):
     @property
     def version(self) -> str:
         """Kind, code version and a hash of the science settings (never the site): equal versions give equal results."""
-        return f"{self.kind}-{self.code_version}-{stable_hash(self.settings.model_dump(mode='json'), 8)}"
+        return f"{self.kind}-{self.code_version}-{stable_hash(self.version_inputs(), 8)}"
+
+    def version_inputs(self) -> Any:
+        """What the version hashes: the science settings (JSON). An oracle whose results depend on
+        more (a reference table's version) or less (a disabled setting) overrides this."""
+        return self.settings.model_dump(mode="json")
 
     def cache_key(self, candidate: Candidate) -> str:
         """Candidate identity + settings: results are reused for an equal key."""

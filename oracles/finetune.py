@@ -23,7 +23,7 @@ would otherwise dominate the loss of a few epochs.
 ``finetune_round`` is one such round on the frames of an MD run (select, label, align, train,
 force error on the labelled frames before and after); the ``mlip-md`` oracle runs it with its
 ``finetune`` setting after equilibration and runs production with the fine-tuned model
-(``chgnet_calculator``): see ``matloop.oracles.md``.
+(``matloop.oracles.mlip.chgnet_calculator``): see ``matloop.oracles.md``.
 """
 
 from __future__ import annotations
@@ -201,25 +201,6 @@ def force_mae(frames, calc, forces_ev_per_a) -> float:
     return float(np.mean(errors))
 
 
-def chgnet_calculator(model, device: str = "cpu"):
-    """ASE calculator of a (fine-tuned) ``CHGNet`` for fixed-cell MD: energy and forces, stress only when asked.
-
-    CHGNet's own calculator predicts the stress at every call, whose second backward pass
-    doubles the cost of an MD step (as ``matloop.oracles.mlip.load_calculator(stress=False)``).
-    """
-    from chgnet.model.dynamics import CHGNetCalculator
-
-    class _Calculator(CHGNetCalculator):
-        def calculate(self, atoms=None, properties=None, system_changes=None, task=None):
-            props = set(properties or ["energy"])
-            if task is None:
-                task = ("efs" if "stress" in props else "ef") + ("m" if "magmoms" in props else "")
-            super().calculate(atoms, properties, system_changes, task=task)
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return _Calculator(model=model, use_device=device, on_isolated_atoms="ignore")
-
-
 def finetune_round(frames, calc, partner_calc, s: FinetuneSettings, base_version: str, cache_dir: Path,
                    device: str = "cpu", log_dir: Path | None = None):
     """One LOTF round on MD frames: select the uncertain ones, label them, fine-tune CHGNet ``base_version``.
@@ -231,7 +212,7 @@ def finetune_round(frames, calc, partner_calc, s: FinetuneSettings, base_version
         log_dir: folder for the GPAW text logs (None: no logs).
 
     Returns:
-        ``(calculator, record)``: an ASE calculator of the fine-tuned CHGNet (``chgnet_calculator``),
+        ``(calculator, record)``: an ASE calculator of the fine-tuned CHGNet (``mlip.chgnet_calculator``, no stress),
         or None when fewer than two frames are above the threshold (``record["skipped"]`` says so), and the JSON record of the round:
         frames considered, the labelled frames with their disagreements, the label source, the
         energy offset removed (``align_energies``), the force MAE of CHGNet on the labelled frames
@@ -285,7 +266,9 @@ def finetune_round(frames, calc, partner_calc, s: FinetuneSettings, base_version
     t0 = time.perf_counter()
     model, fit = finetune_chgnet(base_version, chosen, energies, forces, s, cache_dir, device)
     record["train_s"] = time.perf_counter() - t0
-    tuned = chgnet_calculator(model, device)
+    from .mlip import chgnet_calculator
+
+    tuned = chgnet_calculator(model, device, stress=False)
     record.update(
         energy_offset_ev_per_atom=offset / len(chosen[0]),
         force_mae_before_ev_per_a=before,

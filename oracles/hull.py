@@ -669,20 +669,17 @@ class ReferenceHullMixin:
             self._hull_source = resolve_hull_source(self.settings.hull.source, self.settings.hull.optimade_url)
         return self._hull_source
 
-    @property
-    def version(self) -> str:
-        """Kind, code version and a hash of the science settings and, with formation energies, the hull's version.
+    def version_inputs(self) -> Any:
+        """The science settings and, with formation energies, the hull's version.
 
         ``hull.source: auto`` enters as the source it resolved to, so it shares results with that source.
         """
-        from matloop.core.records import stable_hash
-
         science: Any = self.settings.model_dump(mode="json")
         if self.settings.formation_energy:
             source = self.hull_source()
             science["hull"]["source"] = source
             science = [science, hull_source_version(source, self.settings.hull)]
-        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+        return science
 
     def reference_hull(self, elements: Iterable[str]) -> ReferenceHull:
         """The reference hull covering ``elements`` (mp-api and OPTIMADE caches go to ``<site cache_dir>/mp-api``)."""

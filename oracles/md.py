@@ -61,7 +61,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from matloop.core.records import Candidate, OracleError, OracleResult, stable_hash
+from matloop.core.records import Candidate, OracleError, OracleResult
 
 from .finetune import FinetuneSettings, finetune_round
 from .mlip import (
@@ -601,9 +601,8 @@ class MlipMdOracle(MlipModelOracle):
     Settings = MlipMdSettings
     needs_structure = True
 
-    @property
-    def version(self) -> str:
-        """Kind, code version and a hash of the science settings; ``finetune`` counts only when enabled.
+    def version_inputs(self) -> dict:
+        """The science settings; ``finetune`` counts only when enabled.
 
         Disabled fine-tuning changes nothing, so settings without it keep the versions (and
         cached results) they had before the setting existed.
@@ -611,7 +610,7 @@ class MlipMdOracle(MlipModelOracle):
         science = self.settings.model_dump(mode="json")
         if not self.settings.finetune.enabled:
             del science["finetune"]
-        return f"{self.kind}-{self.code_version}-{stable_hash(science, 8)}"
+        return science
 
     def _evaluate(self, candidate: Candidate) -> OracleResult:
         """Relax, run NVT MD at each temperature and fit the Arrhenius line (see the module docstring)."""

@@ -315,22 +315,11 @@ def load_calculator(model: str, model_version: str | None, device: str, stress: 
     with contextlib.redirect_stdout(quiet), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if model == "chgnet":
-            from chgnet.model.dynamics import CHGNetCalculator
-
-            class _Calculator(CHGNetCalculator):
-                # CHGNet's own calculator always predicts energy, forces, stress and magmoms
-                def calculate(self, atoms=None, properties=None, system_changes=None, task=None):
-                    props = set(properties or ["energy"])
-                    if task is None:
-                        task = "efs" if (stress or "stress" in props) else "ef"
-                        task += "m" if "magmoms" in props else ""
-                    super().calculate(atoms, properties, system_changes, task=task)
-
             try:
                 chgnet = _chgnet_model(version, device)
             except ValueError as exc:
                 raise OracleError(f"CHGNet has no pretrained model {version!r}; known: {', '.join(CHGNET_VERSIONS)}") from exc
-            return _Calculator(model=chgnet, use_device=device, on_isolated_atoms="ignore")
+            return chgnet_calculator(chgnet, device, stress=stress)
         if model == "sevennet":
             try:
                 from sevenn.calculator import SevenNetCalculator
@@ -338,6 +327,27 @@ def load_calculator(model: str, model_version: str | None, device: str, stress: 
                 raise OracleError("SevenNet is not installed (pip install sevenn)") from exc
             return SevenNetCalculator(version, device=device)
         return calculator_factory(model)(version, device)
+
+
+def chgnet_calculator(model, device: str = "cpu", stress: bool = True):
+    """ASE calculator of a ``CHGNet`` model (pretrained or fine-tuned) that predicts only what is asked.
+
+    CHGNet's own calculator always predicts energy, forces, stress and magmoms; with
+    ``stress=False`` (fixed-cell work: MD, NEB) the stress, whose second backward pass doubles
+    the cost of a step, is computed only when a caller asks for it.
+    """
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    class _Calculator(CHGNetCalculator):
+        def calculate(self, atoms=None, properties=None, system_changes=None, task=None):
+            props = set(properties or ["energy"])
+            if task is None:
+                task = "efs" if (stress or "stress" in props) else "ef"
+                task += "m" if "magmoms" in props else ""
+            super().calculate(atoms, properties, system_changes, task=task)
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _Calculator(model=model, use_device=device, on_isolated_atoms="ignore")
 
 
 def model_provenance(model: str, model_version: str | None) -> str:

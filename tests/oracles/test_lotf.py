@@ -57,7 +57,7 @@ def test_lotf_md_runs_production_with_the_finetuned_chgnet_and_reuses_its_weight
     pytest.importorskip("sevenn")
     from chgnet.model import CHGNet
 
-    from matloop.oracles.finetune import chgnet_calculator
+    from matloop.oracles.mlip import chgnet_calculator
     from matloop.oracles.mlip import compute_threads, load_calculator
 
     production_calcs = []
@@ -96,7 +96,7 @@ def test_lotf_md_runs_production_with_the_finetuned_chgnet_and_reuses_its_weight
     probe = obs_frame()
     with compute_threads(1):
         pretrained = forces(probe, load_calculator("chgnet", "0.3.0", "cpu", stress=False))
-        tuned = forces(probe, chgnet_calculator(CHGNet.from_file(ft["weights"], use_device="cpu", verbose=False)))
+        tuned = forces(probe, chgnet_calculator(CHGNet.from_file(ft["weights"], use_device="cpu", verbose=False), stress=False))
         assert not np.allclose(tuned, pretrained, atol=1e-6)
         for calc in production_calcs:
             np.testing.assert_allclose(forces(probe, calc), tuned, atol=1e-5)
