@@ -801,20 +801,35 @@ def main(argv: list[str] | None = None) -> int:
                    help="the matloop strategy's acquisition settings as YAML, e.g. '{skill_aware: false}'")
     a = p.parse_args(argv)
     import torch
-    import yaml
 
     torch.set_num_threads(a.threads)
     try:
         s = benchmark_from_csv(a.csv, a.composition_column, a.target_column, a.goal, out_dir=a.out,
                                dataset_name=a.name, structure_column=a.structure_column, top_fraction=a.top_fraction,
                                budget=a.budget, batch_size=a.batch_size, init=a.init, seeds=a.seeds,
-                               strategies=a.strategies,
-                               acquisition=AcquisitionSettings(**(yaml.safe_load(a.acquisition) or {})))
-    except (InputError, ValueError) as exc:
+                               strategies=a.strategies, acquisition=_acquisition_option(a.acquisition))
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_summary(s)
     return 0
+
+
+def _acquisition_option(text: str) -> AcquisitionSettings:
+    """``--acquisition``: a YAML mapping of ``AcquisitionSettings``; InputError naming the option otherwise."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"not YAML: {exc}", where="--acquisition") from None
+    if not isinstance(values, dict):
+        raise InputError(f"expected a mapping such as '{{skill_aware: false}}', got {text!r}", where="--acquisition")
+    try:
+        return AcquisitionSettings(**values)
+    except ValidationError as exc:
+        raise InputError(str(exc), where="--acquisition") from None
 
 
 if __name__ == "__main__":
