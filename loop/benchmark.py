@@ -800,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--acquisition", default="{}",
                    help="the matloop strategy's acquisition settings as YAML, e.g. '{skill_aware: false}'")
+    p.add_argument("--surrogate", default="{}",
+                   help="the matloop strategy's surrogate settings as YAML, e.g. '{loo_fit_maxiter: 100}'")
     a = p.parse_args(argv)
     import torch
 
@@ -808,7 +810,9 @@ def main(argv: list[str] | None = None) -> int:
         s = benchmark_from_csv(a.csv, a.composition_column, a.target_column, a.goal, out_dir=a.out,
                                dataset_name=a.name, structure_column=a.structure_column, top_fraction=a.top_fraction,
                                budget=a.budget, batch_size=a.batch_size, init=a.init, seeds=a.seeds,
-                               strategies=a.strategies, acquisition=_acquisition_option(a.acquisition))
+                               strategies=a.strategies,
+                               acquisition=_settings_option(a.acquisition, AcquisitionSettings, "--acquisition"),
+                               surrogate=_settings_option(a.surrogate, SurrogateSettings, "--surrogate"))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -816,21 +820,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _acquisition_option(text: str) -> AcquisitionSettings:
-    """``--acquisition``: a YAML mapping of ``AcquisitionSettings``; InputError naming the option otherwise."""
+def _settings_option(text: str, cls, option: str):
+    """``--acquisition`` / ``--surrogate``: a YAML mapping of ``cls``'s fields; InputError naming the
+    option otherwise."""
     import yaml
     from pydantic import ValidationError
 
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise InputError(f"not YAML: {exc}", where="--acquisition") from None
+        raise InputError(f"not YAML: {exc}", where=option) from None
     if not isinstance(values, dict):
-        raise InputError(f"expected a mapping such as '{{skill_aware: false}}', got {text!r}", where="--acquisition")
+        raise InputError(f"expected a mapping such as '{{key: value}}', got {text!r}", where=option)
     try:
-        return AcquisitionSettings(**values)
+        return cls(**values)
     except ValidationError as exc:
-        raise InputError(str(exc), where="--acquisition") from None
+        raise InputError(str(exc), where=option) from None
 
 
 if __name__ == "__main__":

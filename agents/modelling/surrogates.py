@@ -82,11 +82,10 @@ class SurrogateSettings(BaseModel):
         "k_descriptors + k_fractions, a sum of two scaled kernels (each with its own priors for its "
         "block's dimension), the second acting only on the pool's element fractions, which the "
         "campaign and the benchmark then append as the last block (features.fraction_block). For "
-        "composition-spread libraries with few elements: on the JCAP OER plates (5 seeds) it raised "
-        "the median AF from 17.8/11.9/9.1/18.8 to 19.5/15.1/11.5/23.1 with no run below 0.5 recall "
-        "(3 of 20 before), but it is worse on pools spanning many elements (experimental band gaps "
-        "recall 0.165 -> 0.146, perovskites 0.200 -> 0.089), hence not the default. Not with "
-        "pca_variance",
+        "composition-spread libraries with few elements: it raises the median AF on the JCAP OER "
+        "plates but is worse on pools spanning many elements, hence not the default (figures: README "
+        "'Measured figures', from campaigns/benchmarks/*_additive.yaml and "
+        "benchmarks/results/retrospective/*_additive.json). Not with pca_variance",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",

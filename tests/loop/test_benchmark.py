@@ -370,11 +370,16 @@ def test_random_strategy_matches_its_exact_expectation():
     assert np.all(np.abs(curve - t / N) <= 4 * sd_curve / math.sqrt(seeds) + 1e-12)
 
 
-@pytest.mark.parametrize("value", ["{bad", "[1]", "{beta: -1}", "{no_such_setting: 1}"])
-def test_bad_acquisition_option_is_a_clean_error(value, tmp_path, capsys):
-    """``python -m matloop.loop.benchmark --acquisition``: bad YAML or settings exit 2, naming the option."""
+@pytest.mark.parametrize(
+    "option, value",
+    [(o, v) for o in ("--acquisition", "--surrogate") for v in ("{bad", "[1]", "{no_such_setting: 1}")]
+    + [("--acquisition", "{beta: -1}"), ("--surrogate", "{fit_maxiter: 0}")],
+)
+def test_bad_settings_option_is_a_clean_error(option, value, tmp_path, capsys):
+    """``python -m matloop.loop.benchmark --acquisition/--surrogate``: bad YAML or settings exit 2,
+    naming the option."""
     rc = bm.main(["pool.csv", "--composition-column", "formula", "--target-column", "y", "--goal", "max",
-                  "--out", str(tmp_path / "out"), "--acquisition", value])
+                  "--out", str(tmp_path / "out"), option, value])
     err = capsys.readouterr().err
-    assert rc == 2 and "--acquisition" in err and "Traceback" not in err
+    assert rc == 2 and option in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
