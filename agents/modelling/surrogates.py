@@ -82,8 +82,9 @@ class SurrogateSettings(BaseModel):
         "k_descriptors + k_fractions, a sum of two scaled kernels (each with its own priors for its "
         "block's dimension), the second acting only on the pool's element fractions, which the "
         "campaign and the benchmark then append as the last block (features.fraction_block). For "
-        "composition-spread libraries with few elements: it raises the median AF on the JCAP OER "
-        "plates but is worse on pools spanning many elements, hence not the default (figures: README "
+        "composition-spread libraries with few elements: it raises the recall on the JCAP OER plates "
+        "but is mixed on pools spanning many elements (one SuperCon seed found nothing), hence not "
+        "the default (figures: README "
         "'Measured figures', from campaigns/benchmarks/*_additive.yaml and "
         "benchmarks/results/retrospective/*_additive.json). Not with pca_variance",
     )
