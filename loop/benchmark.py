@@ -62,6 +62,7 @@ from matloop.agents.modelling.features import FeaturePreprocessor, FeatureSettin
 from matloop.core.goals import Goal
 from matloop.core.protocols import Agent
 from matloop.core.records import Candidate, InputError
+from matloop.core.tables import read_csv
 
 from .planning import build_agent
 from .pool import PoolFeatures
@@ -596,16 +597,15 @@ def _plots(out: Path, summary: dict, runs: dict, pool: Pool, goal: Goal) -> None
 
 
 def read_table(path: str | Path, columns: Sequence[str] = (), *, not_found: str = "file not found",
-               where: str | None = None):
+               where: str | None = None, text_columns: Sequence[str | None] = ()):
     """Read a CSV into a DataFrame, or raise ``InputError`` naming the file (and ``where``):
-    missing file (``not_found``), unreadable CSV, or a missing column of ``columns``."""
-    import pandas as pd
-
+    missing file (``not_found``), unreadable CSV, or a missing column of ``columns``.
+    ``text_columns`` (formulas, structures, keys) are read verbatim (``core.tables.read_csv``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(not_found, file=str(path), where=where)
     try:
-        df = pd.read_csv(path)
+        df = read_csv(path, text_columns)
     except Exception as exc:
         raise InputError(f"cannot read CSV: {exc}", file=str(path), where=where) from None
     for col in columns:
@@ -647,7 +647,8 @@ def benchmark_from_csv(
 
     path = Path(path)
     goal = Goal.parse(goal) if isinstance(goal, str) else goal
-    df = read_table(path, (composition_column, target_column) + ((structure_column,) if structure_column else ()))
+    df = read_table(path, (composition_column, target_column) + ((structure_column,) if structure_column else ()),
+                    text_columns=(composition_column, structure_column))
     if len(df) == 0:
         raise InputError("empty pool: no data rows", file=str(path))
     y = pd.to_numeric(df[target_column], errors="coerce").to_numpy(dtype=float)
@@ -708,7 +709,7 @@ def benchmark_from_campaign(
     table = spec.resolve(oracle.settings.get("table", src.settings.get("path")))
     key_col = oracle.settings.get("key_column", src.settings.get("composition_column", "composition"))
     colmap = oracle.settings.get("columns", {})
-    df = read_table(table, not_found="lookup table not found")
+    df = read_table(table, not_found="lookup table not found", text_columns=(key_col,))
     prop = spec.objective.property
 
     def column(p: str, where: str) -> np.ndarray:

@@ -432,7 +432,8 @@ def _mf_benchmark_from_csv(args) -> int:
     from matloop.loop.benchmark import read_table
 
     path = Path(args.dataset)
-    df = read_table(path, (args.composition_column, args.cheap_column, args.target_column))
+    df = read_table(path, (args.composition_column, args.cheap_column, args.target_column),
+                    text_columns=(args.composition_column,))
     try:
         costs = [float(x) for x in (args.costs or "1,10").split(",")]
         if len(costs) != 2 or min(costs) <= 0:

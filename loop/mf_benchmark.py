@@ -161,7 +161,7 @@ def load_bandgap_pool(
     """
     path = Path(path)
     goal = Goal.parse(goal) if isinstance(goal, str) else goal
-    df = read_table(path, ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values()))
+    df = read_table(path, ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values()), text_columns=("reduced_formula",))
     if pbe_source in PBE_COLUMNS:
         pbe = df[PBE_COLUMNS[pbe_source]].to_numpy(dtype=float)
     elif pbe_source == "either":
@@ -625,7 +625,8 @@ def mf_benchmark_from_campaign(
         table = spec.resolve(o.settings.get("table", src.settings.get("path")))
         key = o.settings.get("key_column", src.settings.get("composition_column", "composition"))
         col = o.settings.get("columns", {}).get(prop, prop)
-        df = read_table(table, (key, col), not_found="lookup table not found", where=f"oracles[{o.name}].settings")
+        df = read_table(table, (key, col), not_found="lookup table not found", where=f"oracles[{o.name}].settings",
+                        text_columns=(key,))
         labels.append(df.groupby(df[key].astype(str))[col].apply(lambda v: pd.to_numeric(v, errors="coerce").iloc[0]))
     formulas = sorted(set(labels[0].index) & set(labels[1].index))
     obj = spec.primary_objective

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from matloop.core.oracle import Oracle, OracleSettings
 from matloop.core.records import Candidate, InputError, OracleError, OracleResult, stable_hash
+from matloop.core.tables import read_csv
 
 
 class LookupSettings(OracleSettings):
@@ -96,7 +97,7 @@ class LookupOracle(Oracle):
         if not path.is_file():
             return [("table", f"lookup table not found: {path}")]
         try:
-            df = pd.read_csv(path, index_col=False)
+            df = read_csv(path, (self.settings.key_column,), index_col=False)  # keys verbatim: "NaN" is a formula
         except Exception as exc:  # noqa: BLE001 - pandas raises many kinds on a bad file
             return [("table", f"cannot read CSV {path}: {type(exc).__name__}: {exc}")]
         columns = list(df.columns)
@@ -124,11 +125,9 @@ class LookupOracle(Oracle):
         return d
 
     def _read(self, path: Path) -> dict[str, dict[str, float]]:
-        import pandas as pd
-
         if not path.exists():
             raise InputError("lookup table not found", file=str(path))
-        df = pd.read_csv(path, index_col=False)
+        df = read_csv(path, (self.settings.key_column,), index_col=False)  # keys verbatim: "NaN" is a formula
         need = [self.settings.key_column, *self.settings.columns.values(), *self.settings.uncertainty_columns.values()]
         missing = [c for c in need if c not in df.columns]
         if missing:

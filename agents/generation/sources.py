@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from matloop.core.records import Candidate, InputError
+from matloop.core.tables import read_csv
 
 log = logging.getLogger("matloop")
 
@@ -183,11 +184,11 @@ class FileSource:
         return out
 
     def _csv(self):
-        import pandas as pd
-
         p = self.path
         try:
-            df = pd.read_csv(p, index_col=False)  # a row with an extra field must not turn column 1 into an index
+            # index_col=False: a row with an extra field must not turn column 1 into an index;
+            # the formula and structure columns are read verbatim ("NaN" is sodium nitride)
+            df = read_csv(p, (self.settings.composition_column, self.settings.structure_column), index_col=False)
         except Exception as exc:
             raise InputError(f"cannot read CSV: {exc}", file=str(p)) from None
         cc, sc = self.settings.composition_column, self.settings.structure_column
