@@ -8,8 +8,8 @@ missing. Every other column keeps pandas' defaults (a label "nan" is still a mis
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def read_csv(path: str | Path, text_columns: Iterable[str | None] = (), **kwargs):

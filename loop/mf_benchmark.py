@@ -161,7 +161,8 @@ def load_bandgap_pool(
     """
     path = Path(path)
     goal = Goal.parse(goal) if isinstance(goal, str) else goal
-    df = read_table(path, ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values()), text_columns=("reduced_formula",))
+    df = read_table(path, ["reduced_formula", "expt_gap_eV"] + list(PBE_COLUMNS.values()),
+                    text_columns=("reduced_formula",))
     if pbe_source in PBE_COLUMNS:
         pbe = df[PBE_COLUMNS[pbe_source]].to_numpy(dtype=float)
     elif pbe_source == "either":
