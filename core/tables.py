@@ -26,13 +26,11 @@ def read_csv(path: str | Path, text_columns: Iterable[str | None] = (), **kwargs
     """
     import pandas as pd
 
-    df = pd.read_csv(path, **kwargs)
-    cols = [c for c in dict.fromkeys(text_columns) if c is not None and c in df.columns]
-    if cols and len(df):
-        keep = {k: v for k, v in kwargs.items() if k in ("sep", "comment", "encoding", "nrows", "skiprows", "index_col")}
-        raw = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, na_values=[""], **keep)
-        if len(raw) != len(df):  # cannot happen for one file and one parser; never mis-align rows
-            raise ValueError(f"{path}: the text columns {cols} read {len(raw)} rows, the table {len(df)}")
-        for c in cols:
-            df[c] = raw[c].to_numpy()
-    return df
+    # a converter sees the raw field before pandas' missing-value markers apply: one read
+    verbatim = {c: _text_or_missing for c in dict.fromkeys(text_columns) if c is not None}
+    return pd.read_csv(path, converters=verbatim, **kwargs)
+
+
+def _text_or_missing(field: str) -> str | float:
+    """A text field as written; an empty field is missing (NaN)."""
+    return field if field != "" else float("nan")
