@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from matloop.agents.modelling.features import fraction_block
-from matloop.agents.modelling.surrogates import SurrogateSettings, _closed_form_loo, make_surrogate
+from matloop.agents.modelling.surrogates import SurrogateSettings, make_surrogate
 from matloop.core.goals import Goal
 from matloop.loop.benchmark import deduplicate, pool_features
 from scipy import stats
@@ -36,7 +36,7 @@ POOLS = {  # name: (file under the data folder, composition column, target colum
 
 
 def _loo_log_density(gp, y: np.ndarray) -> float:
-    mu, sd = _closed_form_loo(gp)
+    mu, sd = gp.fitted_loo_predictions()
     return float(np.mean(stats.norm.logpdf(y, mu, sd)))
 
 
@@ -69,7 +69,7 @@ def main() -> None:
                     gp = make_surrogate(s, bounds=np.stack([XX.min(0), XX.max(0)]), n_fraction_columns=k)
                     gp.fit(XX[idx], pool.targets[idx])
                     mean, _ = gp.predict(XX[held])
-                    res[kind] = (_loo_log_density(gp.model, pool.targets[idx]),
+                    res[kind] = (_loo_log_density(gp, pool.targets[idx]),
                                  stats.spearmanr(mean, pool.targets[held])[0])
                 pick = max(res, key=lambda k: res[k][0])
                 best = max(res, key=lambda k: res[k][1])

@@ -241,7 +241,7 @@ def attainable(X: np.ndarray, targets: np.ndarray, goal: Goal, good: np.ndarray,
     """
     from scipy.stats import spearmanr
 
-    from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate, _closed_form_loo
+    from matloop.agents.modelling.surrogates import GPSurrogate, RandomForestSurrogate
 
     score = goal.score(np.asarray(targets, dtype=float))
     X = np.asarray(X, dtype=float)
@@ -264,7 +264,7 @@ def attainable(X: np.ndarray, targets: np.ndarray, goal: Goal, good: np.ndarray,
         lo, hi = X.min(axis=0), X.max(axis=0)
         gp = GPSurrogate(SurrogateSettings(), bounds=np.stack([lo, hi]), seed=seed)
         gp.fit(X, score)
-        out["gp_loo"] = entry(_closed_form_loo(gp.model)[0], t0)
+        out["gp_loo"] = entry(gp.fitted_loo_predictions()[0], t0)
     return out
 
 

@@ -522,6 +522,15 @@ class GPSurrogate:
         y = self._train[1].reshape(-1).numpy()
         return y, mu, sd
 
+    def fitted_loo_predictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Closed-form leave-one-out means and standard deviations of every training label at the
+        fitted model's own hyperparameters (R&W eq. 5.12; they saw every label, so this is the
+        optimistic LOO of a model fitted on all of them: the attainable ceiling, a likelihood
+        comparison of kernels), in the training target's units."""
+        if self.model is None:
+            raise RuntimeError("GPSurrogate.fitted_loo_predictions called before fit")
+        return _closed_form_loo(self.model)
+
     def noise_variance(self) -> float:
         """Observation noise variance in the training target's units (mean over points)."""
         if self.model is None:
