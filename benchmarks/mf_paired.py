@@ -15,7 +15,7 @@ import argparse
 import json
 
 import numpy as np
-from scipy import stats
+from matloop.loop.benchmark import mean_ci
 
 
 def cost_to(curve: np.ndarray, recall: float, budget: float) -> float | None:
@@ -42,8 +42,8 @@ def main() -> None:
                 f"mean of those reached {np.mean(reached) if reached else float('nan'):.0f}")
         if name != args.reference:
             d = ref - rec
-            h = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-            line += (f"; {args.reference} minus this, paired: {d.mean():+.3f} [{d.mean() - h:+.3f}, {d.mean() + h:+.3f}], "
+            ci = mean_ci(d)
+            line += (f"; {args.reference} minus this, paired: {ci['mean']:+.3f} [{ci['ci95'][0]:+.3f}, {ci['ci95'][1]:+.3f}], "
                      f"{args.reference} ahead on {(d > 0).sum()}/{len(d)} seeds, recall ratio {ref.mean() / rec.mean():.2f}x")
         print(line)
 
